@@ -1,0 +1,111 @@
+"""The packed batch layout every algorithm consumes, and the reductions over it.
+
+One layout serves reward models, SFT, the DPO family and KTO. Examples are
+packed several to a row with segment ids, so no compute goes to padding, and a
+preference pair stores its prompt once::
+
+    row:      [ prompt_1 | chosen_1 | rejected_1 | prompt_2 | chosen_2 | rejected_2 | pad ]
+    segment:      1          1          1            2          2          2          0
+    branch:       0          1          2            0          1          2          0
+
+A token attends to an earlier token of its own segment when that token is in
+the shared prompt (branch 0) or in its own branch; so rejected tokens see the
+prompt but never the chosen reply. Positions restart per example, and the
+rejected reply's positions continue from the prompt's end, exactly as if it
+had been a separate sequence.
+
+Only completion tokens need a vocabulary projection, so the batch lists them
+explicitly as *targets*: ``target_index`` is the position whose output predicts
+``target_ids`` (for the first token of the rejected reply that is the last
+prompt token, not the token just before it in the row).
+
+Arrays (R rows, L tokens a row, C target slots a row, K example slots a row):
+
+=================  ===========  =====================================================
+name               shape        meaning
+=================  ===========  =====================================================
+input_ids          [R, L] i32   token ids; 0 in padding
+positions          [R, L] i32   position of the token within its own sequence
+segment_ids        [R, L] i32   example slot 1..K within the row; 0 = padding
+branch_ids         [R, L] i32   0 = shared prompt, 1 = chosen (or the only
+                                completion), 2 = rejected
+target_index       [R, C] i32   row position whose output predicts the target
+target_ids         [R, C] i32   the target token
+target_segment     [R, C] i32   example slot 1..K of the target; 0 = unused slot
+target_branch      [R, C] i32   1 = chosen / only completion, 2 = rejected
+end_index          [R, K, 2]    row position of the last token of chosen (0) and
+                   i32          rejected (1); where reward models read scores
+example_mask       [R, K] f32   1.0 where the slot holds an example
+=================  ===========  =====================================================
+
+Optional per-example columns, all ``[R, K]`` float32 unless noted: ``margin``
+(reward-model margin), ``label`` (KTO: 1 desirable, 0 undesirable),
+``ref_logps`` ``[R, K, 2]`` (precomputed reference log-prob sums).
+
+Unpaired data (SFT, KTO) uses branch 1 only; its ``end_index[..., 1]`` equals
+``end_index[..., 0]``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+NUM_BRANCHES = 2  # chosen, rejected
+
+REQUIRED_KEYS = (
+    "input_ids",
+    "positions",
+    "segment_ids",
+    "branch_ids",
+    "target_index",
+    "target_ids",
+    "target_segment",
+    "target_branch",
+    "end_index",
+    "example_mask",
+)
+
+
+def attention_mask(segment_ids: jax.Array, branch_ids: jax.Array) -> jax.Array:
+    """Boolean ``[R, L, L]`` mask (query, key) for the packed layout above.
+
+    Padding queries attend to themselves only, so no softmax row is empty.
+    """
+    length = segment_ids.shape[-1]
+    causal = jnp.tril(jnp.ones((length, length), dtype=bool))
+    same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
+    key_branch = branch_ids[:, None, :]
+    visible_branch = (key_branch == 0) | (key_branch == branch_ids[:, :, None])
+    real = (segment_ids != 0)[:, :, None]
+    mask = causal[None] & same_segment & visible_branch & real
+    return mask | jnp.eye(length, dtype=bool)[None]
+
+
+def gather_positions(values: jax.Array, index: jax.Array) -> jax.Array:
+    """Picks ``values[r, index[r, ...]]``.
+
+    values: ``[R, L, ...]``; index: ``[R, *idx]`` -> ``[R, *idx, ...]``.
+    """
+    flat_index = index.reshape(index.shape[0], -1)
+    picked = jax.vmap(lambda row, idx: row[idx])(values, flat_index)
+    return picked.reshape(index.shape + values.shape[2:])
+
+
+def per_example_sums(values: jax.Array, target_segment: jax.Array, target_branch: jax.Array, num_slots: int) -> jax.Array:
+    """Sums per-target values into ``[R, K, 2]`` (example slot, branch).
+
+    values, target_segment, target_branch: ``[R, C]``. Unused slots
+    (segment 0) are dropped.
+    """
+    bucket = (target_segment - 1) * NUM_BRANCHES + (target_branch - 1)
+    dump = num_slots * NUM_BRANCHES
+    bucket = jnp.where(target_segment > 0, bucket, dump)
+    summed = jax.vmap(lambda v, b: jax.ops.segment_sum(v, b, num_segments=dump + 1))(values, bucket)
+    return summed[:, :dump].reshape(values.shape[0], num_slots, NUM_BRANCHES)
+
+
+def target_counts(batch: dict) -> jax.Array:
+    """Number of completion tokens per example and branch, ``[R, K, 2]`` float32."""
+    ones = (batch["target_segment"] > 0).astype(jnp.float32)
+    return per_example_sums(ones, batch["target_segment"], batch["target_branch"], batch["example_mask"].shape[1])

@@ -1,0 +1,11 @@
+"""Test-wide set-up: 8 fake CPU devices stand in for a mesh.
+
+Set before jax is imported anywhere, so every test sees the same devices.
+Single-device tests build their mesh from ``jax.devices()[:1]``.
+"""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
