@@ -1,0 +1,53 @@
+"""Reward model: a decoder with a scalar head, trained with the Bradley-Terry loss
+on preference pairs. Scores are read at the last token of each reply; the
+vocabulary projection never runs."""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh
+
+from jaxalign.algos import common
+from jaxalign.batch import gather_positions
+from jaxalign.config import TrainConfig
+from jaxalign.losses import RewardInputs, get_loss
+from jaxalign.train_state import AlgoRun, Batch, TrainState
+
+
+def data_kind(cfg: TrainConfig) -> str:
+    return "preference"
+
+
+def pair_rewards(graphdef: nnx.GraphDef, params, batch: Batch) -> jax.Array:
+    """Reward of chosen and rejected for every example slot, ``[R, K, 2]`` float32."""
+    model = nnx.merge(graphdef, params)
+    per_position = model(batch["input_ids"], batch["positions"], batch["segment_ids"], batch["branch_ids"])
+    return gather_positions(per_position, batch["end_index"])
+
+
+def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
+    model = common.build_model(cfg.model, cfg, mesh, head="score")
+    graphdef, params = common.split_params(model)
+    state, optimizer = common.init_train_state(cfg, params, total_steps)
+    loss = get_loss(cfg.loss.name)
+
+    def loss_fn(params, batch: Batch):
+        rewards = pair_rewards(graphdef, params, batch)
+        inputs = RewardInputs(
+            chosen_rewards=rewards[..., 0].reshape(-1),
+            rejected_rewards=rewards[..., 1].reshape(-1),
+            mask=common.flat_examples(batch),
+            batch=batch,
+        )
+        return loss(inputs, cfg.loss)
+
+    def train_step(state: TrainState, batch: Batch, frozen):
+        return common.gradient_step(state, optimizer, loss_fn, batch)
+
+    def eval_step(state: TrainState, batch: Batch, frozen):
+        loss_value, metrics = loss_fn(state.params, batch)
+        return {**metrics, "loss": loss_value, "num_examples": common.num_examples(batch)}
+
+    return AlgoRun(state=state, frozen={}, train_step=train_step, eval_step=eval_step,
+                   export=common.export_with(graphdef))

@@ -1,0 +1,52 @@
+"""Command line: ``jaxalign train CONFIG [--set a.b=c ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxalign", description="Align language models with human preferences in JAX.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train (or resume) a run from a YAML config")
+    train.add_argument("config", help="YAML run config, e.g. configs/quickstart/rm.yaml")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set optim.lr=5e-7 (repeatable)")
+    _distributed_args(train)
+    return parser
+
+
+def _distributed_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("multi-host (auto-detected on TPU pods and SLURM when omitted)")
+    group.add_argument("--coordinator", default=None, help="coordinator address host:port")
+    group.add_argument("--num-processes", type=int, default=None)
+    group.add_argument("--process-id", type=int, default=None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # Before anything touches devices: jax.distributed must come first.
+    from jaxalign import distributed
+
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+
+    from jaxalign.config import load_config
+    from jaxalign.configlib import ConfigError
+
+    if args.command == "train":
+        try:
+            cfg = load_config(args.config, args.overrides)
+        except ConfigError as err:
+            print(f"jaxalign: config error: {err}", file=sys.stderr)
+            return 2
+        from jaxalign.trainer import train
+
+        result = train(cfg)
+        return 0 if result is not None else 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""The run config: one dataclass tree composed from each subsystem's own config."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence
+
+from jaxalign import configlib
+from jaxalign.checkpoint import CheckpointConfig
+from jaxalign.data import DataConfig
+from jaxalign.losses import LossConfig
+from jaxalign.optim import OptimConfig
+from jaxalign.sharding import MeshConfig
+
+ALGORITHMS = ("rm", "sft", "dpo")
+
+
+@dataclasses.dataclass
+class ModelSpec:
+    """Where the model comes from: a Hugging Face folder (``path``) or, for a
+    fresh random model, an HF-style config mapping (``config``)."""
+
+    path: str | None = None
+    config: dict[str, Any] | None = None
+    tokenizer: str | None = None  # default: the model folder
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+    remat: str = "none"  # none | full | dots
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.config is None):
+            raise ValueError("model: set exactly one of model.path (an HF checkpoint folder) or model.config")
+
+
+@dataclasses.dataclass
+class LogConfig:
+    every_steps: int = 10
+    tensorboard: bool = True
+    wandb: dict[str, Any] | None = None  # e.g. {project: my-project}; used only if wandb is installed
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    algo: str = "rm"
+    run_dir: str = "runs/default"
+    seed: int = 0
+    max_steps: int = 0  # 0 = run data.num_epochs epochs
+    eval_every: int = 0  # optimizer steps; 0 = only at the end
+    eval_batches: int = 0  # 0 = the whole eval split
+    export: bool = True  # write an HF folder to <run_dir>/export at the end
+    model: ModelSpec = dataclasses.field(default_factory=ModelSpec)
+    ref_model: ModelSpec | None = None  # default: a frozen copy of the starting policy
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    log: LogConfig = dataclasses.field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGORITHMS:
+            raise ValueError(f"algo must be one of {', '.join(ALGORITHMS)}, got '{self.algo}'")
+        if self.max_steps < 0:
+            raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Reads a YAML run config with ``--set a.b=c`` overrides; unknown keys are errors."""
+    try:
+        return configlib.load(TrainConfig, path, overrides)
+    except configlib.ConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise configlib.ConfigError(f"{path or 'config'}: {err}") from err
+
+
+def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return configlib.to_dict(cfg)

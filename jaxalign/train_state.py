@@ -1,0 +1,59 @@
+"""The train state pytree shared by every algorithm, and the algorithm contract."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a train step updates. Model graph definitions stay outside,
+    closed over by the step functions, so this is a plain pytree of arrays.
+
+    ``step`` counts micro-batches (train-step calls); with gradient
+    accumulation the optimizer updates every ``grad_accum_steps`` of them.
+    ``extra`` holds algorithm-specific state (PPO's value model, KL controller).
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+    extra: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def create(cls, params: Any, opt_state: Any, seed: int, extra: dict | None = None) -> "TrainState":
+        return cls(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=opt_state,
+            rng=jax.random.key_data(jax.random.key(seed)),
+            extra=extra or {},
+        )
+
+
+@dataclasses.dataclass
+class AlgoRun:
+    """What an algorithm's ``setup`` hands the trainer.
+
+    ``train_step(state, batch, frozen) -> (state, metrics)`` and
+    ``eval_step(state, batch, frozen) -> metrics`` are pure; the trainer jits
+    them with explicit shardings and donates the state. ``frozen`` (reference
+    or reward parameters) is never donated. Metrics are scalars; eval metrics
+    include ``num_examples`` so the trainer can weight its averages.
+    """
+
+    state: TrainState
+    frozen: Any
+    train_step: Callable[[TrainState, Batch, Any], tuple[TrainState, Metrics]]
+    eval_step: Callable[[TrainState, Batch, Any], Metrics]
+    export: Callable[[TrainState, str], None]
+    data_kind: str

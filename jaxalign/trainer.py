@@ -1,0 +1,237 @@
+"""The one training loop: batches -> step -> metrics -> eval -> checkpoint.
+
+It drives every algorithm the same way through the ``AlgoRun`` contract
+(``train_state.py``) and knows nothing algorithm-specific. Side effects live
+here: data iteration, logging, checkpoints, signals, export.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import yaml
+
+from jaxalign import distributed
+from jaxalign.checkpoint import Checkpointer
+from jaxalign.config import TrainConfig, config_to_dict
+from jaxalign.data import build_pipeline, load_tokenizer
+from jaxalign.metrics_log import MetricsLogger, ProgressBar, get_logger
+from jaxalign.optim import learning_rate_schedule
+from jaxalign.sharding import batch_divisor, batch_sharding, make_mesh, replicated, shard_batch
+from jaxalign.signals import GracefulStop
+from jaxalign.train_state import AlgoRun
+
+log = get_logger()
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; the run stops before saving anything."""
+
+
+def _algorithm(name: str):
+    return importlib.import_module(f"jaxalign.algos.{name}")
+
+
+def _abstract(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def _shardings(tree: Any) -> Any:
+    return jax.tree.map(lambda x: x.sharding, tree)
+
+
+@jax.jit
+def _accumulate(running: dict, metrics: dict) -> dict:
+    return jax.tree.map(jnp.add, running, metrics)
+
+
+def _reduce_eval(name: str, values: list[float], weights: list[float]) -> float:
+    """Eval metrics are averaged weighted by examples, except extremes."""
+    leaf = name.rsplit("/", 1)[-1]
+    if leaf.startswith("min"):
+        return float(min(values))
+    if leaf.startswith("max"):
+        return float(max(values))
+    total = sum(weights)
+    return float(sum(v * w for v, w in zip(values, weights)) / total) if total else float("nan")
+
+
+class Trainer:
+    """Owns one run: build with a config, call ``run()``."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run_dir)
+        self.mesh = make_mesh(cfg.mesh)
+        self.is_main = distributed.is_main_process()
+        algo_module = _algorithm(cfg.algo)
+        tokenizer_path = cfg.model.tokenizer or cfg.model.path
+        if tokenizer_path is None:
+            raise ValueError("model.tokenizer is required when the model is built from model.config")
+        self.tokenizer = load_tokenizer(tokenizer_path)
+        local_rows_multiple = max(batch_divisor(self.mesh) // jax.process_count(), 1)
+        pipeline_args = dict(
+            kind=algo_module.data_kind(cfg),
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            row_multiple=local_rows_multiple,
+        )
+        self.train_data = build_pipeline(cfg.data, self.tokenizer, split="train", seed=cfg.seed, **pipeline_args)
+        self.eval_data = build_pipeline(cfg.data, self.tokenizer, split="eval", seed=cfg.seed, **pipeline_args)
+        self.total_steps = self._total_steps()
+        self.learning_rate = learning_rate_schedule(cfg.optim, self.total_steps)
+        self.algo: AlgoRun = algo_module.setup(cfg, self.mesh, self.tokenizer, self.total_steps)
+        self.state = self.algo.state
+        state_shardings = _shardings(self.state)
+        frozen_shardings = _shardings(self.algo.frozen)
+        rows = batch_sharding(self.mesh)
+        self.train_step = jax.jit(
+            self.algo.train_step,
+            in_shardings=(state_shardings, rows, frozen_shardings),
+            out_shardings=(state_shardings, replicated(self.mesh)),
+            donate_argnums=(0,),
+        )
+        self.eval_step = jax.jit(
+            self.algo.eval_step,
+            in_shardings=(state_shardings, rows, frozen_shardings),
+            out_shardings=replicated(self.mesh),
+        )
+        self.checkpointer = Checkpointer(cfg.checkpoint, self.run_dir)
+
+    def _total_steps(self) -> int:
+        if self.cfg.max_steps:
+            return self.cfg.max_steps
+        micro_steps = self.train_data.steps_per_epoch * self.cfg.data.num_epochs
+        return max(micro_steps // self.cfg.optim.grad_accum_steps, 1)
+
+    def _save_config(self) -> None:
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir / "config.yaml", "w") as handle:
+                yaml.safe_dump(config_to_dict(self.cfg), handle, sort_keys=False)
+
+    def evaluate(self) -> dict[str, float]:
+        """Runs the eval split (or its first ``eval_batches`` batches)."""
+        if self.eval_data is None:
+            return {}
+        collected: dict[str, list[float]] = {}
+        weights: list[float] = []
+        for index, host_batch in enumerate(self.eval_data.iterator()):
+            if self.cfg.eval_batches and index >= self.cfg.eval_batches:
+                break
+            metrics = jax.device_get(self.eval_step(self.state, shard_batch(host_batch, self.mesh), self.algo.frozen))
+            weights.append(float(metrics.pop("num_examples")))
+            for name, value in metrics.items():
+                collected.setdefault(name, []).append(float(value))
+        return {name: _reduce_eval(name, values, weights) for name, values in collected.items()}
+
+    def _check_finite(self, finite: jax.Array | None, step: int) -> None:
+        if finite is not None and not bool(jax.device_get(finite)):
+            raise NonFiniteLossError(
+                f"loss became NaN or inf before optimizer step {step}; stopping without saving. "
+                f"The last good checkpoint in {self.checkpointer.directory} is intact. "
+                "Try a lower optim.lr, optim.max_grad_norm > 0, or float32 parameters."
+            )
+
+    def run(self) -> dict[str, Any]:
+        """Trains to ``total_steps`` (resuming from the latest checkpoint) and
+        returns the last train and eval metrics."""
+        cfg = self.cfg
+        self._save_config()
+        logger = MetricsLogger(self.run_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb,
+                               is_main_process=self.is_main)
+        train_iterator = self.train_data.iterator()
+        step = 0
+        latest = self.checkpointer.latest_step()
+        if latest is not None:
+            self.state, _ = self.checkpointer.restore(latest, abstract_state=_abstract(self.state),
+                                                      data_iterator=train_iterator)
+            step = latest
+            log.info("restored checkpoint at step %d from %s", latest, self.checkpointer.directory)
+        progress = ProgressBar(self.total_steps, start_step=step) if self.is_main else None
+        if latest is not None and progress:
+            progress.message(f"resumed from checkpoint at step {latest}")
+        last_train: dict[str, float] = {}
+        last_eval: dict[str, float] = {}
+        running, finite, micro_count, tokens = None, None, 0, 0
+        interval_start = time.monotonic()
+        stopped_early = False
+        with GracefulStop() as stopper:
+            while step < self.total_steps:
+                try:
+                    for _ in range(cfg.optim.grad_accum_steps):
+                        host_batch = next(train_iterator)
+                        tokens += int(np.count_nonzero(host_batch["segment_ids"]))
+                        self.state, metrics = self.train_step(
+                            self.state, shard_batch(host_batch, self.mesh), self.algo.frozen)
+                        batch_finite = jnp.isfinite(metrics["loss"])
+                        finite = batch_finite if finite is None else finite & batch_finite
+                        running = metrics if running is None else _accumulate(running, metrics)
+                        micro_count += 1
+                except StopIteration:
+                    log.info("training data exhausted at step %d", step)
+                    break
+                step += 1
+                if step % cfg.log.every_steps == 0 or step == self.total_steps:
+                    self._check_finite(finite, step)
+                    host = jax.device_get(running)
+                    elapsed = time.monotonic() - interval_start
+                    last_train = {name: float(value) / micro_count for name, value in host.items()}
+                    last_train["tokens_per_s"] = tokens / max(elapsed, 1e-9)
+                    last_train["learning_rate"] = float(self.learning_rate(step - 1))
+                    logger.log(step, last_train, prefix="train")
+                    if progress:
+                        progress.update(step, loss=last_train["loss"], tokens_per_s=last_train["tokens_per_s"])
+                    running, micro_count, tokens = None, 0, 0
+                    interval_start = time.monotonic()
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < self.total_steps:
+                    last_eval = self.evaluate()
+                    logger.log(step, last_eval, prefix="eval")
+                    if progress:
+                        progress.message(f"eval at step {step}: " + _summary(last_eval))
+                if stopper.stop_requested or self.checkpointer.should_save(step, time.time()):
+                    self._check_finite(finite, step)
+                    self.checkpointer.save(step, self.state, train_iterator, config_to_dict(cfg),
+                                           force=stopper.stop_requested)
+                    if progress:
+                        progress.message(f"checkpoint saved at step {step}")
+                if stopper.stop_requested:
+                    stopped_early = True
+                    if progress:
+                        progress.message(f"stop requested: saved step {step}, exiting")
+                    break
+        if not stopped_early:
+            self._check_finite(finite, step)
+            last_eval = self.evaluate()
+            logger.log(step, last_eval, prefix="eval")
+            if progress:
+                progress.message(f"final eval at step {step}: " + _summary(last_eval))
+            if self.checkpointer.latest_step() != step:
+                self.checkpointer.save(step, self.state, train_iterator, config_to_dict(cfg), force=True)
+            if cfg.export:
+                export_dir = self.run_dir / "export"
+                self.algo.export(self.state, str(export_dir))
+                if self.is_main:
+                    self.tokenizer.save_pretrained(export_dir)
+                    progress and progress.message(f"exported Hugging Face folder to {export_dir}")
+        self.checkpointer.wait()
+        self.checkpointer.close()
+        logger.close()
+        if progress:
+            progress.close()
+        return {"step": step, "train": last_train, "eval": last_eval, "stopped_early": stopped_early}
+
+
+def _summary(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.4g}" for name, value in sorted(metrics.items()) if math.isfinite(value))
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    return Trainer(cfg).run()
