@@ -1,0 +1,100 @@
+"""The standard metrics of each kind of loss, under TRL's names.
+
+Every metric is a ``Stat`` (see ``accounting``), so it merges exactly across
+micro-batches like the loss does.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxalign.losses.accounting import Stat, max_stat, mean_stat, min_stat
+from jaxalign.losses.inputs import PreferenceInputs, RewardInputs, UnpairedInputs
+
+Array = jax.Array
+
+
+def implicit_pair_rewards(inputs: PreferenceInputs, beta: float) -> tuple[Array, Array]:
+    """TRL's rewards: ``beta * (policy - reference)`` log-ratios, ``[N]`` each.
+
+    Reference-free: ``beta * policy`` summed log-probs (TRL's CPO convention).
+    """
+    chosen, rejected = inputs.policy_chosen_logps, inputs.policy_rejected_logps
+    if inputs.has_reference:
+        chosen, rejected = chosen - inputs.ref_chosen_logps, rejected - inputs.ref_rejected_logps
+    return beta * chosen, beta * rejected
+
+
+def pair_metrics(inputs: PreferenceInputs, chosen_rewards: Array, rejected_rewards: Array) -> dict[str, Stat]:
+    """``rewards/*``, ``logps/*`` and (when given) ``logits/*`` for a pair loss.
+
+    ``logps/*`` are means of the summed log-probs. ``logits/*`` are weighted by
+    completion length, i.e. the mean raw logit over all completion tokens of
+    the batch, as TRL computes it.
+    """
+    mask = inputs.mask
+    chosen_rewards = jax.lax.stop_gradient(chosen_rewards)
+    rejected_rewards = jax.lax.stop_gradient(rejected_rewards)
+    stats = {
+        "rewards/chosen": mean_stat(chosen_rewards, mask),
+        "rewards/rejected": mean_stat(rejected_rewards, mask),
+        "rewards/accuracies": mean_stat((chosen_rewards > rejected_rewards).astype(jnp.float32), mask),
+        "rewards/margins": mean_stat(chosen_rewards - rejected_rewards, mask),
+        "logps/chosen": mean_stat(inputs.policy_chosen_logps, mask),
+        "logps/rejected": mean_stat(inputs.policy_rejected_logps, mask),
+    }
+    if inputs.chosen_logits_mean is not None:
+        stats["logits/chosen"] = mean_stat(inputs.chosen_logits_mean, mask * inputs.chosen_lengths)
+    if inputs.rejected_logits_mean is not None:
+        stats["logits/rejected"] = mean_stat(inputs.rejected_logits_mean, mask * inputs.rejected_lengths)
+    return jax.lax.stop_gradient(stats)
+
+
+# Computed at read-out: a difference of two means over different examples.
+UNPAIRED_DIFFERENCES = (("rewards/margins", "rewards/chosen", "rewards/rejected"),)
+
+
+def implicit_unpaired_rewards(inputs: UnpairedInputs, beta: float) -> Array:
+    """``beta * (policy - reference)`` log-ratio ``[N]`` (reference-free: ``beta * policy``)."""
+    logps = inputs.policy_logps
+    if inputs.has_reference:
+        logps = logps - inputs.ref_logps
+    return beta * logps
+
+
+def unpaired_metrics(inputs: UnpairedInputs, rewards: Array) -> dict[str, Stat]:
+    """TRL's KTO metrics: ``chosen`` = desirable examples, ``rejected`` = undesirable.
+
+    ``rewards/margins`` (mean desirable reward minus mean undesirable reward)
+    is derived at read-out, see ``UNPAIRED_DIFFERENCES``.
+    """
+    desirable = inputs.mask * inputs.label
+    undesirable = inputs.mask * (1.0 - inputs.label)
+    rewards = jax.lax.stop_gradient(rewards)
+    stats = {
+        "rewards/chosen": mean_stat(rewards, desirable),
+        "rewards/rejected": mean_stat(rewards, undesirable),
+        "logps/chosen": mean_stat(inputs.policy_logps, desirable),
+        "logps/rejected": mean_stat(inputs.policy_logps, undesirable),
+    }
+    if inputs.logits_mean is not None:
+        stats["logits/chosen"] = mean_stat(inputs.logits_mean, desirable * inputs.lengths)
+        stats["logits/rejected"] = mean_stat(inputs.logits_mean, undesirable * inputs.lengths)
+    return jax.lax.stop_gradient(stats)
+
+
+def reward_model_metrics(inputs: RewardInputs) -> dict[str, Stat]:
+    """TRL's RewardTrainer metrics; ``*_reward`` span chosen and rejected scores."""
+    mask = inputs.mask
+    chosen = jax.lax.stop_gradient(inputs.chosen_rewards)
+    rejected = jax.lax.stop_gradient(inputs.rejected_rewards)
+    both = jnp.concatenate([chosen, rejected])
+    both_mask = jnp.concatenate([mask, mask])
+    return {
+        "accuracy": mean_stat((chosen > rejected).astype(jnp.float32), mask),
+        "margin": mean_stat(chosen - rejected, mask),
+        "mean_reward": mean_stat(both, both_mask),
+        "min_reward": min_stat(both, both_mask),
+        "max_reward": max_stat(both, both_mask),
+    }

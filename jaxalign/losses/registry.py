@@ -1,0 +1,148 @@
+"""The loss registry: built-in and user losses, found by name.
+
+A loss is a plain function ``fn(inputs, cfg) -> per-example losses [N]`` (or a
+``LossTerms`` with metrics too), registered with ``@register_loss("name")``.
+``get_loss`` finds it by registered name or by ``"package.module:function"``,
+importing the module; the function need not be registered (then the
+decorator's defaults apply).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+from typing import Any, Callable, Mapping
+
+import jax
+
+Array = jax.Array
+
+LOSS_KINDS = ("pair", "unpaired", "reward")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossTerms:
+    """What a loss function may return instead of a bare ``[N]`` array.
+
+    ``per_example``: the loss of each example ``[N]`` (masked slots are
+    ignored, so no need to multiply by the mask). ``metrics``: extra metrics,
+    each an ``[N]`` array (reported as its mask-weighted mean) or a ready
+    ``Stat``. ``chosen_rewards`` / ``rejected_rewards`` ``[N]``: the implicit
+    rewards behind ``rewards/*`` when they are not the default
+    ``beta * (policy - reference)`` log-ratios; an unpaired loss puts each
+    example's reward in ``chosen_rewards``.
+    """
+
+    per_example: Array
+    metrics: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    chosen_rewards: Array | None = None
+    rejected_rewards: Array | None = None
+
+
+LossFn = Callable[..., "Array | LossTerms"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    """A registered loss and what the trainer must know about it."""
+
+    name: str
+    fn: LossFn
+    kind: str = "pair"
+    needs_reference: bool = True
+    uses_label_smoothing: bool = False
+
+
+_REGISTRY: dict[str, LossSpec] = {}
+
+
+def register_loss(
+    name: str,
+    *,
+    needs_reference: bool = True,
+    kind: str = "pair",
+    uses_label_smoothing: bool = False,
+) -> Callable[[LossFn], LossFn]:
+    """Decorator registering ``fn(inputs, cfg)`` under ``name``.
+
+    kind: which input bundle the loss takes: ``"pair"`` (PreferenceInputs),
+      ``"unpaired"`` (UnpairedInputs) or ``"reward"`` (RewardInputs).
+    needs_reference: the loss reads reference log-probs, so the trainer must
+      provide a reference model or precomputed reference log-probs.
+    uses_label_smoothing: the loss reads ``cfg.label_smoothing``; a nonzero
+      value with a loss that ignores it is a config error.
+
+    Returns ``fn`` unchanged (with a ``loss_spec`` attribute), so it can still
+    be called directly.
+    """
+    if kind not in LOSS_KINDS:
+        raise ValueError(f"register_loss({name!r}): kind must be one of {LOSS_KINDS}, got {kind!r}")
+    if not name or ":" in name:
+        raise ValueError(f"register_loss: a loss name must be non-empty and contain no ':', got {name!r}")
+
+    def decorate(fn: LossFn) -> LossFn:
+        existing = _REGISTRY.get(name)
+        if existing is not None and not _same_function(existing.fn, fn):
+            raise ValueError(
+                f"a loss named {name!r} is already registered ({_qualified_name(existing.fn)}); "
+                "pick another name"
+            )
+        spec = LossSpec(name, fn, kind, needs_reference, uses_label_smoothing)
+        _REGISTRY[name] = spec
+        fn.loss_spec = spec  # lets get_loss("module:function") find the options
+        return fn
+
+    return decorate
+
+
+def get_loss(name: str) -> LossSpec:
+    """Looks a loss up by registered name or ``"package.module:function"``."""
+    if ":" in name:
+        return _import_loss(name)
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    raise ValueError(_unknown_loss_message(name))
+
+
+def list_losses() -> list[str]:
+    """Registered loss names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _import_loss(path: str) -> LossSpec:
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"loss {path!r}: expected 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"loss {path!r}: cannot import module {module_name!r}: {error}") from error
+    fn = getattr(module, attribute, None)
+    if fn is None:
+        raise ValueError(f"loss {path!r}: module {module_name!r} has no attribute {attribute!r}")
+    if not callable(fn):
+        raise ValueError(f"loss {path!r}: {attribute!r} is not callable")
+    spec = getattr(fn, "loss_spec", None)
+    if isinstance(spec, LossSpec):
+        return spec
+    return LossSpec(path, fn)  # unregistered: the decorator's defaults
+
+
+def _unknown_loss_message(name: str) -> str:
+    known = list_losses()
+    message = f"unknown loss {name!r}; registered losses: {', '.join(known)}"
+    nearest = difflib.get_close_matches(name, known, n=1)
+    if nearest:
+        message += f". Did you mean {nearest[0]!r}?"
+    return message + ". A loss of your own can be named as 'package.module:function'."
+
+
+def _qualified_name(fn: Any) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _same_function(a: Any, b: Any) -> bool:
+    # Re-importing a module (reload, a test importing it twice) re-registers
+    # the same function under the same name; that is not a clash.
+    return a is b or _qualified_name(a) == _qualified_name(b)
