@@ -1,0 +1,76 @@
+"""Token log-probabilities without materialising ``[batch, seq, vocab]`` float32 logits.
+
+The vocabulary projection runs over chunks of target tokens (``lax.map``),
+each under ``jax.checkpoint``: the backward pass recomputes one chunk's logits
+at a time and keeps only the chunk inputs, so peak memory is
+``batch * chunk_size * vocab`` floats instead of ``batch * targets * vocab``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxalign.models.transformer import layout_from_attention_mask
+
+DEFAULT_CHUNK_SIZE = 256
+
+
+@jax.checkpoint
+def _chunk_logps(weights: jax.Array, hidden: jax.Array, targets: jax.Array) -> jax.Array:
+    """weights ``[hidden, vocab]``, hidden ``[b, k, hidden]``, targets ``[b, k]`` -> ``[b, k]`` float32."""
+    logits = jnp.einsum("bkh,hv->bkv", hidden, weights, preferred_element_type=jnp.float32)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1)
+
+
+def logps_from_hidden(
+    hidden: jax.Array, weights: jax.Array, target_ids: jax.Array, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> jax.Array:
+    """log p(target | context) ``[b, c]`` float32.
+
+    hidden ``[b, c, h]`` (the outputs that predict each target), weights
+    ``[h, vocab]``, target_ids ``[b, c]``. The matmul runs in hidden's dtype
+    with float32 accumulation.
+    """
+    batch, length, features = hidden.shape
+    if length == 0:
+        return jnp.zeros((batch, 0), jnp.float32)
+    chunk = max(1, min(chunk_size, length))
+    num_chunks = math.ceil(length / chunk)
+    pad = num_chunks * chunk - length
+    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+    targets = jnp.pad(target_ids.astype(jnp.int32), ((0, 0), (0, pad)))
+    # [num_chunks, b, chunk, ...]: lax.map walks the leading axis.
+    hidden_chunks = hidden.reshape(batch, num_chunks, chunk, features).swapaxes(0, 1)
+    target_chunks = targets.reshape(batch, num_chunks, chunk).swapaxes(0, 1)
+    weights = weights.astype(hidden.dtype)
+    out = jax.lax.map(lambda xs: _chunk_logps(weights, *xs), (hidden_chunks, target_chunks))
+    return out.swapaxes(0, 1).reshape(batch, num_chunks * chunk)[:, :length]
+
+
+def token_logps(model: nnx.Module, hidden: jax.Array, target_ids: jax.Array, chunk_size: int = DEFAULT_CHUNK_SIZE) -> jax.Array:
+    """log p(target | context) ``[b, c]`` float32 for a ``CausalLM``.
+
+    hidden ``[b, c, h]``: hidden states already gathered at the positions that
+    predict ``target_ids`` ``[b, c]`` (see ``jaxalign.batch.gather_positions``).
+    """
+    return logps_from_hidden(hidden, model.output_embedding(), target_ids, chunk_size)
+
+
+def sequence_token_logps(
+    model: nnx.Module, input_ids: jax.Array, attention_mask: jax.Array | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> jax.Array:
+    """Next-token log-probs ``[b, seq - 1]``: entry t is log p(input_ids[:, t + 1] | input_ids[:, :t + 1]).
+
+    With padding, entries whose target is padding are meaningless; mask them
+    with ``attention_mask[:, 1:]``.
+    """
+    if attention_mask is None:
+        attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+    positions, segment_ids = layout_from_attention_mask(attention_mask)
+    hidden = model.hidden_states(input_ids, positions, segment_ids)
+    return token_logps(model, hidden[:, :-1], input_ids[:, 1:], chunk_size)

@@ -1,0 +1,197 @@
+"""The decoder family (Llama 2/3, Mistral, Qwen2/2.5, Qwen3, GPT-2) and the causal LM on top.
+
+Attribute names follow Hugging Face's Llama layout (``model.layers[i].self_attn.q_proj``)
+for every family, so ``jaxalign.models.hf_names`` maps tensors with simple
+rules. Pre-norm blocks; the residual stream is kept in ``cfg.dtype``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxalign.models.attention import Attention, packed_mask
+from jaxalign.models.config import ModelConfig
+from jaxalign.models.layers import ACTIVATION_FNS, Embed, LayerNorm, Linear, RMSNorm, residual_std, to_dtype
+from jaxalign.models.rope import inverse_frequencies, rope_tables
+
+REMAT_POLICY = {
+    "full": None,  # save nothing inside the layer; recompute all of it
+    # Keep weight-matmul outputs (projections), recompute the rest; attention
+    # scores have batch dimensions and are recomputed, so no [seq, seq] is kept.
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def layout_from_attention_mask(attention_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """positions and segment_ids ``[batch, seq]`` int32 from a 0/1 padding mask ``[batch, seq]``.
+
+    Real tokens count positions from 0 whichever side the padding is on; padding
+    gets segment 0 and so never influences real tokens.
+    """
+    mask = attention_mask.astype(jnp.int32)
+    positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
+    return positions, mask
+
+
+def resolve_layout(
+    input_ids: jax.Array,
+    attention_mask: jax.Array | None,
+    positions: jax.Array | None,
+    segment_ids: jax.Array | None,
+) -> tuple[jax.Array, jax.Array]:
+    """positions and segment_ids, given explicitly or derived from ``attention_mask`` (default: all ones)."""
+    if attention_mask is not None and segment_ids is not None:
+        raise ValueError("pass either attention_mask or segment_ids, not both")
+    if attention_mask is None and segment_ids is None:
+        attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+    if attention_mask is not None:
+        derived_positions, segment_ids = layout_from_attention_mask(attention_mask)
+        positions = derived_positions if positions is None else positions
+    if positions is None:
+        raise ValueError("positions are required with segment_ids")
+    return positions, segment_ids
+
+
+def _norm(cfg: ModelConfig, features: int) -> nnx.Module:
+    dtype, param_dtype = to_dtype(cfg.dtype), to_dtype(cfg.param_dtype)
+    if cfg.family == "gpt2":
+        return LayerNorm(features, cfg.layer_norm_eps, dtype=dtype, param_dtype=param_dtype)
+    return RMSNorm(features, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+
+
+class MLP(nnx.Module):
+    """Gated (SwiGLU: ``down(act(gate(x)) * up(x))``) for the llama family, ``down(act(up(x)))`` for gpt2."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        dtype, param_dtype = to_dtype(cfg.dtype), to_dtype(cfg.param_dtype)
+        e, i = cfg.hidden_size, cfg.intermediate_size
+        common = dict(use_bias=cfg.mlp_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        std = cfg.initializer_range
+        gated = cfg.family == "llama"
+        self.gate_proj = Linear((e,), (i,), ("embed",), ("mlp",), std=std, **common) if gated else None
+        self.up_proj = Linear((e,), (i,), ("embed",), ("mlp",), std=std, **common)
+        down_std = std if gated else residual_std(std, cfg.num_layers)
+        self.down_proj = Linear((i,), (e,), ("mlp",), ("embed",), std=down_std, **common)
+        self.activation = cfg.activation
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        act = ACTIVATION_FNS[self.activation]
+        if self.gate_proj is None:
+            return self.down_proj(act(self.up_proj(x)))
+        return self.down_proj(act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nnx.Module):
+    """One pre-norm transformer layer: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
+
+    def __init__(self, cfg: ModelConfig, layer_index: int, *, rngs: nnx.Rngs):
+        self.input_layernorm = _norm(cfg, cfg.hidden_size)
+        self.self_attn = Attention(cfg, rngs=rngs)
+        self.post_attention_layernorm = _norm(cfg, cfg.hidden_size)
+        self.mlp = MLP(cfg, rngs=rngs)
+        self.sliding = cfg.uses_sliding_window(layer_index)
+
+    def __call__(self, x: jax.Array, cos: jax.Array | None, sin: jax.Array | None, mask: jax.Array) -> jax.Array:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+def _run_block(block: Block, remat: str, *args: jax.Array | None) -> jax.Array:
+    """Runs ``block``, under ``jax.checkpoint`` with the configured policy unless remat is "none"."""
+    if remat == "none":
+        return block(*args)
+    graphdef, state = nnx.split(block)
+
+    def apply(state, *args):
+        return nnx.merge(graphdef, state)(*args)
+
+    return jax.checkpoint(apply, policy=REMAT_POLICY[remat])(state, *args)
+
+
+class Decoder(nnx.Module):
+    """Embeddings, the layer stack and the final norm; outputs hidden states."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        dtype, param_dtype = to_dtype(cfg.dtype), to_dtype(cfg.param_dtype)
+        embed = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, std=cfg.initializer_range)
+        self.config = cfg
+        self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), **embed)
+        self.embed_positions = (
+            Embed(cfg.max_position_embeddings, cfg.hidden_size, ("positions", "embed"), **embed)
+            if cfg.family == "gpt2" else None
+        )
+        self.layers = nnx.List([Block(cfg, i, rngs=rngs) for i in range(cfg.num_layers)])
+        self.norm = _norm(cfg, cfg.hidden_size)
+
+    def __call__(
+        self, input_ids: jax.Array, positions: jax.Array, segment_ids: jax.Array, branch_ids: jax.Array | None = None
+    ) -> jax.Array:
+        """All inputs ``[batch, seq]`` int -> hidden states ``[batch, seq, hidden]`` in ``cfg.dtype``."""
+        cfg = self.config
+        x = self.embed_tokens(input_ids)
+        cos = sin = None
+        if self.embed_positions is not None:
+            x = x + self.embed_positions(positions)
+        else:
+            cos, sin = rope_tables(positions, inverse_frequencies(cfg))
+        full_mask = packed_mask(segment_ids, branch_ids, positions)
+        sliding_mask = None
+        if any(block.sliding for block in self.layers):
+            sliding_mask = packed_mask(segment_ids, branch_ids, positions, cfg.sliding_window)
+        for block in self.layers:
+            mask = sliding_mask if block.sliding else full_mask
+            x = _run_block(block, cfg.remat, x, cos, sin, mask)
+        return self.norm(x)
+
+
+class CausalLM(nnx.Module):
+    """Decoder + vocabulary projection (tied to the token embeddings or a separate ``lm_head``)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = cfg
+        self.model = Decoder(cfg, rngs=rngs)
+        self.lm_head = None if cfg.tie_word_embeddings else Linear(
+            (cfg.hidden_size,), (cfg.vocab_size,), ("embed",), ("vocab",), use_bias=False,
+            dtype=to_dtype(cfg.dtype), param_dtype=to_dtype(cfg.param_dtype), rngs=rngs, std=cfg.initializer_range,
+        )
+
+    def hidden_states(
+        self, input_ids: jax.Array, positions: jax.Array, segment_ids: jax.Array, branch_ids: jax.Array | None = None
+    ) -> jax.Array:
+        """``[batch, seq]`` ids/positions/segments (/branches) -> ``[batch, seq, hidden]`` after the final norm.
+
+        Attention follows ``jaxalign.batch.attention_mask(segment_ids, branch_ids)``
+        (``branch_ids`` None = all zeros).
+        """
+        return self.model(input_ids, positions, segment_ids, branch_ids)
+
+    def output_embedding(self) -> jax.Array:
+        """The ``[hidden, vocab]`` projection from hidden states to logits (parameter dtype)."""
+        if self.lm_head is None:
+            return self.model.embed_tokens.embedding[...].T
+        return self.lm_head.kernel[...]
+
+    def logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
+        """``[..., hidden]`` -> float32 logits ``[..., vocab]``."""
+        weights = self.output_embedding().astype(hidden.dtype)
+        return jnp.einsum("...h,hv->...v", hidden, weights, preferred_element_type=jnp.float32)
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        *,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        branch_ids: jax.Array | None = None,
+    ) -> jax.Array:
+        """Logits ``[batch, seq, vocab]`` float32.
+
+        Give either a 0/1 ``attention_mask`` ``[batch, seq]`` (left or right
+        padding; positions = cumsum(mask) - 1) or the packed layout
+        (``positions`` + ``segment_ids`` [+ ``branch_ids``]).
+        """
+        positions, segment_ids = resolve_layout(input_ids, attention_mask, positions, segment_ids)
+        return self.logits_from_hidden(self.hidden_states(input_ids, positions, segment_ids, branch_ids))
