@@ -1,0 +1,30 @@
+"""Rows on disk -> packed, resumable numpy batches (see docs/data.md).
+
+``build_pipeline(cfg, tokenizer, split=..., kind=...)`` is the entry point;
+the pieces it composes are public for tests and custom pipelines.
+"""
+
+from jaxalign.data.config import DataConfig
+from jaxalign.data.errors import DataError
+from jaxalign.data.formats import TextExample, detect_format, implicit_prompt
+from jaxalign.data.packing import batch_shape, pack_examples, pack_prompts, pad_batch, unpack
+from jaxalign.data.pipeline import DataPipeline, build_pipeline
+from jaxalign.data.tokenize import ExampleTokenizer, TokenizedExample, load_tokenizer
+
+__all__ = [
+    "DataConfig",
+    "DataError",
+    "DataPipeline",
+    "ExampleTokenizer",
+    "TextExample",
+    "TokenizedExample",
+    "batch_shape",
+    "build_pipeline",
+    "detect_format",
+    "implicit_prompt",
+    "load_tokenizer",
+    "pack_examples",
+    "pack_prompts",
+    "pad_batch",
+    "unpack",
+]

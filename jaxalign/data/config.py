@@ -1,0 +1,95 @@
+"""``DataConfig``: where the rows come from and how they become batches."""
+
+from __future__ import annotations
+
+import dataclasses
+
+FORMATS = (
+    "auto",
+    "preference",  # prompt, chosen, rejected
+    "implicit_preference",  # chosen, rejected (prompt = their common beginning)
+    "ratings",  # prompt, responses, scores
+    "ranking",  # prompt, ranking (best first)
+    "unpaired",  # prompt, completion, label
+    "prompt_completion",  # prompt, completion
+    "messages",  # messages
+    "text",  # text
+    "prompt_only",  # prompt
+)
+BAD_ROW_POLICIES = ("raise", "skip")
+OVERLONG_POLICIES = ("truncate", "drop", "raise")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """The ``data:`` section of a run config.
+
+    Dataset specs (``train``, ``eval``) are one of: a local ``.jsonl``,
+    ``.jsonl.gz``, ``.json`` or ``.parquet`` file; ``builtin:NAME`` (see
+    ``jaxalign.data.builtin``); or a Hugging Face hub dataset name. Any spec
+    may end in ``#SPLIT`` (``builtin:preferences#eval``,
+    ``trl-lib/ultrafeedback_binarized#test``); without it the train spec reads
+    split ``train`` and the eval spec split ``eval`` for built-ins, ``test``
+    for hub datasets, and the whole file for local files.
+    """
+
+    train: str | None = None
+    eval: str | None = None
+    # Without an eval spec, hold out this fraction of the train rows (fixed
+    # permutation, independent of ``seed``, so the split never moves).
+    eval_fraction: float = 0.0
+    format: str = "auto"
+    batch_size: int = 32  # global examples (pairs) per step, over all processes
+    eval_batch_size: int | None = None  # default: batch_size
+    max_length: int = 1024  # prompt + completion tokens, for each branch of a pair
+    max_prompt_length: int | None = 512  # prompts keep their end; None = only max_length
+    pack_length: int | None = None  # tokens per packed row; default 2*max_length for pairs, else max_length
+    pad_to_multiple: int = 64  # row length and target slots are rounded up to this
+    on_bad_row: str = "raise"  # raise | skip (skipped rows are counted in stats)
+    on_overlong: str = "truncate"  # truncate | drop | raise
+    completion_only_loss: bool = True  # SFT: False = loss on every token after the first
+    shuffle: bool = True
+    seed: int = 0
+    num_epochs: int = 1
+    read_threads: int = 2  # Grain threads that tokenize and pack ahead of the step
+    prefetch_batches: int = 4  # packed batches buffered ahead
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def fail(message: str) -> None:
+            raise ValueError(f"data: {message}")
+
+        if self.format not in FORMATS:
+            fail(f"format must be one of {', '.join(FORMATS)}, got '{self.format}'")
+        if self.on_bad_row not in BAD_ROW_POLICIES:
+            fail(f"on_bad_row must be one of {', '.join(BAD_ROW_POLICIES)}, got '{self.on_bad_row}'")
+        if self.on_overlong not in OVERLONG_POLICIES:
+            fail(f"on_overlong must be one of {', '.join(OVERLONG_POLICIES)}, got '{self.on_overlong}'")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            fail(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.eval is not None and self.eval_fraction > 0:
+            fail("set either eval (a dataset spec) or eval_fraction (carve it from train), not both")
+        for name in ("batch_size", "max_length", "pad_to_multiple", "num_epochs", "prefetch_batches"):
+            if getattr(self, name) < 1:
+                fail(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.read_threads < 0:
+            fail(f"read_threads must be >= 0, got {self.read_threads}")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            fail(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        if self.max_prompt_length is not None and not 1 <= self.max_prompt_length < self.max_length:
+            fail(
+                f"max_prompt_length must be between 1 and max_length - 1 = {self.max_length - 1} "
+                f"(a completion needs at least one token), got {self.max_prompt_length}"
+            )
+        if self.pack_length is not None and self.pack_length < 2:
+            fail(f"pack_length must be >= 2, got {self.pack_length}")
+        if not 0 <= self.seed < 2**32:
+            fail(f"seed must be in [0, 2**32), got {self.seed}")
+
+    def resolved_pack_length(self, paired: bool) -> int:
+        """Row capacity: a pair stores its prompt once, so two branches fit in 2*max_length."""
+        if self.pack_length is not None:
+            return self.pack_length
+        return 2 * self.max_length if paired else self.max_length

@@ -1,0 +1,335 @@
+"""Rows -> canonical text examples (TRL's dataset formats).
+
+A ``TextExample`` is a prompt plus 0 (prompt-only), 1 (SFT, unpaired) or 2
+(chosen, rejected) completions, each a sequence of text pieces flagged in or
+out of the loss. Conversational rows are rendered here with the chat template,
+so everything downstream sees text. Which formats feed which kind of batch:
+
+=================== =====================================================
+kind                formats
+=================== =====================================================
+preference          preference, implicit_preference, ratings, ranking
+unpaired            unpaired; preference, implicit_preference (each pair ->
+                    one desirable + one undesirable example)
+sft                 prompt_completion, messages, text; preference,
+                    implicit_preference (the chosen reply)
+prompt              prompt_only and every format with a prompt
+=================== =====================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from typing import Any, Callable, Sequence
+
+from jaxalign.data.chat import ChatRenderer, Piece
+from jaxalign.data.errors import Counter, DataError
+from jaxalign.data.sources import RawRow
+
+KINDS = ("preference", "unpaired", "sft", "prompt")
+PAIRED_FORMATS = ("preference", "implicit_preference")
+FORMATS_FOR_KIND = {
+    "preference": ("preference", "implicit_preference", "ratings", "ranking"),
+    "unpaired": ("unpaired", *PAIRED_FORMATS),
+    "sft": ("prompt_completion", "messages", "text", *PAIRED_FORMATS),
+    "prompt": ("prompt_only", "preference", "implicit_preference", "ratings", "ranking", "unpaired",
+               "prompt_completion", "messages"),
+}
+# Detection order matters: the first format whose columns are all present wins.
+FORMAT_COLUMNS = (
+    ("messages", ("messages",)),
+    ("ratings", ("prompt", "responses", "scores")),
+    ("ranking", ("prompt", "ranking")),
+    ("preference", ("prompt", "chosen", "rejected")),
+    ("implicit_preference", ("chosen", "rejected")),
+    ("unpaired", ("prompt", "completion", "label")),
+    ("prompt_completion", ("prompt", "completion")),
+    ("text", ("text",)),
+    ("prompt_only", ("prompt",)),
+)
+# A speaker tag at a line start ("\n\nAssistant:", "\nUser:"): implicit prompts end after the last one.
+SPEAKER_TAG = re.compile(r"\n\n?[A-Z][A-Za-z]{0,30}:")
+
+
+@dataclasses.dataclass(frozen=True)
+class TextExample:
+    """One training example as text. ``completions[b]`` is a tuple of
+    ``(text, in_loss)`` pieces; most completions are a single piece."""
+
+    prompt: str
+    completions: tuple[tuple[Piece, ...], ...]
+    where: str
+    margin: float | None = None
+    label: bool | None = None
+    chat: bool = False  # rendered by a chat template, which ends the reply itself: no EOS appended
+
+
+def detect_format(rows: Sequence[RawRow]) -> str:
+    """The format whose columns the first readable row has."""
+    for row in rows:
+        if isinstance(row.value, dict):
+            for name, columns in FORMAT_COLUMNS:
+                if all(column in row.value for column in columns):
+                    return name
+            known = "; ".join(f"{name}: {', '.join(cols)}" for name, cols in FORMAT_COLUMNS)
+            raise DataError(row.where, "unknown_format",
+                            f"cannot tell the format from columns {sorted(row.value)}; expected one of: {known}")
+    raise ValueError("data: no readable rows to detect the format from")
+
+
+def check_kind(fmt: str, kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"data: kind must be one of {', '.join(KINDS)}, got '{kind}'")
+    if fmt not in FORMATS_FOR_KIND[kind]:
+        raise ValueError(
+            f"data: format '{fmt}' cannot feed {kind} training; it needs one of {', '.join(FORMATS_FOR_KIND[kind])}"
+        )
+
+
+def format_rows(
+    rows: Sequence[RawRow], fmt: str, kind: str, renderer: Callable[[], ChatRenderer], on_bad_row: str, stats: Counter
+) -> list[TextExample]:
+    """Formats every row; bad rows raise ``DataError`` or, with ``on_bad_row ==
+    "skip"``, are counted in ``stats`` under ``skipped/<reason>``."""
+    check_kind(fmt, kind)
+    examples: list[TextExample] = []
+    for row in rows:
+        stats.add("rows_read")
+        try:
+            made = row_examples(row, fmt, kind, renderer, stats)
+        except DataError as err:
+            if on_bad_row == "raise":
+                raise
+            stats.add("rows_skipped")
+            stats.add(f"skipped/{err.reason}")
+            continue
+        stats.add("rows_kept")
+        examples.extend(made)
+    stats.add("examples", len(examples))
+    return examples
+
+
+def row_examples(
+    row: RawRow, fmt: str, kind: str, renderer: Callable[[], ChatRenderer], stats: Counter
+) -> list[TextExample]:
+    """One row -> its examples for ``kind`` (a ratings row gives several pairs)."""
+    if row.error is not None:
+        raise DataError(row.where, "bad_json", row.error)
+    if not isinstance(row.value, dict):
+        raise DataError(row.where, "not_an_object", f"a row must be an object with columns, got {type(row.value).__name__}")
+    reader = _Row(row.where, row.value, renderer)
+    if kind == "prompt":
+        return [TextExample(reader.prompt_for_generation(fmt), (), row.where, chat=reader.chat)]
+    if fmt in PAIRED_FORMATS or fmt in ("ratings", "ranking"):
+        pairs = reader.pairs(fmt, stats)
+        if kind == "unpaired":
+            return [dataclasses.replace(pair, completions=(reply,), label=label, margin=None)
+                    for pair in pairs for reply, label in zip(pair.completions, (True, False))]
+        if kind == "sft":
+            return [dataclasses.replace(pair, completions=pair.completions[:1], margin=None) for pair in pairs]
+        return pairs
+    if fmt == "unpaired":
+        prompt, reply = reader.prompt_and_reply("completion")
+        return [TextExample(prompt, _one(reply), row.where, label=reader.label(), chat=reader.chat)]
+    if fmt == "prompt_completion":
+        prompt, reply = reader.prompt_and_reply("completion")
+        return [TextExample(prompt, _one(reply), row.where, chat=reader.chat)]
+    if fmt == "messages":
+        prompt, pieces = reader.conversation()
+        return [TextExample(prompt, (tuple(pieces),), row.where, chat=True)]
+    if fmt == "text":
+        return [TextExample("", _one(reader.text("text")), row.where)]
+    raise AssertionError(f"unhandled format {fmt}")
+
+
+class _Row:
+    """Typed, checked access to one row's fields; every failure names the field."""
+
+    def __init__(self, where: str, value: dict, renderer: Callable[[], ChatRenderer]):
+        self.where = where
+        self.value = value
+        self._renderer = renderer
+        self.chat = isinstance(value.get("prompt", value.get("chosen", value.get("messages"))), list)
+
+    def fail(self, field: str, reason: str, detail: str) -> DataError:
+        return DataError(self.where, reason, detail, field)
+
+    def get(self, field: str) -> Any:
+        if field not in self.value or self.value[field] is None:
+            raise self.fail(field, "missing_field", "missing")
+        return self.value[field]
+
+    def text(self, field: str, value: Any = None, *, role: str = "response") -> str:
+        value = self.get(field) if value is None else value
+        if not isinstance(value, str):
+            raise self.fail(field, "wrong_type", f"expected a string, got {type(value).__name__}")
+        if role == "response" and not value.strip():
+            raise self.fail(field, "empty_response", "empty response")
+        if role == "prompt" and not value.strip():
+            raise self.fail(field, "empty_prompt", "empty prompt")
+        return value
+
+    def messages(self, field: str, value: Any = None) -> list[dict[str, str]]:
+        value = self.get(field) if value is None else value
+        if not isinstance(value, list) or not value:
+            raise self.fail(field, "wrong_type", f"expected a non-empty list of {{role, content}} messages, got {_describe(value)}")
+        for i, message in enumerate(value):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
+                raise self.fail(field, "wrong_type", f"message {i} is not a {{role: str, content: str}} object: {message!r:.80}")
+        if value[-1]["role"] == "assistant" and not value[-1]["content"].strip():
+            raise self.fail(field, "empty_response", "empty assistant message")
+        return value
+
+    def renderer(self) -> ChatRenderer:
+        return self._renderer()
+
+    # ---- prompts and replies -------------------------------------------------
+    def prompt_and_reply(self, reply_field: str, reply: Any = None) -> tuple[str, str]:
+        """Prompt text and reply text; conversational rows rendered with the template."""
+        reply = self.get(reply_field) if reply is None else reply
+        if not self.chat:
+            return self.text("prompt", role="prompt"), self.text(reply_field, reply)
+        prompt = self.messages("prompt")
+        reply_messages = self.messages(reply_field, reply)
+        return self.renderer().prompt_and_completion(prompt, reply_messages, self.where, reply_field)
+
+    def label(self) -> bool:
+        label = self.get("label")
+        if isinstance(label, bool):
+            return label
+        if isinstance(label, int) and label in (0, 1):
+            return bool(label)
+        raise self.fail("label", "wrong_type", f"expected a bool (desirable or not), got {label!r:.40}")
+
+    def conversation(self) -> tuple[str, list[Piece]]:
+        return self.renderer().conversation_pieces(self.messages("messages"), self.where, "messages")
+
+    def prompt_for_generation(self, fmt: str) -> str:
+        if fmt == "messages":
+            messages = self.messages("messages")
+            last_reply = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
+            if last_reply == 0:
+                raise self.fail("messages", "empty_prompt", "no message before the first assistant reply")
+            return self.renderer().render(messages[:last_reply], self.where, "messages", generation_prompt=True)
+        if fmt == "implicit_preference":
+            return self.pairs(fmt, Counter())[0].prompt
+        if self.chat:
+            return self.renderer().render(self.messages("prompt"), self.where, "prompt", generation_prompt=True)
+        return self.text("prompt", role="prompt")
+
+    # ---- pairs ---------------------------------------------------------------
+    def pairs(self, fmt: str, stats: Counter) -> list[TextExample]:
+        if fmt == "preference":
+            return [self._pair(self.get("chosen"), self.get("rejected"), "chosen", "rejected")]
+        if fmt == "implicit_preference":
+            return [self._implicit_pair()]
+        if fmt == "ratings":
+            return self._rating_pairs(stats)
+        return self._ranking_pairs(stats)
+
+    def _pair(self, chosen: Any, rejected: Any, chosen_field: str, rejected_field: str,
+              margin: float | None = None) -> TextExample:
+        prompt, chosen_text = self.prompt_and_reply(chosen_field, chosen)
+        prompt_again, rejected_text = self.prompt_and_reply(rejected_field, rejected)
+        assert prompt == prompt_again
+        if chosen_text == rejected_text:
+            raise self.fail(rejected_field, "chosen_equals_rejected", "chosen equals rejected")
+        return TextExample(prompt, _one(chosen_text) + _one(rejected_text), self.where, margin, chat=self.chat)
+
+    def _implicit_pair(self) -> TextExample:
+        chosen, rejected = self.get("chosen"), self.get("rejected")
+        if self.chat:
+            chosen, rejected = self.messages("chosen"), self.messages("rejected")
+            if chosen == rejected:
+                raise self.fail("rejected", "chosen_equals_rejected", "chosen equals rejected")
+            shared = 0
+            while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+                shared += 1
+            if shared == 0:
+                raise self.fail("chosen", "no_common_prompt", "chosen and rejected start with different messages")
+            prompt_text, chosen_text = self.renderer().prompt_and_completion(chosen[:shared], chosen[shared:], self.where, "chosen")
+            _, rejected_text = self.renderer().prompt_and_completion(chosen[:shared], rejected[shared:], self.where, "rejected")
+            return TextExample(prompt_text, _one(chosen_text) + _one(rejected_text), self.where, chat=True)
+        chosen, rejected = self.text("chosen"), self.text("rejected")
+        if chosen == rejected:
+            raise self.fail("rejected", "chosen_equals_rejected", "chosen equals rejected")
+        prompt = implicit_prompt(chosen, rejected)
+        if not prompt.strip():
+            raise self.fail("chosen", "no_common_prompt", "chosen and rejected share no prompt")
+        chosen_reply, rejected_reply = chosen[len(prompt):], rejected[len(prompt):]
+        for field, reply in (("chosen", chosen_reply), ("rejected", rejected_reply)):
+            if not reply.strip():
+                raise self.fail(field, "empty_response", "empty response after the shared prompt")
+        return TextExample(prompt, _one(chosen_reply) + _one(rejected_reply), self.where)
+
+    def _responses(self, field: str) -> list[Any]:
+        responses = self.get(field)
+        if not isinstance(responses, list) or len(responses) < 2:
+            raise self.fail(field, "wrong_type", f"expected a list of at least 2 responses, got {_describe(responses)}")
+        return responses
+
+    def _rating_pairs(self, stats: Counter) -> list[TextExample]:
+        responses, scores = self._responses("responses"), self.get("scores")
+        if not isinstance(scores, list) or len(scores) != len(responses):
+            raise self.fail("scores", "wrong_type", f"expected a list of {len(responses)} numbers, got {_describe(scores)}")
+        for score in scores:
+            if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+                raise self.fail("scores", "wrong_type", f"expected finite numbers, got {score!r:.40}")
+        order = sorted(range(len(responses)), key=lambda i: -scores[i])
+        candidates = [(i, j) for a, i in enumerate(order) for j in order[a + 1:] if scores[i] > scores[j]]
+        return self._pairs_from(responses, candidates, "responses", stats, lambda i, j: float(scores[i] - scores[j]))
+
+    def _ranking_pairs(self, stats: Counter) -> list[TextExample]:
+        ranking = self._responses("ranking")
+        candidates = [(i, j) for i in range(len(ranking)) for j in range(i + 1, len(ranking))]
+        return self._pairs_from(ranking, candidates, "ranking", stats, lambda i, j: None)
+
+    def _pairs_from(self, responses, candidates, field, stats, margin) -> list[TextExample]:
+        pairs = []
+        for i, j in candidates:
+            try:
+                pairs.append(self._pair(responses[i], responses[j], field, field, margin(i, j)))
+            except DataError as err:
+                if err.reason != "chosen_equals_rejected":
+                    raise
+                stats.add("pairs_skipped/identical_responses")  # the row's other pairs stay
+        if not pairs:
+            raise self.fail(field, "no_pairs", "no two responses differ in score or text")
+        return pairs
+
+
+def implicit_prompt(chosen: str, rejected: str) -> str:
+    """The shared prompt of two full transcripts.
+
+    Rule: take their longest common prefix; if it contains a speaker tag (a
+    line start, a capitalised word and a colon: ``\\n\\nAssistant:``), the prompt
+    ends right after the last one, so replies that begin alike ("I think...")
+    stay whole. Otherwise cut back to the last whitespace, so the completion
+    starts at a word boundary with its leading space (as BPE tokenizes it in
+    running text).
+    """
+    common = os.path.commonprefix([chosen, rejected])
+    tags = list(SPEAKER_TAG.finditer(common))
+    if tags:
+        return common[: tags[-1].end()]
+    if common != common.rstrip():
+        return common.rstrip()
+    following = (chosen[len(common):len(common) + 1], rejected[len(common):len(common) + 1])
+    if all(not char or char.isspace() for char in following):
+        return common  # the replies diverge at a word boundary already
+    cut = max(common.rfind(char) for char in " \t\n")
+    return common[:cut].rstrip() if cut > 0 else common
+
+
+def _one(text: str) -> tuple[tuple[Piece, ...], ...]:
+    """A single completion made of one piece in the loss."""
+    return (((text, True),),)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    return type(value).__name__

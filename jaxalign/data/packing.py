@@ -1,0 +1,280 @@
+"""Tokenized examples -> the packed arrays of ``jaxalign/batch.py``, and back.
+
+Each example is laid out contiguously, ``[prompt | chosen | rejected]`` for a
+pair (branch ids 0/1/2) and ``[prompt | completion]`` otherwise (branch 1);
+examples are placed first-fit-decreasing into rows of ``pack_length`` tokens,
+never split across rows. Shapes are bucketed so a run compiles few of them:
+
+* K (example slots a row) = the number of examples a batch holds, fixed;
+* L = longest used row rounded up to ``pad_to_multiple``, capped at
+  ``pack_length`` (an example longer than that gets a row of its own);
+* C (target slots a row) = most targets in a row, rounded up likewise;
+* R = ``row_multiple * 2**k``: rows used, rounded up to a multiple of
+  ``row_multiple`` (the data-parallel shards of this process) whose quotient
+  is a power of two.
+
+Everything here is pure numpy, and ``unpack`` inverts ``pack_examples`` (it
+checks positions and targets while doing so) for tests.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from jaxalign.data.tokenize import TokenizedExample
+
+LENGTH_KEYS = ("input_ids", "positions", "segment_ids", "branch_ids")
+TARGET_KEYS = ("target_index", "target_ids", "target_segment", "target_branch")
+
+
+def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Bins of example indices, longest examples placed first, each into the
+    first bin with room; an example longer than ``capacity`` gets its own bin."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for index in order:
+        length = lengths[index]
+        target = next((b for b, free in enumerate(room) if free >= length), None)
+        if target is None:
+            bins.append([])
+            room.append(max(capacity, length))
+            target = len(bins) - 1
+        bins[target].append(index)
+        room[target] -= length
+    return bins
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def bucket_rows(rows: int, row_multiple: int) -> int:
+    """``row_multiple * 2**k``, the smallest such value >= ``rows`` (at least one unit)."""
+    units = max(1, -(-rows // row_multiple))
+    return row_multiple * (1 << (units - 1).bit_length())
+
+
+def _targets(example: TokenizedExample, start: int) -> list[tuple[int, int, int]]:
+    """``(target_index, target_id, branch)`` of an example whose prompt starts at row position ``start``."""
+    prompt_end = start + len(example.prompt)  # first position after the prompt
+    targets = []
+    if example.prompt_loss:
+        targets += [(start + j - 1, int(example.prompt[j]), 1) for j in range(1, len(example.prompt))]
+    offset = prompt_end
+    for branch, (ids, mask) in enumerate(zip(example.completions, example.loss_masks), start=1):
+        for j in np.flatnonzero(mask):
+            # The first token of every branch is predicted by the last prompt token.
+            index = prompt_end - 1 if j == 0 else offset + j - 1
+            targets.append((index, int(ids[j]), branch))
+        offset += len(ids)
+    return targets
+
+
+def _target_count(example: TokenizedExample) -> int:
+    prompt_targets = len(example.prompt) - 1 if example.prompt_loss else 0
+    return prompt_targets + sum(int(mask.sum()) for mask in example.loss_masks)
+
+
+def pack_examples(
+    examples: Sequence[TokenizedExample],
+    *,
+    slots: int,
+    pack_length: int,
+    pad_to_multiple: int = 64,
+    row_multiple: int = 1,
+) -> dict[str, np.ndarray]:
+    """Packs up to ``slots`` examples into the batch layout of ``jaxalign/batch.py``.
+
+    Returns int32 ``input_ids/positions/segment_ids/branch_ids`` ``[R, L]``,
+    ``target_index/target_ids/target_segment/target_branch`` ``[R, C]``,
+    ``end_index`` ``[R, K, 2]``, float32 ``example_mask`` ``[R, K]``, and
+    float32 ``margin``/``label`` ``[R, K]`` when any example has one. Padding
+    is zeros everywhere.
+    """
+    if len(examples) > slots:
+        raise ValueError(f"{len(examples)} examples do not fit {slots} example slots")
+    bins = first_fit_decreasing([ex.length for ex in examples], pack_length)
+    row_lengths = [sum(examples[i].length for i in members) for members in bins]
+    longest = max(row_lengths, default=1)
+    length = round_up(longest, pad_to_multiple)
+    if longest <= pack_length:
+        length = min(length, pack_length)
+    num_targets = max((sum(_target_count(examples[i]) for i in members) for members in bins), default=1)
+    rows, width = bucket_rows(len(bins), row_multiple), round_up(max(num_targets, 1), pad_to_multiple)
+
+    batch = {key: np.zeros((rows, length), np.int32) for key in LENGTH_KEYS}
+    batch.update({key: np.zeros((rows, width), np.int32) for key in TARGET_KEYS})
+    batch["end_index"] = np.zeros((rows, slots, 2), np.int32)
+    batch["example_mask"] = np.zeros((rows, slots), np.float32)
+    for column in ("margin", "label"):
+        if any(getattr(ex, column) is not None for ex in examples):
+            batch[column] = np.zeros((rows, slots), np.float32)
+
+    for r, members in enumerate(bins):
+        start, filled = 0, 0
+        for slot, index in enumerate(members, start=1):
+            example = examples[index]
+            _place(batch, r, slot, start, example)
+            for target_index, target_id, branch in _targets(example, start):
+                batch["target_index"][r, filled] = target_index
+                batch["target_ids"][r, filled] = target_id
+                batch["target_segment"][r, filled] = slot
+                batch["target_branch"][r, filled] = branch
+                filled += 1
+            start += example.length
+    return batch
+
+
+def _place(batch: dict[str, np.ndarray], r: int, slot: int, start: int, example: TokenizedExample) -> None:
+    prompt_length = len(example.prompt)
+    stop = start + prompt_length
+    batch["input_ids"][r, start:stop] = example.prompt
+    batch["positions"][r, start:stop] = np.arange(prompt_length)
+    batch["segment_ids"][r, start:stop] = slot
+    ends = []
+    for branch, ids in enumerate(example.completions, start=1):
+        begin, stop = stop, stop + len(ids)
+        batch["input_ids"][r, begin:stop] = ids
+        batch["positions"][r, begin:stop] = np.arange(prompt_length, prompt_length + len(ids))  # continue the prompt
+        batch["segment_ids"][r, begin:stop] = slot
+        batch["branch_ids"][r, begin:stop] = branch
+        ends.append(stop - 1)
+    batch["end_index"][r, slot - 1] = (ends + ends)[:2] if len(ends) == 1 else ends
+    batch["example_mask"][r, slot - 1] = 1.0
+    if "margin" in batch and example.margin is not None:
+        batch["margin"][r, slot - 1] = example.margin
+    if "label" in batch and example.label is not None:
+        batch["label"][r, slot - 1] = example.label
+
+
+def unpack(batch: dict[str, np.ndarray]) -> list[TokenizedExample]:
+    """Inverse of ``pack_examples``: the examples in (row, slot) order.
+
+    Raises ``ValueError`` if positions, branch order, end indices or targets
+    disagree with the layout.
+    """
+    examples = []
+    rows, slots = batch["example_mask"].shape
+    for r in range(rows):
+        for slot in range(1, slots + 1):
+            where = np.flatnonzero(batch["segment_ids"][r] == slot)
+            if where.size == 0:
+                if batch["example_mask"][r, slot - 1]:
+                    raise ValueError(f"row {r} slot {slot}: marked as an example but has no tokens")
+                continue
+            examples.append(_unpack_one(batch, r, slot, where))
+    return examples
+
+
+def _unpack_one(batch: dict[str, np.ndarray], r: int, slot: int, where: np.ndarray) -> TokenizedExample:
+    def fail(message: str) -> ValueError:
+        return ValueError(f"row {r} slot {slot}: {message}")
+
+    branches = batch["branch_ids"][r, where]
+    if np.any(np.diff(where) != 1) or np.any(np.diff(branches) < 0):
+        raise fail("tokens are not contiguous in prompt, chosen, rejected order")
+    ids = batch["input_ids"][r, where]
+    positions = batch["positions"][r, where]
+    prompt = ids[branches == 0]
+    prompt_length = len(prompt)
+    if prompt_length == 0:
+        raise fail("no prompt tokens")
+    completion_branches = sorted(set(branches[branches > 0].tolist()))
+    if completion_branches not in ([1], [1, 2]):
+        raise fail(f"unexpected branches {completion_branches}")
+    start, prompt_end = where[0], where[0] + prompt_length
+    expected_positions = np.concatenate(
+        [np.arange(prompt_length)] + [np.arange(prompt_length, prompt_length + np.sum(branches == b)) for b in completion_branches]
+    )
+    if not np.array_equal(positions, expected_positions):
+        raise fail("positions do not restart per example / continue from the prompt end per branch")
+
+    in_slot = batch["target_segment"][r] == slot
+    target_index = batch["target_index"][r, in_slot]
+    target_ids = batch["target_ids"][r, in_slot]
+    target_branch = batch["target_branch"][r, in_slot]
+    completions, masks, ends = [], [], []
+    prompt_loss = False
+    for branch in completion_branches:
+        row_positions = where[branches == branch]
+        completions.append(ids[branches == branch])
+        ends.append(row_positions[-1])
+        # Position whose output predicts each completion token.
+        predictor = np.concatenate([[prompt_end - 1], row_positions[:-1]])
+        mask = np.zeros(len(row_positions), bool)
+        for index, token in zip(target_index[target_branch == branch], target_ids[target_branch == branch]):
+            hit = np.flatnonzero(predictor == index)
+            if hit.size:
+                if token != completions[-1][hit[0]]:
+                    raise fail(f"target at {index} is {token}, the token it predicts is {completions[-1][hit[0]]}")
+                mask[hit[0]] = True
+            elif branch == 1 and start <= index < prompt_end - 1 and token == batch["input_ids"][r, index + 1]:
+                prompt_loss = True
+            else:
+                raise fail(f"target at index {index} (branch {branch}) predicts no token of this example")
+        masks.append(mask)
+    end_index = batch["end_index"][r, slot - 1]
+    if list(end_index) != (ends * 2 if len(ends) == 1 else ends):
+        raise fail(f"end_index {list(end_index)} != last completion positions {ends}")
+    margin = float(batch["margin"][r, slot - 1]) if "margin" in batch else None
+    label = float(batch["label"][r, slot - 1]) if "label" in batch else None
+    return TokenizedExample(prompt, tuple(completions), tuple(masks), prompt_loss, margin, label)
+
+
+def pack_prompts(
+    examples: Sequence[TokenizedExample], *, slots: int, pad_to_multiple: int = 64, row_multiple: int = 1
+) -> dict[str, np.ndarray]:
+    """Prompt-only examples -> left-padded rows for generation.
+
+    Returns int32 ``prompt_ids`` and ``prompt_mask`` ``[B, Lp]`` (prompts end at
+    the right edge) and float32 ``example_mask`` ``[B]``, with B = ``slots``
+    rounded up to a multiple of ``row_multiple`` and Lp the longest prompt
+    rounded up to ``pad_to_multiple``.
+    """
+    if len(examples) > slots:
+        raise ValueError(f"{len(examples)} prompts do not fit {slots} slots")
+    rows = round_up(slots, row_multiple)
+    length = round_up(max((len(ex.prompt) for ex in examples), default=1), pad_to_multiple)
+    batch = {
+        "prompt_ids": np.zeros((rows, length), np.int32),
+        "prompt_mask": np.zeros((rows, length), np.int32),
+        "example_mask": np.zeros((rows,), np.float32),
+    }
+    for row, example in enumerate(examples):
+        size = len(example.prompt)
+        batch["prompt_ids"][row, length - size:] = example.prompt
+        batch["prompt_mask"][row, length - size:] = 1
+        batch["example_mask"][row] = 1.0
+    return batch
+
+
+def batch_shape(batch: dict[str, np.ndarray]) -> tuple[int, int, int]:
+    """``(R, L, C)`` of a packed batch; ``(B, Lp, 0)`` of a prompt batch."""
+    if "prompt_ids" in batch:
+        return (*batch["prompt_ids"].shape, 0)  # type: ignore[return-value]
+    rows, length = batch["input_ids"].shape
+    return rows, length, batch["target_index"].shape[1]
+
+
+def pad_batch(batch: dict[str, np.ndarray], shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
+    """Zero-pads a batch to ``shape`` = (rows, length, target slots), e.g. to the
+    largest shape over processes (``jax.make_array_from_process_local_data``
+    needs every process to pass the same shape). Prompts pad on the left."""
+    rows, length, width = shape
+    have = batch_shape(batch)
+    if any(want < got for want, got in zip(shape, have)):
+        raise ValueError(f"cannot pad a batch of shape {have} down to {shape}")
+    padded = {}
+    for key, value in batch.items():
+        pad = [(0, rows - value.shape[0])] + [(0, 0)] * (value.ndim - 1)
+        if key in LENGTH_KEYS:
+            pad[1] = (0, length - value.shape[1])
+        elif key in TARGET_KEYS:
+            pad[1] = (0, width - value.shape[1])
+        elif key in ("prompt_ids", "prompt_mask"):
+            pad[1] = (length - value.shape[1], 0)
+        padded[key] = np.pad(value, pad)
+    return padded

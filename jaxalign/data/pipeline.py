@@ -1,0 +1,212 @@
+"""The Grain pipeline: dataset spec -> resumable iterator of packed batches.
+
+Rows are read and formatted eagerly (cheap, and it makes bad-row errors
+immediate and ``num_examples`` exact on every process); tokenizing and packing
+run lazily inside Grain, once per example per pass, in reader threads ahead
+of the step. For training::
+
+    MapDataset.source(examples)
+      .shuffle(seed)                 # a new permutation each epoch
+      [: steps_per_epoch * B]        # B = global batch; the epoch remainder is dropped
+      [process_index :: process_count]
+      .map(tokenize)                 # overlong examples dropped -> empty slots
+      .batch(P, batch_fn=pack)       # P = B // process_count examples -> one batch
+      .repeat(num_epochs)
+
+so global step s of every epoch holds exactly permuted examples [s*B, (s+1)*B),
+every process runs the same number of steps, and the Grain iterator state (a
+single index) restores the stream exactly. Eval is the same without shuffle or
+remainder: the last global batch is padded with empty slots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, Sequence
+
+import grain
+import numpy as np
+
+from jaxalign.data.chat import ChatRenderer
+from jaxalign.data.config import DataConfig
+from jaxalign.data.errors import Counter
+from jaxalign.data.formats import TextExample, detect_format, format_rows
+from jaxalign.data.packing import batch_shape, pack_examples, pack_prompts, pad_batch
+from jaxalign.data.sources import carve_eval, read_rows
+from jaxalign.data.tokenize import Dropped, ExampleTokenizer, TokenizedExample
+
+ShapeAgreement = Callable[[tuple[int, int, int]], tuple[int, int, int]]
+
+
+@dataclasses.dataclass
+class DataPipeline:
+    """One split's examples and how to batch them; ``iterator()`` starts a pass.
+
+    ``num_examples`` counts examples over all processes (pairs for preference
+    data); ``steps_per_epoch`` is the number of batches per epoch (per pass for
+    eval), the same on every process.
+    """
+
+    split: str
+    kind: str
+    format: str
+    examples: list[TextExample]
+    batch_size: int  # global
+    local_batch_size: int  # P, examples per process per step
+    steps_per_epoch: int
+    num_epochs: int
+    pack_length: int
+    _dataset: Any = dataclasses.field(repr=False)
+    _load_stats: Counter = dataclasses.field(repr=False)
+    _run_stats: Counter = dataclasses.field(repr=False)
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.examples)
+
+    @property
+    def num_batches(self) -> int:
+        return self.steps_per_epoch * self.num_epochs
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Rows read/kept/skipped (by reason) for the whole split, plus counts
+        over the batches this process has consumed so far (truncated, dropped,
+        tokens and token slots)."""
+        return {**self._load_stats.snapshot(), **self._run_stats.snapshot()}
+
+    def iterator(self) -> grain.DatasetIterator:
+        """A fresh pass (``num_epochs`` epochs for train, one for eval).
+
+        The iterator's ``get_state()``/``set_state()`` save and restore its
+        position; Grain's Orbax ``CheckpointHandler`` accepts it directly.
+        """
+        return iter(self._dataset)
+
+
+def build_pipeline(
+    cfg: DataConfig,
+    tokenizer: Any,
+    *,
+    split: str = "train",
+    kind: str = "preference",
+    process_index: int = 0,
+    process_count: int = 1,
+    row_multiple: int = 1,
+    seed: int | None = None,
+    shape_agreement: ShapeAgreement | None = None,
+) -> DataPipeline | None:
+    """Builds the ``split`` ("train" or "eval") pipeline for ``kind`` batches
+    ("preference", "unpaired", "sft", "prompt").
+
+    Returns None for "eval" when the config names no eval data. ``row_multiple``
+    is the number of data-parallel shards this process feeds (rows of every
+    batch are a multiple of it). ``shape_agreement``, called on every process in
+    step with the batch's ``(R, L, C)``, returns the shape to pad to, e.g. the
+    maximum over processes, which multi-process runs need.
+    """
+    if split not in ("train", "eval"):
+        raise ValueError(f"data: split must be 'train' or 'eval', got '{split}'")
+    if cfg.train is None:
+        raise ValueError("data.train is required: a local file, builtin:NAME, or a hub dataset name")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+    rows = _split_rows(cfg, split)
+    if rows is None:
+        return None
+    fmt = detect_format(rows) if cfg.format == "auto" else cfg.format
+    load_stats = Counter()
+    renderer = functools.cache(lambda: ChatRenderer(tokenizer))
+    examples = format_rows(rows, fmt, kind, renderer, cfg.on_bad_row, load_stats)
+    if not examples:
+        raise ValueError(f"data: the {split} split has no usable examples ({load_stats.snapshot()})")
+
+    batch_size = cfg.batch_size if split == "train" else (cfg.eval_batch_size or cfg.batch_size)
+    if batch_size % process_count:
+        raise ValueError(f"data: batch size {batch_size} is not divisible by {process_count} processes")
+    local_batch = batch_size // process_count
+    if split == "train":
+        steps = len(examples) // batch_size
+        if steps == 0:
+            raise ValueError(f"data: {len(examples)} training examples are fewer than batch_size {batch_size}")
+    else:
+        steps = math.ceil(len(examples) / batch_size)
+
+    pack_length = cfg.resolved_pack_length(paired=kind == "preference")
+    to_tokens = ExampleTokenizer(
+        tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.on_overlong,
+        loss_on_prompt=kind == "sft" and not cfg.completion_only_loss,
+    )
+    run_stats = Counter()
+    pack = functools.partial(
+        _pack_batch, kind=kind, slots=local_batch, pack_length=pack_length,
+        pad_to_multiple=cfg.pad_to_multiple, row_multiple=row_multiple,
+    )
+    consume = functools.partial(_consume, stats=run_stats, shape_agreement=shape_agreement)
+
+    if split == "train":
+        dataset = grain.MapDataset.source(examples)
+        if cfg.shuffle:
+            dataset = dataset.shuffle(seed=cfg.seed if seed is None else seed)
+        dataset = dataset[: steps * batch_size]
+        epochs = cfg.num_epochs
+    else:  # pad the last global batch with empty slots so every process has `steps` batches
+        dataset = grain.MapDataset.source(list(examples) + [None] * (steps * batch_size - len(examples)))
+        epochs = 1
+    dataset = dataset[process_index::process_count]
+    dataset = dataset.map(lambda example: None if example is None else to_tokens(example))
+    dataset = dataset.batch(local_batch, drop_remainder=True, batch_fn=pack)
+    if epochs > 1:
+        dataset = dataset.repeat(epochs)
+    read_options = grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch_batches)
+    iterable = dataset.to_iter_dataset(read_options).map(consume)
+    return DataPipeline(
+        split=split, kind=kind, format=fmt, examples=examples, batch_size=batch_size,
+        local_batch_size=local_batch, steps_per_epoch=steps, num_epochs=epochs, pack_length=pack_length,
+        _dataset=iterable, _load_stats=load_stats, _run_stats=run_stats,
+    )
+
+
+def _split_rows(cfg: DataConfig, split: str):
+    if split == "train":
+        rows = read_rows(cfg.train, "train")
+        return carve_eval(rows, cfg.eval_fraction)[0]
+    if cfg.eval is not None:
+        return read_rows(cfg.eval, "eval")
+    if cfg.eval_fraction > 0:
+        return carve_eval(read_rows(cfg.train, "train"), cfg.eval_fraction)[1]
+    return None
+
+
+def _pack_batch(
+    items: Sequence[TokenizedExample | Dropped | None], *, kind: str, slots: int, pack_length: int,
+    pad_to_multiple: int, row_multiple: int,
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Grain ``batch_fn``: P tokenized examples (None = eval padding) -> (arrays, counts)."""
+    examples = [item for item in items if isinstance(item, TokenizedExample)]
+    counts = {"batches": 1, "examples_packed": len(examples)}
+    for item in items:
+        if isinstance(item, Dropped):
+            counts[f"dropped/{item.reason}"] = counts.get(f"dropped/{item.reason}", 0) + 1
+    counts["truncated"] = sum(example.truncated for example in examples)
+    if kind == "prompt":
+        batch = pack_prompts(examples, slots=slots, pad_to_multiple=pad_to_multiple, row_multiple=row_multiple)
+        counts["tokens"], counts["token_slots"] = int(batch["prompt_mask"].sum()), batch["prompt_mask"].size
+    else:
+        batch = pack_examples(examples, slots=slots, pack_length=pack_length,
+                              pad_to_multiple=pad_to_multiple, row_multiple=row_multiple)
+        counts["tokens"], counts["token_slots"] = int(np.count_nonzero(batch["segment_ids"])), batch["segment_ids"].size
+    return batch, counts
+
+
+def _consume(
+    packed: tuple[dict[str, np.ndarray], dict[str, int]], *, stats: Counter, shape_agreement: ShapeAgreement | None
+) -> dict[str, np.ndarray]:
+    """Runs in the consumer's ``next()``: counts the batch and agrees its shape."""
+    batch, counts = packed
+    stats.update(counts)
+    if shape_agreement is not None:
+        batch = pad_batch(batch, tuple(shape_agreement(batch_shape(batch))))
+    return batch
