@@ -118,10 +118,12 @@ class ModelConfig:
     def from_hf(cls, config: Mapping[str, Any], **overrides: Any) -> "ModelConfig":
         """Builds a config from a Hugging Face config.json dict.
 
-        ``overrides`` (e.g. ``dtype="bfloat16"``, ``remat="full"``) replace fields.
+        ``overrides`` (e.g. ``dtype="bfloat16"``, ``remat="full"``) replace
+        fields; None values are ignored.
         """
         from jaxalign.models import hf_config  # local import: hf_config imports this module
 
+        overrides = {k: v for k, v in overrides.items() if v is not None}
         return cls(**{**hf_config.fields_from_hf(config), **overrides})
 
     def to_hf(self, architectures: list[str] | None = None) -> dict[str, Any]:
