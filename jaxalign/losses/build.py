@@ -7,7 +7,7 @@ metrics of the loss's kind. Built-in and user losses go through it alike.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +34,11 @@ def build_loss(cfg: LossConfig) -> Callable[[LossInputs], LossOutput]:
     Pure and jit-friendly; the config is closed over (resolve it once, outside
     the jitted step).
     """
-    terms = cfg.specs()
+    return loss_from_terms(cfg.specs(), cfg)
+
+
+def loss_from_terms(terms: Sequence[tuple[LossSpec, float]], cfg: LossConfig) -> Callable[[LossInputs], LossOutput]:
+    """``inputs -> LossOutput`` for the weighted sum of ``terms`` (``(spec, weight)``)."""
     kind = terms[0][0].kind
     expected_inputs = INPUTS_BY_KIND[kind]
     combined = len(terms) > 1

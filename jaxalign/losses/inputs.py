@@ -94,14 +94,13 @@ class UnpairedInputs:
 class RewardInputs:
     """Reward-model scores of each pair's chosen and rejected completion; ``[N]``.
 
-    ``margin`` (optional, ``[N]``) is the batch's ``margin`` column: how much
-    the chosen completion should beat the rejected one.
+    The optional ``margin`` column (how much the chosen completion should beat
+    the rejected one) is read from ``batch``, ``[N]`` or ``[R, K]``.
     """
 
     chosen_rewards: Array
     rejected_rewards: Array
     mask: Array
-    margin: Array | None = None
     batch: dict[str, Array] = dataclasses.field(default_factory=dict)
 
     @property
@@ -128,7 +127,7 @@ _LOGP_FIELDS = (
     "ref_kl_logps",
 )
 _LENGTH_FIELDS = ("chosen_lengths", "rejected_lengths", "lengths")
-_ZERO_FIELDS = ("chosen_logits_mean", "rejected_logits_mean", "logits_mean", "chosen_rewards", "rejected_rewards", "margin", "label")
+_ZERO_FIELDS = ("chosen_logits_mean", "rejected_logits_mean", "logits_mean", "chosen_rewards", "rejected_rewards", "label")
 
 
 def with_safe_padding(inputs: LossInputs) -> LossInputs:

@@ -204,7 +204,12 @@ def cpo_loss(inputs: PreferenceInputs, cfg: LossConfig) -> LossTerms:
         cfg.beta * (inputs.policy_chosen_logps - inputs.policy_rejected_logps), cfg.label_smoothing
     )
     nll = chosen_nll(inputs)
-    return LossTerms(preference + cfg.cpo_alpha * nll, {"nll_loss": nll})
+    return LossTerms(
+        preference + cfg.cpo_alpha * nll,
+        {"nll_loss": nll},
+        chosen_rewards=cfg.beta * inputs.policy_chosen_logps,
+        rejected_rewards=cfg.beta * inputs.policy_rejected_logps,
+    )
 
 
 def log1mexp(x: Array) -> Array:

@@ -45,13 +45,26 @@ LossFn = Callable[..., "Array | LossTerms"]
 
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
-    """A registered loss and what the trainer must know about it."""
+    """A registered loss and what the trainer must know about it.
+
+    ``fn`` returns per-example losses; calling the spec runs it alone through
+    the shared reduction: ``spec(inputs, cfg) -> (mean loss, metrics)``.
+    """
 
     name: str
     fn: LossFn
     kind: str = "pair"
     needs_reference: bool = True
     uses_label_smoothing: bool = False
+
+    def output(self, inputs: Any, cfg: Any) -> Any:
+        """This loss alone (weight 1, ``cfg``'s hyperparameters) as a ``LossOutput``."""
+        from jaxalign.losses.build import loss_from_terms  # build imports this module
+
+        return loss_from_terms(((self, 1.0),), cfg)(inputs)
+
+    def __call__(self, inputs: Any, cfg: Any) -> tuple[Array, dict[str, Array]]:
+        return self.output(inputs, cfg).result()
 
 
 _REGISTRY: dict[str, LossSpec] = {}

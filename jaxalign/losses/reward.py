@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 
 from jaxalign.losses.config import LossConfig
-from jaxalign.losses.inputs import RewardInputs
+from jaxalign.losses.inputs import RewardInputs, example_column
 from jaxalign.losses.registry import register_loss
 
 Array = jax.Array
@@ -20,10 +20,8 @@ def bradley_terry_loss(inputs: RewardInputs, cfg: LossConfig) -> Array:
     The centring term (Eisenstein et al. 2023) keeps rewards near 0; both
     terms are per example, so the mean matches TRL's RewardTrainer.
     """
-    difference = inputs.chosen_rewards - inputs.rejected_rewards
-    if inputs.margin is not None:
-        difference = difference - inputs.margin
-    loss = -jax.nn.log_sigmoid(difference)
+    margin = example_column(inputs, "margin", default=0.0)  # TRL: only when the dataset has one
+    loss = -jax.nn.log_sigmoid(inputs.chosen_rewards - inputs.rejected_rewards - margin)
     if cfg.center_rewards_coefficient:
         loss = loss + cfg.center_rewards_coefficient * (inputs.chosen_rewards + inputs.rejected_rewards) ** 2
     return loss
