@@ -57,20 +57,24 @@ def bucket_rows(rows: int, row_multiple: int) -> int:
     return row_multiple * (1 << (units - 1).bit_length())
 
 
-def _targets(example: TokenizedExample, start: int) -> list[tuple[int, int, int]]:
-    """``(target_index, target_id, branch)`` of an example whose prompt starts at row position ``start``."""
+def _targets(example: TokenizedExample, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(target_index, target_ids, target_branch)`` arrays of an example whose
+    prompt starts at row position ``start``."""
     prompt_end = start + len(example.prompt)  # first position after the prompt
-    targets = []
+    indices, ids, branches = [], [], []
     if example.prompt_loss:
-        targets += [(start + j - 1, int(example.prompt[j]), 1) for j in range(1, len(example.prompt))]
+        indices.append(np.arange(start, prompt_end - 1))
+        ids.append(example.prompt[1:])
+        branches.append(np.ones(len(example.prompt) - 1, np.int32))
     offset = prompt_end
-    for branch, (ids, mask) in enumerate(zip(example.completions, example.loss_masks), start=1):
-        for j in np.flatnonzero(mask):
-            # The first token of every branch is predicted by the last prompt token.
-            index = prompt_end - 1 if j == 0 else offset + j - 1
-            targets.append((index, int(ids[j]), branch))
-        offset += len(ids)
-    return targets
+    for branch, (tokens, mask) in enumerate(zip(example.completions, example.loss_masks), start=1):
+        picked = np.flatnonzero(mask)
+        # The first token of every branch is predicted by the last prompt token.
+        indices.append(np.where(picked == 0, prompt_end - 1, offset + picked - 1))
+        ids.append(tokens[picked])
+        branches.append(np.full(len(picked), branch, np.int32))
+        offset += len(tokens)
+    return np.concatenate(indices), np.concatenate(ids), np.concatenate(branches)
 
 
 def _target_count(example: TokenizedExample) -> int:
@@ -118,12 +122,13 @@ def pack_examples(
         for slot, index in enumerate(members, start=1):
             example = examples[index]
             _place(batch, r, slot, start, example)
-            for target_index, target_id, branch in _targets(example, start):
-                batch["target_index"][r, filled] = target_index
-                batch["target_ids"][r, filled] = target_id
-                batch["target_segment"][r, filled] = slot
-                batch["target_branch"][r, filled] = branch
-                filled += 1
+            index, ids, branch = _targets(example, start)
+            span = slice(filled, filled + len(ids))
+            batch["target_index"][r, span] = index
+            batch["target_ids"][r, span] = ids
+            batch["target_segment"][r, span] = slot
+            batch["target_branch"][r, span] = branch
+            filled += len(ids)
             start += example.length
     return batch
 
