@@ -241,3 +241,17 @@ def test_hh_rlhf_implicit_prompts_end_with_assistant_tag():
         format_rows(rows, "implicit_preference", "preference", lambda: None, "raise", Counter())
     with pytest.raises(DataError, match=rf"{HH_PATH}:722: field 'rejected': chosen equals rejected"):
         format_rows(rows[721:722], "implicit_preference", "preference", lambda: None, "raise", Counter())
+
+
+def test_dataset_folder_goes_through_hf_datasets(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", [{"prompt": "Q", "completion": " a"}, {"prompt": "R", "completion": " b"}])
+    write_jsonl(folder / "test.jsonl", [{"prompt": "T", "completion": " c"}])
+    train = read_rows(str(folder), "train")
+    assert [(r.where, r.value["prompt"]) for r in train] == [(f"{folder}#train:row 0", "Q"), (f"{folder}#train:row 1", "R")]
+    assert [r.value["prompt"] for r in read_rows(str(folder), "eval")] == ["T"]  # eval defaults to "test"
+    assert [r.value["prompt"] for r in read_rows(f"{folder}#train", "eval")] == ["Q", "R"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -40,7 +41,7 @@ def test_resume_restores_the_exact_stream_across_an_epoch_boundary():
     iterator = pipeline.iterator()
     for _ in range(3):
         next(iterator)
-    state = iterator.get_state()
+    state = json.loads(json.dumps(iterator.get_state()))  # checkpoints store it as JSON
     continued = [next(iterator) for _ in range(2)]
     fresh = build_pipeline(cfg, builtin_tokenizer(), kind="preference").iterator()
     fresh.set_state(state)

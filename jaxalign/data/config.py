@@ -26,11 +26,12 @@ class DataConfig:
 
     Dataset specs (``train``, ``eval``) are one of: a local ``.jsonl``,
     ``.jsonl.gz``, ``.json`` or ``.parquet`` file; ``builtin:NAME`` (see
-    ``jaxalign.data.builtin``); or a Hugging Face hub dataset name. Any spec
-    may end in ``#SPLIT`` (``builtin:preferences#eval``,
+    ``jaxalign.data.builtin``); a Hugging Face hub dataset name or a local
+    dataset folder (both read with ``datasets.load_dataset``). Any spec but a
+    file may end in ``#SPLIT`` (``builtin:preferences#eval``,
     ``trl-lib/ultrafeedback_binarized#test``); without it the train spec reads
-    split ``train`` and the eval spec split ``eval`` for built-ins, ``test``
-    for hub datasets, and the whole file for local files.
+    split ``train``, and the eval spec split ``eval`` of a built-in or
+    ``test`` of a hub dataset or folder.
     """
 
     train: str | None = None
@@ -42,7 +43,7 @@ class DataConfig:
     batch_size: int = 32  # global examples (pairs) per step, over all processes
     eval_batch_size: int | None = None  # default: batch_size
     max_length: int = 1024  # prompt + completion tokens, for each branch of a pair
-    max_prompt_length: int | None = 512  # prompts keep their end; None = only max_length
+    max_prompt_length: int | None = None  # prompts keep their end; None = max_length // 2
     pack_length: int | None = None  # tokens per packed row; default 2*max_length for pairs, else max_length
     pad_to_multiple: int = 64  # row length and target slots are rounded up to this
     on_bad_row: str = "raise"  # raise | skip (skipped rows are counted in stats)
@@ -71,6 +72,8 @@ class DataConfig:
             fail(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.eval is not None and self.eval_fraction > 0:
             fail("set either eval (a dataset spec) or eval_fraction (carve it from train), not both")
+        if self.max_length < 2:
+            fail(f"max_length must be >= 2 (a prompt token and a completion token), got {self.max_length}")
         for name in ("batch_size", "max_length", "pad_to_multiple", "num_epochs", "prefetch_batches"):
             if getattr(self, name) < 1:
                 fail(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -87,6 +90,9 @@ class DataConfig:
             fail(f"pack_length must be >= 2, got {self.pack_length}")
         if not 0 <= self.seed < 2**32:
             fail(f"seed must be in [0, 2**32), got {self.seed}")
+
+    def resolved_max_prompt_length(self) -> int:
+        return self.max_prompt_length if self.max_prompt_length is not None else max(1, self.max_length // 2)
 
     def resolved_pack_length(self, paired: bool) -> int:
         """Row capacity: a pair stores its prompt once, so two branches fit in 2*max_length."""

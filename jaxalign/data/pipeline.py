@@ -136,7 +136,7 @@ def build_pipeline(
 
     pack_length = cfg.resolved_pack_length(paired=kind == "preference")
     to_tokens = ExampleTokenizer(
-        tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.on_overlong,
+        tokenizer, cfg.max_length, cfg.resolved_max_prompt_length(), cfg.on_overlong,
         loss_on_prompt=kind == "sft" and not cfg.completion_only_loss,
     )
     run_stats = Counter()

@@ -37,7 +37,7 @@ def parse_spec(spec: str, split: str) -> tuple[str, str | None]:
     """``"name#split"`` -> ``("name", "split")``. Without ``#``, built-ins and hub
     datasets read ``split`` ("train"/"eval"; hub eval reads "test") and local
     files are read whole (split None)."""
-    if Path(spec).exists() or "#" not in spec:
+    if Path(spec).is_file() or "#" not in spec:
         name, chosen_split = spec, None
     else:
         name, chosen_split = spec.rsplit("#", 1)
@@ -51,7 +51,8 @@ def parse_spec(spec: str, split: str) -> tuple[str, str | None]:
 
 
 def _is_local(name: str) -> bool:
-    return name.endswith(LOCAL_SUFFIXES) or Path(name).exists()
+    """A single local file; folders go through ``datasets.load_dataset`` like hub names."""
+    return name.endswith(LOCAL_SUFFIXES) or Path(name).is_file()
 
 
 def read_rows(spec: str, split: str = "train") -> list[RawRow]:
@@ -148,6 +149,7 @@ def _read_parquet(path: Path) -> list[RawRow]:
 
 
 def _read_hub(name: str, split: str) -> list[RawRow]:
+    """A hub dataset (online) or a local dataset folder, via ``datasets.load_dataset``."""
     import datasets
 
     try:
