@@ -168,7 +168,9 @@ def any_process_requested(name: str, requested_here: bool) -> bool:
     """True on every process once any process has asked for ``name``.
 
     Requests are sticky (a stop request is never withdrawn). All processes
-    must call it at the same point; the answer is the same everywhere.
+    must call it at the same point; every process gets the same answer from
+    the same call, though a request may first show a call or two after it
+    was made (process 0 may have decided that call already).
     """
     client = _client()
     if client is None:

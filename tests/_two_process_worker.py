@@ -6,6 +6,7 @@ Prints one JSON line of results; the parent test checks them.
 
 import json
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +47,13 @@ def main() -> None:
     checkpointer = Checkpointer(CheckpointConfig(dir=f"{out_dir}/ckpt", every_minutes=1.0), out_dir)
     due = checkpointer.should_save(3, now=1e12 if process_id == 0 else 0.0)
     stop_nobody = distributed.any_process_requested("stop", False)
-    stop_one = distributed.any_process_requested("stop", process_id == 1)
+    # Process 1 asks to stop; everyone must see it at the same call (a call or two later at most).
+    first_stop_call = None
+    for call in range(100):
+        if distributed.any_process_requested("stop", process_id == 1):
+            first_stop_call = call
+            break
+        time.sleep(0.05)
 
     iterator = CountingIterator(10 + process_id)
     # Multi-process saves need global arrays: even a scalar must live on the mesh.
@@ -68,7 +75,8 @@ def main() -> None:
         "total": float(total),
         "psum": float(psum),
         "due": due,
-        "stop": [stop_nobody, stop_one],
+        "stop_nobody": stop_nobody,
+        "first_stop_call": first_stop_call,
         "saved": saved,
         "restored_rows": np.asarray(rows_back.addressable_data(0)).tolist(),
         "restored_position": iterator.position,

@@ -108,7 +108,10 @@ def test_two_processes_reduce_agree_and_checkpoint(tmp_path):
         assert r["is_main"] == (r["process_id"] == 0)
         assert r["total"] == r["psum"] == 18.0  # 2 rows x 3 of 1s + 2 rows x 3 of 2s
         assert r["due"] is True  # process 0's clock decided for both
-        assert r["stop"] == [False, True]  # one process asked: everyone stops
+        assert r["stop_nobody"] is False
+    # One process asked to stop: both stop, at the same call.
+    assert results[0]["first_stop_call"] == results[1]["first_stop_call"] is not None
+    for r in results:
         assert r["saved"] is True
         assert r["restored_position"] == 10 + r["process_id"]  # each its own iterator state
         assert r["config"] == {"run": "two-process"}
