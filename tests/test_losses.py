@@ -407,12 +407,29 @@ def gradients(cfg, inputs, of="mean"):
     return dict(zip(fields, grads))
 
 
+def test_every_loss_runs_under_jit_as_eagerly():
+    rng = np.random.default_rng(20)
+    losses = [(cfg, build_loss(cfg)) for cfg in ALL_CONFIGS]
+
+    @jax.jit
+    def run_all(inputs_by_kind):  # one compilation for the whole catalogue
+        return [loss_fn(inputs_by_kind[cfg.kind]).result() for cfg, loss_fn in losses]
+
+    for mask in (random_mask(rng), np.zeros(N, np.float32)):
+        inputs_by_kind = {cfg.kind: inputs_for(cfg, rng, mask) for cfg in ALL_CONFIGS}
+        for (cfg, loss_fn), (loss, metrics) in zip(losses, run_all(inputs_by_kind)):
+            eager_loss, eager_metrics = loss_fn(inputs_by_kind[cfg.kind]).result()
+            np.testing.assert_allclose(loss, eager_loss, rtol=RTOL, err_msg=str(cfg.name))
+            assert metrics.keys() == eager_metrics.keys()
+            for key in metrics:
+                np.testing.assert_allclose(metrics[key], eager_metrics[key], rtol=RTOL, atol=ATOL, err_msg=key)
+
+
 @pytest.mark.parametrize("cfg", ALL_CONFIGS, ids=lambda c: f"{c.name}")
 def test_all_masked_batch_gives_zero_and_no_nan(cfg):
-    """Also the one test running every loss under jit."""
     rng = np.random.default_rng(8)
     inputs = inputs_for(cfg, rng, np.zeros(N, np.float32))
-    loss, metrics = jax.jit(lambda i: build_loss(cfg)(i).result())(inputs)
+    loss, metrics = build_loss(cfg)(inputs).result()
     assert loss == 0.0
     assert all(np.isfinite(v) for v in metrics.values()), metrics
     for grad in gradients(cfg, inputs).values():
@@ -467,6 +484,26 @@ def test_kto_and_bradley_terry_gradient_signs():
     inputs = reward_inputs(rng, mask)[0]
     grads = gradients(LossConfig(name="bradley_terry"), inputs)
     assert np.all(np.asarray(grads["chosen_rewards"]) < 0) and np.all(np.asarray(grads["rejected_rewards"]) > 0)
+
+
+def test_estimated_baselines_carry_no_gradient():
+    """KTO's z0 and BCO's delta are constants to the optimiser (stop-gradient)."""
+    rng = np.random.default_rng(19)
+    x, mask = unpaired_arrays(rng), random_mask(rng)
+    inputs = unpaired_inputs(x, mask)
+    loss_fn = build_loss(LossConfig(name="kto"))
+    grad = jax.grad(lambda kl: loss_fn(dataclasses.replace(inputs, policy_kl_logps=kl)).mean_loss())(
+        inputs.policy_kl_logps
+    )
+    np.testing.assert_array_equal(grad, 0.0)
+
+    x, mask = pair_arrays(rng), random_mask(rng)
+    inputs = pair_inputs(x, mask)
+    cfg = LossConfig(name="bco_pair")
+    delta = build_loss(cfg)(inputs).metrics()["bco/delta"]
+    with_fixed_delta = dataclasses.replace(inputs, batch={"bco_delta": delta})
+    for field, grad in gradients(cfg, inputs).items():
+        np.testing.assert_allclose(grad, gradients(cfg, with_fixed_delta)[field], rtol=RTOL, atol=1e-8)
 
 
 def test_combination_is_the_weighted_sum_and_reports_components():
@@ -566,6 +603,7 @@ def test_merging_all_masked_micro_batch_changes_nothing():
         ({"name": "sigmod"}, r"unknown loss 'sigmod'; registered losses: .*apo_down.*sigmoid_norm.*Did you mean 'sigmoid'\?"),
         ({"name": ["sigmoid", "sft"], "weights": [1.0]}, r"loss\.weights has 1 entries but loss\.name has 2"),
         ({"name": ["sigmoid", "sigmoid"]}, r"lists a loss twice"),
+        ({"name": ["sigmoid", "sft"], "weights": [1.0, "half"]}, r"loss\.weights must hold numbers, got 'half'"),
         ({"name": ["sigmoid", "kto"]}, r"different inputs: sigmoid \(pair\), kto \(unpaired\)"),
         ({"name": "sft", "rpo_alpha": 1.0}, r"rpo_alpha adds an 'sft' term itself"),
         ({"rpo_alpha": -1.0}, r"rpo_alpha must be >= 0"),

@@ -74,7 +74,8 @@ def loss_from_terms(terms: Sequence[tuple[LossSpec, float]], cfg: LossConfig) ->
             if rewards is None and term.chosen_rewards is not None:
                 rewards = (term.chosen_rewards, term.rejected_rewards)
         standard, differences = _standard_metrics(kind, inputs, cfg, rewards)
-        return LossOutput(mean_stat(total, mask), {**standard, **stats}, differences)
+        metrics = jax.lax.stop_gradient({**standard, **stats})  # only the loss trains
+        return LossOutput(mean_stat(total, mask), metrics, differences)
 
     return loss_fn
 

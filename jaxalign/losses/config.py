@@ -53,7 +53,7 @@ class LossConfig:
         if not isinstance(self.name, str):
             object.__setattr__(self, "name", tuple(self.name))
         if self.weights is not None:
-            object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+            object.__setattr__(self, "weights", tuple(_as_number("weights", w) for w in self.weights))
         self.validate()
 
     @property
@@ -142,6 +142,13 @@ class LossConfig:
                 f"loss.label_smoothing must lie in [0, 0.5) for {', '.join(users)}, got {smoothing}"
                 + (" (robust divides by 1 - 2 * label_smoothing)" if "robust" in users else "")
             )
+
+
+def _as_number(field: str, value: Any) -> float:
+    try:
+        return float(value)  # YAML 1.1 reads "5e-1" as a string
+    except (TypeError, ValueError):
+        raise ValueError(f"loss.{field} must hold numbers, got {value!r}") from None
 
 
 def _require_finite(field: str, value: Any) -> None:

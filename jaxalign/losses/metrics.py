@@ -34,8 +34,6 @@ def pair_metrics(inputs: PreferenceInputs, chosen_rewards: Array, rejected_rewar
     the batch, as TRL computes it.
     """
     mask = inputs.mask
-    chosen_rewards = jax.lax.stop_gradient(chosen_rewards)
-    rejected_rewards = jax.lax.stop_gradient(rejected_rewards)
     stats = {
         "rewards/chosen": mean_stat(chosen_rewards, mask),
         "rewards/rejected": mean_stat(rejected_rewards, mask),
@@ -48,7 +46,7 @@ def pair_metrics(inputs: PreferenceInputs, chosen_rewards: Array, rejected_rewar
         stats["logits/chosen"] = mean_stat(inputs.chosen_logits_mean, mask * inputs.chosen_lengths)
     if inputs.rejected_logits_mean is not None:
         stats["logits/rejected"] = mean_stat(inputs.rejected_logits_mean, mask * inputs.rejected_lengths)
-    return jax.lax.stop_gradient(stats)
+    return stats
 
 
 # Computed at read-out: a difference of two means over different examples.
@@ -71,7 +69,6 @@ def unpaired_metrics(inputs: UnpairedInputs, rewards: Array) -> dict[str, Stat]:
     """
     desirable = inputs.mask * inputs.label
     undesirable = inputs.mask * (1.0 - inputs.label)
-    rewards = jax.lax.stop_gradient(rewards)
     stats = {
         "rewards/chosen": mean_stat(rewards, desirable),
         "rewards/rejected": mean_stat(rewards, undesirable),
@@ -81,20 +78,19 @@ def unpaired_metrics(inputs: UnpairedInputs, rewards: Array) -> dict[str, Stat]:
     if inputs.logits_mean is not None:
         stats["logits/chosen"] = mean_stat(inputs.logits_mean, desirable * inputs.lengths)
         stats["logits/rejected"] = mean_stat(inputs.logits_mean, undesirable * inputs.lengths)
-    return jax.lax.stop_gradient(stats)
+    return stats
 
 
 def reward_model_metrics(inputs: RewardInputs) -> dict[str, Stat]:
     """TRL's RewardTrainer metrics; ``*_reward`` span chosen and rejected scores."""
-    mask = inputs.mask
-    chosen = jax.lax.stop_gradient(inputs.chosen_rewards)
-    rejected = jax.lax.stop_gradient(inputs.rejected_rewards)
+    mask, chosen, rejected = inputs.mask, inputs.chosen_rewards, inputs.rejected_rewards
     both = jnp.concatenate([chosen, rejected])
     both_mask = jnp.concatenate([mask, mask])
-    return {
+    stats = {
         "accuracy": mean_stat((chosen > rejected).astype(jnp.float32), mask),
         "margin": mean_stat(chosen - rejected, mask),
         "mean_reward": mean_stat(both, both_mask),
         "min_reward": min_stat(both, both_mask),
         "max_reward": max_stat(both, both_mask),
     }
+    return stats

@@ -144,11 +144,11 @@ def _import_loss(path: str) -> LossSpec:
 
 def _unknown_loss_message(name: str) -> str:
     known = list_losses()
-    message = f"unknown loss {name!r}; registered losses: {', '.join(known)}"
+    message = f"unknown loss {name!r}; registered losses: {', '.join(known)}."
     nearest = difflib.get_close_matches(name, known, n=1)
     if nearest:
-        message += f". Did you mean {nearest[0]!r}?"
-    return message + ". A loss of your own can be named as 'package.module:function'."
+        message += f" Did you mean {nearest[0]!r}?"
+    return message + " A loss of your own can be named as 'package.module:function'."
 
 
 def _qualified_name(fn: Any) -> str:
