@@ -255,3 +255,8 @@ def test_dataset_folder_goes_through_hf_datasets(tmp_path, monkeypatch):
     assert [(r.where, r.value["prompt"]) for r in train] == [(f"{folder}#train:row 0", "Q"), (f"{folder}#train:row 1", "R")]
     assert [r.value["prompt"] for r in read_rows(str(folder), "eval")] == ["T"]  # eval defaults to "test"
     assert [r.value["prompt"] for r in read_rows(f"{folder}#train", "eval")] == ["Q", "R"]
+
+
+def test_a_null_inside_responses_is_a_wrong_type_not_a_missing_column():
+    with pytest.raises(DataError, match=r"field 'responses': expected a string, got NoneType"):
+        examples_of([{"prompt": "Q", "responses": [" a", None], "scores": [2, 1]}], "ratings")

@@ -52,6 +52,7 @@ FORMAT_COLUMNS = (
 )
 # A speaker tag at a line start ("\n\nAssistant:", "\nUser:"): implicit prompts end after the last one.
 SPEAKER_TAG = re.compile(r"\n\n?[A-Z][A-Za-z]{0,30}:")
+_FROM_ROW = object()  # "read the field from the row" (None is a value a list may hold)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,8 +163,8 @@ class _Row:
             raise self.fail(field, "missing_field", "missing")
         return self.value[field]
 
-    def text(self, field: str, value: Any = None, *, role: str = "response") -> str:
-        value = self.get(field) if value is None else value
+    def text(self, field: str, value: Any = _FROM_ROW, *, role: str = "response") -> str:
+        value = self.get(field) if value is _FROM_ROW else value
         if not isinstance(value, str):
             raise self.fail(field, "wrong_type", f"expected a string, got {type(value).__name__}")
         if role == "response" and not value.strip():
@@ -172,8 +173,8 @@ class _Row:
             raise self.fail(field, "empty_prompt", "empty prompt")
         return value
 
-    def messages(self, field: str, value: Any = None) -> list[dict[str, str]]:
-        value = self.get(field) if value is None else value
+    def messages(self, field: str, value: Any = _FROM_ROW) -> list[dict[str, str]]:
+        value = self.get(field) if value is _FROM_ROW else value
         if not isinstance(value, list) or not value:
             raise self.fail(field, "wrong_type", f"expected a non-empty list of {{role, content}} messages, got {_describe(value)}")
         for i, message in enumerate(value):
@@ -187,9 +188,9 @@ class _Row:
         return self._renderer()
 
     # ---- prompts and replies -------------------------------------------------
-    def prompt_and_reply(self, reply_field: str, reply: Any = None) -> tuple[str, str]:
+    def prompt_and_reply(self, reply_field: str, reply: Any = _FROM_ROW) -> tuple[str, str]:
         """Prompt text and reply text; conversational rows rendered with the template."""
-        reply = self.get(reply_field) if reply is None else reply
+        reply = self.get(reply_field) if reply is _FROM_ROW else reply
         if not self.chat:
             return self.text("prompt", role="prompt"), self.text(reply_field, reply)
         prompt = self.messages("prompt")
@@ -233,8 +234,7 @@ class _Row:
     def _pair(self, chosen: Any, rejected: Any, chosen_field: str, rejected_field: str,
               margin: float | None = None) -> TextExample:
         prompt, chosen_text = self.prompt_and_reply(chosen_field, chosen)
-        prompt_again, rejected_text = self.prompt_and_reply(rejected_field, rejected)
-        assert prompt == prompt_again
+        _, rejected_text = self.prompt_and_reply(rejected_field, rejected)
         if chosen_text == rejected_text:
             raise self.fail(rejected_field, "chosen_equals_rejected", "chosen equals rejected")
         return TextExample(prompt, _one(chosen_text) + _one(rejected_text), self.where, margin, chat=self.chat)
@@ -307,9 +307,9 @@ def implicit_prompt(chosen: str, rejected: str) -> str:
     Rule: take their longest common prefix; if it contains a speaker tag (a
     line start, a capitalised word and a colon: ``\\n\\nAssistant:``), the prompt
     ends right after the last one, so replies that begin alike ("I think...")
-    stay whole. Otherwise cut back to the last whitespace, so the completion
-    starts at a word boundary with its leading space (as BPE tokenizes it in
-    running text).
+    stay whole. Otherwise cut back to a word boundary: trailing whitespace and
+    a half-shared word go to the completions, which then start with their
+    leading space (as BPE tokenizes running text).
     """
     common = os.path.commonprefix([chosen, rejected])
     tags = list(SPEAKER_TAG.finditer(common))

@@ -149,7 +149,7 @@ def build_pipeline(
     if split == "train":
         dataset = grain.MapDataset.source(examples)
         if cfg.shuffle:
-            dataset = dataset.shuffle(seed=cfg.seed if seed is None else seed)
+            dataset = dataset.shuffle(seed=(cfg.seed if seed is None else seed) % 2**32)  # Grain takes 32 bits
         dataset = dataset[: steps * batch_size]
         epochs = cfg.num_epochs
     else:  # pad the last global batch with empty slots so every process has `steps` batches
