@@ -1,7 +1,6 @@
 """The packed layout (segments, prompt|chosen|rejected branches) equals running each sequence alone."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

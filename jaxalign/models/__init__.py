@@ -2,8 +2,9 @@
 
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.heads import ScoreModel
-from jaxalign.models.hf import init_model, load_pretrained
+from jaxalign.models.hf import load_pretrained
 from jaxalign.models.hf_export import save_pretrained
+from jaxalign.models.init import init_model
 from jaxalign.models.logps import logps_from_hidden, sequence_token_logps, token_logps
 from jaxalign.models.partition import shard_model, state_shardings
 from jaxalign.models.transformer import CausalLM, layout_from_attention_mask

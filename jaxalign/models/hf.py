@@ -1,9 +1,9 @@
-"""Load Hugging Face checkpoints into NNX models, straight onto their shardings; random init.
+"""Load Hugging Face checkpoints into NNX models, straight onto their shardings.
 
 ``load_pretrained`` builds the model abstractly (``nnx.eval_shape``: shapes,
 dtypes and logical axes, no memory), then reads one tensor at a time and
 places it on its target sharding, so the host never holds the model twice.
-Saving lives in ``jaxalign.models.hf_export``.
+Saving lives in ``jaxalign.models.hf_export``, random init in ``jaxalign.models.init``.
 """
 
 from __future__ import annotations
@@ -14,45 +14,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import jax
-import numpy as np
-from flax import nnx
 from jax.sharding import Mesh
 
 from jaxalign.models.config import ModelConfig
-from jaxalign.models.heads import ScoreModel
 from jaxalign.models.hf_names import TensorMap, base_prefix, is_harmless_extra, tensor_maps
-from jaxalign.models.partition import state_shardings, variable_sharding
+from jaxalign.models.init import Model, abstract_model, assemble, host_init, model_class
+from jaxalign.models.partition import place
 from jaxalign.models.safetensors_io import SafetensorsFile
-from jaxalign.models.transformer import CausalLM
-
-HEADS = ("causal_lm", "score")
-Model = CausalLM | ScoreModel
-
-
-def model_class(head: str) -> type[CausalLM] | type[ScoreModel]:
-    if head not in HEADS:
-        raise ValueError(f"head must be one of {HEADS} (or 'auto' when loading), got {head!r}")
-    return ScoreModel if head == "score" else CausalLM
-
-
-def init_model(
-    model_config: ModelConfig,
-    *,
-    head: str = "causal_lm",
-    seed: int = 0,
-    mesh: Mesh | None = None,
-    rules: Mapping[str, Any] | None = None,
-) -> Model:
-    """A randomly initialised model (normal(initializer_range) weights), each parameter created on its sharding."""
-    cls = model_class(head)
-
-    def build() -> Model:
-        return cls(model_config, rngs=nnx.Rngs(seed))
-
-    graphdef, abstract_state = nnx.split(nnx.eval_shape(build))
-    shardings = state_shardings(abstract_state, mesh, rules)
-    state = jax.jit(lambda: nnx.split(build())[1], out_shardings=shardings)()
-    return nnx.merge(graphdef, state)
 
 
 class CheckpointFiles:
@@ -148,16 +116,6 @@ def _check_tensors(maps: list[TensorMap], files: CheckpointFiles, cfg: ModelConf
             )
 
 
-def place(array: np.ndarray, variable: nnx.Variable, mesh: Mesh | None, rules: Mapping[str, Any] | None) -> jax.Array:
-    """Puts a host array on the variable's sharding, converting dtype one shard at a time."""
-    target = variable.get_value()
-    if tuple(array.shape) != tuple(target.shape):
-        raise ValueError(f"internal: converted shape {array.shape} != parameter shape {target.shape}")
-    sharding = variable_sharding(variable, mesh, rules)
-    dtype = np.dtype(target.dtype)
-    return jax.make_array_from_callback(target.shape, sharding, lambda index: np.asarray(array[index], dtype=dtype))
-
-
 def load_pretrained(
     path: str | os.PathLike,
     *,
@@ -193,8 +151,7 @@ def load_pretrained(
     fresh_score = head == "score" and not has_score and "score.weight" not in files
     _check_tensors(maps, files, cfg, head, {"score.weight"} if fresh_score else set())
 
-    graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: model_class(head)(cfg, rngs=nnx.Rngs(0))))
-    variables = dict(nnx.to_flat_state(abstract_state))
+    graphdef, variables = abstract_model(cfg, head)
     values: dict[tuple, jax.Array] = {}
     for m in maps:
         if fresh_score and m.hf_name == "score.weight":
@@ -204,11 +161,6 @@ def load_pretrained(
             values[param_path] = place(part, variables[param_path], mesh, rules)
         del source, part  # free the host copy before reading the next tensor
     if fresh_score:
-        score = variables[("score", "kernel")]
-        init = cfg.initializer_range * jax.random.normal(jax.random.key(seed), score.get_value().shape)
-        values[("score", "kernel")] = place(np.asarray(init), score, mesh, rules)
-    unfilled = set(variables) - set(values)
-    if unfilled:
-        raise ValueError(f"internal: parameters {sorted(map(str, unfilled))} have no source tensor")
-    state = nnx.from_flat_state([(p, v.replace(values[p])) for p, v in variables.items()])
-    return nnx.merge(graphdef, state)
+        path = ("score", "kernel")
+        values[path] = place(host_init(variables[path], path, seed), variables[path], mesh, rules)
+    return assemble(graphdef, variables, values)

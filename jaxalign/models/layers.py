@@ -23,7 +23,12 @@ def to_dtype(name: str) -> jnp.dtype:
 
 
 def param(rngs: nnx.Rngs | None, shape: Sequence[int], axes: Axes, dtype: jnp.dtype, init: str, std: float = 0.02) -> nnx.Param:
-    """A parameter initialised with ``init`` ("normal" | "zeros" | "ones") and tagged with ``axes``."""
+    """A parameter initialised with ``init`` ("normal" | "zeros" | "ones") and tagged with ``axes``.
+
+    The init rule is kept as metadata (``init``, ``init_std``) so that
+    ``jaxalign.models.init`` can draw values on the host, parameter by
+    parameter, without compiling a random-number program per parameter.
+    """
     shape = tuple(shape)
     if init == "normal":
         value = (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
@@ -33,7 +38,7 @@ def param(rngs: nnx.Rngs | None, shape: Sequence[int], axes: Axes, dtype: jnp.dt
         value = jnp.ones(shape, dtype)
     else:
         raise ValueError(f"unknown init {init!r}")
-    return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False)
+    return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False, init=init, init_std=float(std))
 
 
 class Linear(nnx.Module):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import jax
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, Sharding, SingleDeviceSharding
 
@@ -44,3 +45,16 @@ def shard_model(model: nnx.Module, mesh: Mesh | None, rules: Mapping[str, Any] |
     graphdef, state = nnx.split(model)
     placed = jax.device_put(state, state_shardings(state, mesh, rules))
     return nnx.merge(graphdef, placed)
+
+
+def place(array: np.ndarray, variable: nnx.Variable, mesh: Mesh | None, rules: Mapping[str, Any] | None = None) -> jax.Array:
+    """Puts a host array (or view) on the variable's sharding, converting dtype one shard at a time.
+
+    Each process copies only the shards its own devices hold.
+    """
+    target = variable.get_value()
+    if tuple(array.shape) != tuple(target.shape):
+        raise ValueError(f"internal: host array shape {array.shape} != parameter shape {target.shape}")
+    sharding = variable_sharding(variable, mesh, rules)
+    dtype = np.dtype(target.dtype)
+    return jax.make_array_from_callback(target.shape, sharding, lambda index: np.asarray(array[index], dtype=dtype))
