@@ -125,7 +125,10 @@ def process_count() -> int:
 
 
 def is_main_process() -> bool:
-    """True on process 0: the one that writes logs, metrics and shared files."""
+    """True on process 0: the one that writes logs, metrics and shared files.
+
+    It asks jax, which starts the backends: call ``initialize()`` before it.
+    """
     return jax.process_index() == 0
 
 
