@@ -62,6 +62,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.algo not in ALGORITHMS:
             raise ValueError(f"algo must be one of {', '.join(ALGORITHMS)}, got '{self.algo}'")
+        if self.algo == "rm" and self.loss.kind != "reward":
+            if self.loss.name != LossConfig.name:
+                raise ValueError(f"algo rm trains with a reward loss (loss.name: bradley_terry), got loss.name '{self.loss.name}'")
+            # The loss section's default is DPO's; a reward model's is Bradley-Terry.
+            self.loss = dataclasses.replace(self.loss, name="bradley_terry")
         if self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
 

@@ -42,7 +42,8 @@ class TrainState:
 
 @dataclasses.dataclass
 class AlgoRun:
-    """What an algorithm's ``setup`` hands the trainer.
+    """What an algorithm module's ``setup(cfg, mesh, tokenizer, total_steps)``
+    hands the trainer (its ``data_kind(cfg)`` says which batches it eats).
 
     ``train_step(state, batch, frozen) -> (state, metrics)`` and
     ``eval_step(state, batch, frozen) -> metrics`` are pure; the trainer jits
@@ -56,4 +57,3 @@ class AlgoRun:
     train_step: Callable[[TrainState, Batch, Any], tuple[TrainState, Metrics]]
     eval_step: Callable[[TrainState, Batch, Any], Metrics]
     export: Callable[[TrainState, str], None]
-    data_kind: str

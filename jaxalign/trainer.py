@@ -83,8 +83,11 @@ class Trainer:
             process_count=jax.process_count(),
             row_multiple=local_rows_multiple,
         )
-        self.train_data = build_pipeline(cfg.data, self.tokenizer, split="train", seed=cfg.seed, **pipeline_args)
-        self.eval_data = build_pipeline(cfg.data, self.tokenizer, split="eval", seed=cfg.seed, **pipeline_args)
+        if jax.process_count() > 1:
+            # Packing picks shapes from local data; global arrays need one shape everywhere.
+            pipeline_args["shape_agreement"] = distributed.agree_on_shape
+        self.train_data = build_pipeline(cfg.data, self.tokenizer, split="train", **pipeline_args)
+        self.eval_data = build_pipeline(cfg.data, self.tokenizer, split="eval", **pipeline_args)
         self.total_steps = self._total_steps()
         self.learning_rate = learning_rate_schedule(cfg.optim, self.total_steps)
         self.algo: AlgoRun = algo_module.setup(cfg, self.mesh, self.tokenizer, self.total_steps)
@@ -151,13 +154,12 @@ class Trainer:
         step = 0
         latest = self.checkpointer.latest_step()
         if latest is not None:
-            self.state, _ = self.checkpointer.restore(latest, abstract_state=_abstract(self.state),
-                                                      data_iterator=train_iterator)
+            self.state, _ = self.checkpointer.restore(
+                latest, abstract_state=_abstract(self.state), data_iterator=train_iterator,
+                restore_data=not cfg.data.reset_iterator_on_restore)
             step = latest
-            log.info("restored checkpoint at step %d from %s", latest, self.checkpointer.directory)
+            log.info("resumed from checkpoint at step %d in %s", latest, self.checkpointer.directory)
         progress = ProgressBar(self.total_steps, start_step=step) if self.is_main else None
-        if latest is not None and progress:
-            progress.message(f"resumed from checkpoint at step {latest}")
         last_train: dict[str, float] = {}
         last_eval: dict[str, float] = {}
         running, finite, micro_count, tokens = None, None, 0, 0
@@ -196,13 +198,11 @@ class Trainer:
                     logger.log(step, last_eval, prefix="eval")
                     if progress:
                         progress.message(f"eval at step {step}: " + _summary(last_eval))
-                if stopper.stop_requested or self.checkpointer.should_save(step, time.time()):
+                stop = stopper.should_stop()  # agreed across processes
+                if stop or self.checkpointer.should_save(step, time.time()):
                     self._check_finite(finite, step)
-                    self.checkpointer.save(step, self.state, train_iterator, config_to_dict(cfg),
-                                           force=stopper.stop_requested)
-                    if progress:
-                        progress.message(f"checkpoint saved at step {step}")
-                if stopper.stop_requested:
+                    self.checkpointer.save(step, self.state, train_iterator, config_to_dict(cfg), force=True)
+                if stop:
                     stopped_early = True
                     if progress:
                         progress.message(f"stop requested: saved step {step}, exiting")

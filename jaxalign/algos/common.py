@@ -14,17 +14,21 @@ from jax.sharding import Mesh
 from jaxalign.config import ModelSpec, TrainConfig
 from jaxalign.models import ModelConfig, init_model, load_pretrained
 from jaxalign.optim import build_optimizer
-from jaxalign.sharding import rules_from
+from jaxalign.sharding import replicated, rules_from
 from jaxalign.train_state import Batch, Metrics, TrainState
 
 
-def build_model(spec: ModelSpec, cfg: TrainConfig, mesh: Mesh, head: str):
-    """Loads ``spec.path`` (an HF folder) or random-initialises ``spec.config``."""
+def build_model(spec: ModelSpec, cfg: TrainConfig, mesh: Mesh, head: str, tokenizer=None):
+    """Loads ``spec.path`` (an HF folder) or random-initialises ``spec.config``
+    (whose ``vocab_size`` defaults to the tokenizer's)."""
     rules = rules_from(cfg.mesh)
     options = dict(dtype=spec.dtype, param_dtype=spec.param_dtype, remat=spec.remat)
     if spec.path is not None:
-        return load_pretrained(spec.path, mesh=mesh, rules=rules, head=head, **options)
-    model_config = ModelConfig.from_hf(spec.config, **options)
+        return load_pretrained(spec.path, mesh=mesh, rules=rules, head=head, seed=spec.seed, **options)
+    hf_config = dict(spec.config)
+    if "vocab_size" not in hf_config and tokenizer is not None:
+        hf_config["vocab_size"] = len(tokenizer)
+    model_config = ModelConfig.from_hf(hf_config, **options)
     return init_model(model_config, head=head, seed=spec.seed, mesh=mesh, rules=rules)
 
 
@@ -34,10 +38,15 @@ def split_params(model) -> tuple[nnx.GraphDef, dict]:
     return graphdef, nnx.to_pure_dict(state)
 
 
-def init_train_state(cfg: TrainConfig, params: dict, total_steps: int, extra: dict | None = None):
+def init_train_state(cfg: TrainConfig, mesh: Mesh, params: dict, total_steps: int, extra: dict | None = None):
+    """A fresh train state on the mesh; scalars (step, rng) replicated so that
+    every leaf is a global array (multi-process checkpoints need that)."""
     optimizer = build_optimizer(cfg.optim, total_steps)
     opt_state = jax.jit(optimizer.init)(params)
-    return TrainState.create(params, opt_state, cfg.seed, extra), optimizer
+    state = TrainState.create(params, opt_state, cfg.seed, extra)
+    on_mesh = replicated(mesh)
+    state = state.replace(step=jax.device_put(state.step, on_mesh), rng=jax.device_put(state.rng, on_mesh))
+    return state, optimizer
 
 
 def gradient_step(

@@ -11,7 +11,7 @@ from jax.sharding import Mesh
 from jaxalign.algos import common
 from jaxalign.batch import gather_positions
 from jaxalign.config import TrainConfig
-from jaxalign.losses import RewardInputs, get_loss
+from jaxalign.losses import RewardInputs, build_loss
 from jaxalign.train_state import AlgoRun, Batch, TrainState
 
 
@@ -22,15 +22,15 @@ def data_kind(cfg: TrainConfig) -> str:
 def pair_rewards(graphdef: nnx.GraphDef, params, batch: Batch) -> jax.Array:
     """Reward of chosen and rejected for every example slot, ``[R, K, 2]`` float32."""
     model = nnx.merge(graphdef, params)
-    per_position = model(batch["input_ids"], batch["positions"], batch["segment_ids"], batch["branch_ids"])
-    return gather_positions(per_position, batch["end_index"])
+    hidden = model.hidden_states(batch["input_ids"], batch["positions"], batch["segment_ids"], batch["branch_ids"])
+    return model.scores_from_hidden(gather_positions(hidden, batch["end_index"]))
 
 
 def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
-    model = common.build_model(cfg.model, cfg, mesh, head="score")
+    model = common.build_model(cfg.model, cfg, mesh, head="score", tokenizer=tokenizer)
     graphdef, params = common.split_params(model)
-    state, optimizer = common.init_train_state(cfg, params, total_steps)
-    loss = get_loss(cfg.loss.name)
+    state, optimizer = common.init_train_state(cfg, mesh, params, total_steps)
+    loss = build_loss(cfg.loss)
 
     def loss_fn(params, batch: Batch):
         rewards = pair_rewards(graphdef, params, batch)
@@ -40,7 +40,7 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
             mask=common.flat_examples(batch),
             batch=batch,
         )
-        return loss(inputs, cfg.loss)
+        return loss(inputs).result()
 
     def train_step(state: TrainState, batch: Batch, frozen):
         return common.gradient_step(state, optimizer, loss_fn, batch)
