@@ -186,3 +186,16 @@ def any_process_requested(name: str, requested_here: bool) -> bool:
     if jax.process_index() == 0:
         seen = seen or bool(client.key_value_dir_get(request_prefix))
     return main_process_decides(name, seen)
+
+
+def agree_on_shape(local_shape: Sequence[int]) -> tuple[int, ...]:
+    """The elementwise maximum of every process's ``local_shape``.
+
+    Packing picks batch shapes from local data, while a global array needs the
+    same local shape on every process: each pads up to the agreed one.
+    """
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    gathered = multihost_utils.process_allgather(np.asarray(local_shape, dtype=np.int64))
+    return tuple(int(v) for v in np.max(np.asarray(gathered).reshape(-1, len(local_shape)), axis=0))

@@ -52,6 +52,9 @@ class DataConfig:
     shuffle: bool = True
     seed: int = 0
     num_epochs: int = 1
+    # Restart the data epoch instead of restoring the iterator (e.g. after the
+    # process count changed, which ties the saved iterator state to the old one).
+    reset_iterator_on_restore: bool = False
     read_threads: int = 2  # Grain threads that tokenize and pack ahead of the step
     prefetch_batches: int = 4  # packed batches buffered ahead
 
