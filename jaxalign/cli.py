@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -43,8 +44,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         from jaxalign.trainer import train
 
-        result = train(cfg)
-        return 0 if result is not None else 1
+        try:
+            train(cfg)
+        except (ValueError, RuntimeError, FileNotFoundError) as err:
+            # Bad input (data rows, mesh, checkpoints, NaN loss) reads better as one
+            # line; JAXALIGN_DEBUG=1 shows the traceback.
+            if os.environ.get("JAXALIGN_DEBUG"):
+                raise
+            print(f"jaxalign: error: {err}", file=sys.stderr)
+            return 1
+        return 0
     return 2
 
 

@@ -27,8 +27,25 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+# Names users bring from transformers/TRL configs, mapped to ours.
+KNOWN_ALIASES = {
+    "learning_rate": "lr",
+    "lr_scheduler_type": "schedule",
+    "gradient_accumulation_steps": "grad_accum_steps",
+    "max_grad_norm": "max_grad_norm",
+    "per_device_train_batch_size": "batch_size",
+    "train_batch_size": "batch_size",
+    "output_dir": "run_dir",
+    "save_steps": "every_steps",
+    "logging_steps": "every_steps",
+    "eval_steps": "eval_every",
+    "loss_type": "name",
+}
+
+
 def _unknown_key_error(key: str, valid: Sequence[str], where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    alias = KNOWN_ALIASES.get(key)
+    close = [alias] if alias in valid else difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     return ConfigError(f"unknown config key '{where}{key}'.{hint} Valid keys here: {', '.join(sorted(valid))}")
 

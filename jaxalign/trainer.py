@@ -8,6 +8,7 @@ here: data iteration, logging, checkpoints, signals, export.
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import time
 from pathlib import Path
@@ -220,13 +221,26 @@ class Trainer:
                 self.algo.export(self.state, str(export_dir))
                 if self.is_main:
                     self.tokenizer.save_pretrained(export_dir)
-                    progress and progress.message(f"exported Hugging Face folder to {export_dir}")
+                    _record_special_tokens(export_dir, self.tokenizer)
+                    log.info("exported a Hugging Face folder to %s", export_dir)
         self.checkpointer.wait()
         self.checkpointer.close()
         logger.close()
         if progress:
             progress.close()
         return {"step": step, "train": last_train, "eval": last_eval, "stopped_early": stopped_early}
+
+
+def _record_special_tokens(export_dir: Path, tokenizer) -> None:
+    """Writes the tokenizer's special ids into config.json: transformers'
+    sequence classifiers find each row's last token through ``pad_token_id``."""
+    config_path = export_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            config[name] = int(value)
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _summary(metrics: dict[str, float]) -> str:

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 
 from jaxalign.config import ModelSpec, TrainConfig
 from jaxalign.models import ModelConfig, init_model, load_pretrained
@@ -42,11 +42,17 @@ def init_train_state(cfg: TrainConfig, mesh: Mesh, params: dict, total_steps: in
     """A fresh train state on the mesh; scalars (step, rng) replicated so that
     every leaf is a global array (multi-process checkpoints need that)."""
     optimizer = build_optimizer(cfg.optim, total_steps)
-    opt_state = jax.jit(optimizer.init)(params)
-    state = TrainState.create(params, opt_state, cfg.seed, extra)
-    on_mesh = replicated(mesh)
-    state = state.replace(step=jax.device_put(state.step, on_mesh), rng=jax.device_put(state.rng, on_mesh))
-    return state, optimizer
+    state = TrainState.create(params, jax.jit(optimizer.init)(params), cfg.seed, extra)
+    return jax.tree.map(lambda leaf: on_mesh(leaf, mesh), state), optimizer
+
+
+def on_mesh(leaf: jax.Array, mesh: Mesh) -> jax.Array:
+    """Leaves that did not inherit a sharding on ``mesh`` (counters, rng) are replicated over it."""
+    if isinstance(leaf.sharding, NamedSharding) and leaf.sharding.mesh == mesh:
+        return leaf
+    if leaf.ndim > 0 and leaf.sharding.device_set == set(mesh.devices.flat):
+        return leaf
+    return jax.device_put(leaf, replicated(mesh))
 
 
 def gradient_step(
@@ -59,7 +65,7 @@ def gradient_step(
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+    metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 

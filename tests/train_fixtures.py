@@ -1,0 +1,114 @@
+"""Tiny run configs and subprocess launchers shared by the end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+TINY_LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 256,
+    "tie_word_embeddings": True,
+}
+
+
+def tiny_run_config(run_dir: Path, algo: str = "rm", **sections) -> dict:
+    """A small, fast run on the built-in data; ``sections`` replace top-level keys."""
+    config = {
+        "algo": algo,
+        "run_dir": str(run_dir),
+        "max_steps": 12,
+        "model": {"tokenizer": "builtin", "config": dict(TINY_LLAMA)},
+        "data": {
+            "train": "builtin:preferences",
+            "eval": "builtin:preferences#eval",
+            "batch_size": 8,
+            "max_length": 96,
+            "pad_to_multiple": 32,
+        },
+        "optim": {"lr": 1e-3, "warmup_steps": 2},
+        "checkpoint": {"every_steps": 2, "keep": 0, "every_minutes": 0},
+        "log": {"every_steps": 1, "tensorboard": True},
+        "eval_batches": 2,
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def single_device_env() -> dict[str, str]:
+    """Environment for a CLI subprocess on one CPU device."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def start_cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "jaxalign.cli", *args],
+        env=single_device_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "jaxalign.cli", *args],
+        env=single_device_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def finished_checkpoints(run_dir: Path) -> list[int]:
+    directory = run_dir / "checkpoints"
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and (p / "commit_success.txt").exists())
+
+
+def wait_for_checkpoint(process: subprocess.Popen, run_dir: Path, timeout: float = 240) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        steps = finished_checkpoints(run_dir)
+        if steps:
+            return steps[-1]
+        if process.poll() is not None:
+            raise AssertionError(f"run ended before its first checkpoint:\n{process.stdout.read()}")
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint appeared in time")
+
+
+def read_metrics(run_dir: Path, prefix: str = "train/") -> dict[int, dict[str, float]]:
+    """Last logged train metrics per step from metrics.jsonl."""
+    import json
+
+    by_step: dict[int, dict[str, float]] = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        values = {k: v for k, v in record.items() if k.startswith(prefix)}
+        if values:
+            by_step[record["step"]] = values
+    return by_step
