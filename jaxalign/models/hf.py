@@ -9,6 +9,7 @@ Saving lives in ``jaxalign.models.hf_export``, random init in ``jaxalign.models.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -153,7 +154,9 @@ def load_pretrained(
 
     graphdef, variables = abstract_model(cfg, head)
     values: dict[tuple, jax.Array] = {}
-    for m in maps:
+    # Largest first: the transient host copies then coincide with the least
+    # memory already on device, which keeps peak host memory near 1x the model.
+    for m in sorted(maps, key=lambda m: math.prod(m.hf_shape), reverse=True):
         if fresh_score and m.hf_name == "score.weight":
             continue
         source = files.location[m.hf_name].read(m.hf_name)
