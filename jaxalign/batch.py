@@ -42,8 +42,13 @@ Optional per-example columns, all ``[R, K]`` float32 unless noted: ``margin``
 (reward-model margin), ``label`` (KTO: 1 desirable, 0 undesirable),
 ``ref_logps`` ``[R, K, 2]`` (precomputed reference log-prob sums).
 
-Unpaired data (SFT, KTO) uses branch 1 only; its ``end_index[..., 1]`` equals
-``end_index[..., 0]``.
+``example_id`` ``[R, K]`` int32 is each example's index in its split (0 in
+empty slots); precomputed reference log-probs are looked up by it.
+
+SFT uses branch 1 only; its ``end_index[..., 1]`` equals ``end_index[..., 0]``.
+Unpaired KTO rows put the example's own completion in branch 1 and the next
+example's completion in branch 2: the mismatched pair from which KTO
+estimates its KL baseline.
 """
 
 from __future__ import annotations

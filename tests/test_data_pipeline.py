@@ -111,7 +111,10 @@ def test_every_kind_from_the_builtin_data():
     tok = builtin_tokenizer()
     kto = next(build_pipeline(config(train="builtin:kto"), tok, kind="unpaired").iterator())
     assert set(np.unique(kto["label"][kto["example_mask"] > 0])) == {0.0, 1.0}
-    assert (kto["branch_ids"] <= 1).all()
+    # KTO rows carry the next example's completion as branch 2 (the KL baseline's mismatched pair).
+    assert set(np.unique(kto["branch_ids"])) == {0, 1, 2}
+    ends = kto["end_index"][kto["example_mask"] > 0]
+    assert (ends[:, 1] > ends[:, 0]).all()
     sft = next(build_pipeline(config(train="builtin:sft"), tok, kind="sft").iterator())
     assert sft["example_mask"].sum() == 64 and (sft["end_index"][..., 0] == sft["end_index"][..., 1]).all()
     pairs = build_pipeline(config(), tok, kind="preference")

@@ -94,7 +94,8 @@ def pack_examples(
 
     Returns int32 ``input_ids/positions/segment_ids/branch_ids`` ``[R, L]``,
     ``target_index/target_ids/target_segment/target_branch`` ``[R, C]``,
-    ``end_index`` ``[R, K, 2]``, float32 ``example_mask`` ``[R, K]``, and
+    ``end_index`` ``[R, K, 2]``, float32 ``example_mask`` ``[R, K]``, int32
+    ``example_id`` ``[R, K]`` (the example's index in its split; 0 in empty slots), and
     float32 ``margin``/``label`` ``[R, K]`` when any example has one. Padding
     is zeros everywhere.
     """
@@ -113,6 +114,7 @@ def pack_examples(
     batch.update({key: np.zeros((rows, width), np.int32) for key in TARGET_KEYS})
     batch["end_index"] = np.zeros((rows, slots, 2), np.int32)
     batch["example_mask"] = np.zeros((rows, slots), np.float32)
+    batch["example_id"] = np.zeros((rows, slots), np.int32)
     for column in ("margin", "label"):
         if any(getattr(ex, column) is not None for ex in examples):
             batch[column] = np.zeros((rows, slots), np.float32)
@@ -149,6 +151,7 @@ def _place(batch: dict[str, np.ndarray], r: int, slot: int, start: int, example:
         ends.append(stop - 1)
     batch["end_index"][r, slot - 1] = (ends + ends)[:2] if len(ends) == 1 else ends
     batch["example_mask"][r, slot - 1] = 1.0
+    batch["example_id"][r, slot - 1] = example.example_id
     if "margin" in batch and example.margin is not None:
         batch["margin"][r, slot - 1] = example.margin
     if "label" in batch and example.label is not None:

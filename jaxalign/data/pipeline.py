@@ -146,17 +146,18 @@ def build_pipeline(
     )
     consume = functools.partial(_consume, stats=run_stats, shape_agreement=shape_agreement)
 
+    indexed = list(enumerate(examples))
     if split == "train":
-        dataset = grain.MapDataset.source(examples)
+        dataset = grain.MapDataset.source(indexed)
         if cfg.shuffle:
             dataset = dataset.shuffle(seed=(cfg.seed if seed is None else seed) % 2**32)  # Grain takes 32 bits
         dataset = dataset[: steps * batch_size]
         epochs = cfg.num_epochs
     else:  # pad the last global batch with empty slots so every process has `steps` batches
-        dataset = grain.MapDataset.source(list(examples) + [None] * (steps * batch_size - len(examples)))
+        dataset = grain.MapDataset.source(indexed + [None] * (steps * batch_size - len(examples)))
         epochs = 1
     dataset = dataset[process_index::process_count]
-    dataset = dataset.map(lambda example: None if example is None else to_tokens(example))
+    dataset = dataset.map(lambda item: None if item is None else _tokenize_indexed(to_tokens, *item))
     dataset = dataset.batch(local_batch, drop_remainder=True, batch_fn=pack)
     if epochs > 1:
         dataset = dataset.repeat(epochs)
@@ -167,6 +168,25 @@ def build_pipeline(
         local_batch_size=local_batch, steps_per_epoch=steps, num_epochs=epochs, pack_length=pack_length,
         _dataset=iterable, _load_stats=load_stats, _run_stats=run_stats,
     )
+
+
+def _tokenize_indexed(to_tokens: ExampleTokenizer, index: int, example) -> TokenizedExample | Dropped:
+    tokenized = to_tokens(example)
+    return dataclasses.replace(tokenized, example_id=index) if isinstance(tokenized, TokenizedExample) else tokenized
+
+
+def _with_mismatched_completions(examples: list[TokenizedExample]) -> list[TokenizedExample]:
+    """KTO's KL baseline: each prompt also gets the next example's completion
+    as a second branch, scored under both policy and reference."""
+    count = len(examples)
+    return [
+        dataclasses.replace(
+            example,
+            completions=(example.completions[0], examples[(i + 1) % count].completions[0]),
+            loss_masks=(example.loss_masks[0], np.ones(len(examples[(i + 1) % count].completions[0]), bool)),
+        )
+        for i, example in enumerate(examples)
+    ]
 
 
 def _split_rows(cfg: DataConfig, split: str):
@@ -186,6 +206,8 @@ def _pack_batch(
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Grain ``batch_fn``: P tokenized examples (None = eval padding) -> (arrays, counts)."""
     examples = [item for item in items if isinstance(item, TokenizedExample)]
+    if kind == "unpaired" and examples:
+        examples = _with_mismatched_completions(examples)
     counts = {"batches": 1, "examples_packed": len(examples)}
     for item in items:
         if isinstance(item, Dropped):

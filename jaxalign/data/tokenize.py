@@ -44,6 +44,7 @@ class TokenizedExample:
     label: float | None = None
     truncated: bool = False
     where: str = ""
+    example_id: int = -1  # index of the example in its split (precomputed reference log-probs key on it)
 
     @property
     def length(self) -> int:
