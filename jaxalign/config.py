@@ -52,6 +52,9 @@ class TrainConfig:
     export: bool = True  # write an HF folder to <run_dir>/export at the end
     model: ModelSpec = dataclasses.field(default_factory=ModelSpec)
     ref_model: ModelSpec | None = None  # default: a frozen copy of the starting policy
+    # DPO family: compute reference log-probs in one pass before training (saved in
+    # run_dir, reused on resume), so training holds only the policy in memory.
+    precompute_ref_logps: bool = False
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)

@@ -49,7 +49,8 @@ class AlgoRun:
     ``eval_step(state, batch, frozen) -> metrics`` are pure; the trainer jits
     them with explicit shardings and donates the state. ``frozen`` (reference
     or reward parameters) is never donated. Metrics are scalars; eval metrics
-    include ``num_examples`` so the trainer can weight its averages.
+    include ``eval_weight`` (examples, or tokens for SFT) by which the trainer
+    weights its averages over the split.
     """
 
     state: TrainState
@@ -57,3 +58,5 @@ class AlgoRun:
     train_step: Callable[[TrainState, Batch, Any], tuple[TrainState, Metrics]]
     eval_step: Callable[[TrainState, Batch, Any], Metrics]
     export: Callable[[TrainState, str], None]
+    # Derived eval metrics from the split's averages (e.g. perplexity = exp(loss)).
+    summarize_eval: Callable[[dict[str, float]], dict[str, float]] | None = None

@@ -131,10 +131,11 @@ class Trainer:
             if self.cfg.eval_batches and index >= self.cfg.eval_batches:
                 break
             metrics = jax.device_get(self.eval_step(self.state, shard_batch(host_batch, self.mesh), self.algo.frozen))
-            weights.append(float(metrics.pop("num_examples")))
+            weights.append(float(metrics.pop("eval_weight")))
             for name, value in metrics.items():
                 collected.setdefault(name, []).append(float(value))
-        return {name: _reduce_eval(name, values, weights) for name, values in collected.items()}
+        reduced = {name: _reduce_eval(name, values, weights) for name, values in collected.items()}
+        return self.algo.summarize_eval(reduced) if self.algo.summarize_eval else reduced
 
     def _check_finite(self, finite: jax.Array | None, step: int) -> None:
         if finite is not None and not bool(jax.device_get(finite)):
@@ -146,89 +147,125 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         """Trains to ``total_steps`` (resuming from the latest checkpoint) and
-        returns the last train and eval metrics."""
+        returns the last train and eval metrics. SIGTERM/SIGINT finish the
+        current step, save a checkpoint and return."""
+        with GracefulStop() as stopper:
+            return self._run(stopper)
+
+    def _run(self, stopper: GracefulStop) -> dict[str, Any]:
         cfg = self.cfg
         self._save_config()
         logger = MetricsLogger(self.run_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb,
                                is_main_process=self.is_main)
         train_iterator = self.train_data.iterator()
-        step = 0
-        latest = self.checkpointer.latest_step()
-        if latest is not None:
-            self.state, _ = self.checkpointer.restore(
-                latest, abstract_state=_abstract(self.state), data_iterator=train_iterator,
-                restore_data=not cfg.data.reset_iterator_on_restore)
-            step = latest
-            log.info("resumed from checkpoint at step %d in %s", latest, self.checkpointer.directory)
+        step = self._resume(train_iterator)
         progress = ProgressBar(self.total_steps, start_step=step) if self.is_main else None
+        window = _MetricsWindow()
         last_train: dict[str, float] = {}
         last_eval: dict[str, float] = {}
-        running, finite, micro_count, tokens = None, None, 0, 0
-        interval_start = time.monotonic()
         stopped_early = False
-        with GracefulStop() as stopper:
-            while step < self.total_steps:
-                try:
-                    for _ in range(cfg.optim.grad_accum_steps):
-                        host_batch = next(train_iterator)
-                        tokens += int(np.count_nonzero(host_batch["segment_ids"]))
-                        self.state, metrics = self.train_step(
-                            self.state, shard_batch(host_batch, self.mesh), self.algo.frozen)
-                        batch_finite = jnp.isfinite(metrics["loss"])
-                        finite = batch_finite if finite is None else finite & batch_finite
-                        running = metrics if running is None else _accumulate(running, metrics)
-                        micro_count += 1
-                except StopIteration:
-                    log.info("training data exhausted at step %d", step)
-                    break
-                step += 1
-                if step % cfg.log.every_steps == 0 or step == self.total_steps:
-                    self._check_finite(finite, step)
-                    host = jax.device_get(running)
-                    elapsed = time.monotonic() - interval_start
-                    last_train = {name: float(value) / micro_count for name, value in host.items()}
-                    last_train["tokens_per_s"] = tokens / max(elapsed, 1e-9)
-                    last_train["learning_rate"] = float(self.learning_rate(step - 1))
-                    logger.log(step, last_train, prefix="train")
-                    if progress:
-                        progress.update(step, loss=last_train["loss"], tokens_per_s=last_train["tokens_per_s"])
-                    running, micro_count, tokens = None, 0, 0
-                    interval_start = time.monotonic()
-                if cfg.eval_every and step % cfg.eval_every == 0 and step < self.total_steps:
-                    last_eval = self.evaluate()
-                    logger.log(step, last_eval, prefix="eval")
-                    if progress:
-                        progress.message(f"eval at step {step}: " + _summary(last_eval))
-                stop = stopper.should_stop()  # agreed across processes
-                if stop or self.checkpointer.should_save(step, time.time()):
-                    self._check_finite(finite, step)
-                    self.checkpointer.save(step, self.state, train_iterator, config_to_dict(cfg), force=True)
-                if stop:
-                    stopped_early = True
-                    if progress:
-                        progress.message(f"stop requested: saved step {step}, exiting")
-                    break
-        if not stopped_early:
-            self._check_finite(finite, step)
-            last_eval = self.evaluate()
-            logger.log(step, last_eval, prefix="eval")
-            if progress:
-                progress.message(f"final eval at step {step}: " + _summary(last_eval))
-            if self.checkpointer.latest_step() != step:
+        while step < self.total_steps:
+            if not self._optimizer_step(train_iterator, window):
+                log.info("training data exhausted at step %d", step)
+                break
+            step += 1
+            if step % cfg.log.every_steps == 0 or step == self.total_steps:
+                self._check_finite(window.finite, step)
+                last_train = window.read()
+                last_train["learning_rate"] = float(self.learning_rate(step - 1))
+                logger.log(step, last_train, prefix="train")
+                if progress:
+                    progress.update(step, loss=last_train["loss"], tokens_per_s=last_train["tokens_per_s"])
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < self.total_steps:
+                last_eval = self.evaluate()
+                logger.log(step, last_eval, prefix="eval")
+                if progress:
+                    progress.message(f"eval at step {step}: " + _summary(last_eval))
+            stopped_early = stopper.should_stop()  # agreed across processes
+            if stopped_early or self.checkpointer.should_save(step, time.time()):
+                self._check_finite(window.finite, step)
                 self.checkpointer.save(step, self.state, train_iterator, config_to_dict(cfg), force=True)
-            if cfg.export:
-                export_dir = self.run_dir / "export"
-                self.algo.export(self.state, str(export_dir))
-                if self.is_main:
-                    self.tokenizer.save_pretrained(export_dir)
-                    _record_special_tokens(export_dir, self.tokenizer)
-                    log.info("exported a Hugging Face folder to %s", export_dir)
+            if stopped_early:
+                log.info("stop requested: saved step %d, exiting", step)
+                break
+        if not stopped_early:
+            last_eval = self._finish(step, train_iterator, logger, progress)
         self.checkpointer.wait()
         self.checkpointer.close()
         logger.close()
         if progress:
             progress.close()
         return {"step": step, "train": last_train, "eval": last_eval, "stopped_early": stopped_early}
+
+    def _resume(self, train_iterator) -> int:
+        """Restores the latest checkpoint, if any; returns the step to continue from."""
+        latest = self.checkpointer.latest_step()
+        if latest is None:
+            return 0
+        self.state, _ = self.checkpointer.restore(
+            latest, abstract_state=_abstract(self.state), data_iterator=train_iterator,
+            restore_data=not self.cfg.data.reset_iterator_on_restore)
+        log.info("resumed from checkpoint at step %d in %s", latest, self.checkpointer.directory)
+        return latest
+
+    def _optimizer_step(self, train_iterator, window: "_MetricsWindow") -> bool:
+        """Runs ``grad_accum_steps`` micro-batches; False when the data ran out."""
+        for _ in range(self.cfg.optim.grad_accum_steps):
+            try:
+                host_batch = next(train_iterator)
+            except StopIteration:
+                return False
+            self.state, metrics = self.train_step(self.state, shard_batch(host_batch, self.mesh), self.algo.frozen)
+            window.add(metrics, tokens=int(np.count_nonzero(host_batch["segment_ids"])))
+        return True
+
+    def _finish(self, step: int, train_iterator, logger: MetricsLogger, progress: ProgressBar | None) -> dict:
+        """Final eval, final checkpoint, export."""
+        self._check_finite(None, step)
+        last_eval = self.evaluate()
+        logger.log(step, last_eval, prefix="eval")
+        if progress:
+            progress.message(f"final eval at step {step}: " + _summary(last_eval))
+        if self.checkpointer.latest_step() != step:
+            self.checkpointer.save(step, self.state, train_iterator, config_to_dict(self.cfg), force=True)
+        if self.cfg.export:
+            export_dir = self.run_dir / "export"
+            self.algo.export(self.state, str(export_dir))
+            if self.is_main:
+                self.tokenizer.save_pretrained(export_dir)
+                _record_special_tokens(export_dir, self.tokenizer)
+                log.info("exported a Hugging Face folder to %s", export_dir)
+        return last_eval
+
+
+class _MetricsWindow:
+    """Step metrics summed on device between logging points: the host fetches
+    them once per interval instead of blocking on every step."""
+
+    def __init__(self) -> None:
+        self.finite: jax.Array | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._sums: dict | None = None
+        self._count = 0
+        self._tokens = 0
+        self._start = time.monotonic()
+
+    def add(self, metrics: dict, tokens: int) -> None:
+        batch_finite = jnp.isfinite(metrics["loss"])
+        self.finite = batch_finite if self.finite is None else self.finite & batch_finite
+        self._sums = metrics if self._sums is None else _accumulate(self._sums, metrics)
+        self._count += 1
+        self._tokens += tokens
+
+    def read(self) -> dict[str, float]:
+        """Means since the last read, plus tokens/s; starts a new window."""
+        sums = jax.device_get(self._sums) if self._sums is not None else {}
+        means = {name: float(value) / self._count for name, value in sums.items()}
+        means["tokens_per_s"] = self._tokens / max(time.monotonic() - self._start, 1e-9)
+        self._reset()
+        return means
 
 
 def _record_special_tokens(export_dir: Path, tokenizer) -> None:

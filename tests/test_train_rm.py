@@ -93,7 +93,10 @@ def test_sigterm_saves_exits_zero_and_rerun_continues(tmp_path):
     import time
 
     deadline = time.monotonic() + 240
-    while not (run_dir / "metrics.jsonl").exists() and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        metrics_file = run_dir / "metrics.jsonl"
+        if metrics_file.exists() and "train/loss" in metrics_file.read_text():
+            break
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=240)

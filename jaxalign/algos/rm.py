@@ -47,7 +47,7 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
 
     def eval_step(state: TrainState, batch: Batch, frozen):
         loss_value, metrics = loss_fn(state.params, batch)
-        return {**metrics, "loss": loss_value, "num_examples": common.num_examples(batch)}
+        return {**metrics, "loss": loss_value, "eval_weight": common.num_examples(batch)}
 
     return AlgoRun(state=state, frozen={}, train_step=train_step, eval_step=eval_step,
                    export=common.export_with(graphdef))

@@ -97,6 +97,7 @@ def build_pipeline(
     row_multiple: int = 1,
     seed: int | None = None,
     shape_agreement: ShapeAgreement | None = None,
+    ordered: bool = False,
 ) -> DataPipeline | None:
     """Builds the ``split`` ("train" or "eval") pipeline for ``kind`` batches
     ("preference", "unpaired", "sft", "prompt").
@@ -105,7 +106,9 @@ def build_pipeline(
     is the number of data-parallel shards this process feeds (rows of every
     batch are a multiple of it). ``shape_agreement``, called on every process in
     step with the batch's ``(R, L, C)``, returns the shape to pad to, e.g. the
-    maximum over processes, which multi-process runs need.
+    maximum over processes, which multi-process runs need. ``ordered`` reads
+    the split once in order with every example kept (the last batch padded),
+    as the eval split always is: for one pass over all training examples.
     """
     if split not in ("train", "eval"):
         raise ValueError(f"data: split must be 'train' or 'eval', got '{split}'")
@@ -127,7 +130,8 @@ def build_pipeline(
     if batch_size % process_count:
         raise ValueError(f"data: batch size {batch_size} is not divisible by {process_count} processes")
     local_batch = batch_size // process_count
-    if split == "train":
+    shuffled = split == "train" and not ordered
+    if shuffled:
         steps = len(examples) // batch_size
         if steps == 0:
             raise ValueError(f"data: {len(examples)} training examples are fewer than batch_size {batch_size}")
@@ -147,7 +151,7 @@ def build_pipeline(
     consume = functools.partial(_consume, stats=run_stats, shape_agreement=shape_agreement)
 
     indexed = list(enumerate(examples))
-    if split == "train":
+    if shuffled:
         dataset = grain.MapDataset.source(indexed)
         if cfg.shuffle:
             dataset = dataset.shuffle(seed=(cfg.seed if seed is None else seed) % 2**32)  # Grain takes 32 bits

@@ -20,25 +20,30 @@ DEFAULT_CHUNK_SIZE = 256
 
 
 @jax.checkpoint
-def _chunk_logps(weights: jax.Array, hidden: jax.Array, targets: jax.Array) -> jax.Array:
-    """weights ``[hidden, vocab]``, hidden ``[b, k, hidden]``, targets ``[b, k]`` -> ``[b, k]`` float32."""
+def _chunk_logps(weights: jax.Array, hidden: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """weights ``[hidden, vocab]``, hidden ``[b, k, hidden]``, targets ``[b, k]`` ->
+    (log-probs ``[b, k]`` float32, whether the target is the argmax ``[b, k]`` bool)."""
     logits = jnp.einsum("bkh,hv->bkv", hidden, weights, preferred_element_type=jnp.float32)
     picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return picked - jax.nn.logsumexp(logits, axis=-1)
+    hits = picked >= jnp.max(logits, axis=-1)
+    return picked - jax.nn.logsumexp(logits, axis=-1), hits
 
 
 def logps_from_hidden(
-    hidden: jax.Array, weights: jax.Array, target_ids: jax.Array, chunk_size: int = DEFAULT_CHUNK_SIZE
-) -> jax.Array:
+    hidden: jax.Array, weights: jax.Array, target_ids: jax.Array, chunk_size: int = DEFAULT_CHUNK_SIZE,
+    *, return_hits: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """log p(target | context) ``[b, c]`` float32.
 
     hidden ``[b, c, h]`` (the outputs that predict each target), weights
     ``[h, vocab]``, target_ids ``[b, c]``. The matmul runs in hidden's dtype
-    with float32 accumulation.
+    with float32 accumulation. With ``return_hits`` also ``[b, c]`` bool:
+    whether the target is the model's top-1 token (for token accuracy).
     """
     batch, length, features = hidden.shape
     if length == 0:
-        return jnp.zeros((batch, 0), jnp.float32)
+        empty = jnp.zeros((batch, 0), jnp.float32)
+        return (empty, empty.astype(bool)) if return_hits else empty
     chunk = max(1, min(chunk_size, length))
     num_chunks = math.ceil(length / chunk)
     pad = num_chunks * chunk - length
@@ -48,17 +53,22 @@ def logps_from_hidden(
     hidden_chunks = hidden.reshape(batch, num_chunks, chunk, features).swapaxes(0, 1)
     target_chunks = targets.reshape(batch, num_chunks, chunk).swapaxes(0, 1)
     weights = weights.astype(hidden.dtype)
-    out = jax.lax.map(lambda xs: _chunk_logps(weights, *xs), (hidden_chunks, target_chunks))
-    return out.swapaxes(0, 1).reshape(batch, num_chunks * chunk)[:, :length]
+    chunked = jax.lax.map(lambda xs: _chunk_logps(weights, *xs), (hidden_chunks, target_chunks))
+    logps, hits = (out.swapaxes(0, 1).reshape(batch, num_chunks * chunk)[:, :length] for out in chunked)
+    return (logps, hits) if return_hits else logps
 
 
-def token_logps(model: nnx.Module, hidden: jax.Array, target_ids: jax.Array, chunk_size: int = DEFAULT_CHUNK_SIZE) -> jax.Array:
-    """log p(target | context) ``[b, c]`` float32 for a ``CausalLM``.
+def token_logps(
+    model: nnx.Module, hidden: jax.Array, target_ids: jax.Array, chunk_size: int = DEFAULT_CHUNK_SIZE,
+    *, return_hits: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """log p(target | context) ``[b, c]`` float32 for a ``CausalLM`` (and, with
+    ``return_hits``, whether each target is the top-1 token, ``[b, c]`` bool).
 
     hidden ``[b, c, h]``: hidden states already gathered at the positions that
     predict ``target_ids`` ``[b, c]`` (see ``jaxalign.batch.gather_positions``).
     """
-    return logps_from_hidden(hidden, model.output_embedding(), target_ids, chunk_size)
+    return logps_from_hidden(hidden, model.output_embedding(), target_ids, chunk_size, return_hits=return_hits)
 
 
 def sequence_token_logps(

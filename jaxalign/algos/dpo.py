@@ -1,0 +1,157 @@
+"""The DPO family: a policy trained on preference pairs (or KTO's unpaired rows)
+against a frozen reference, with any registered loss (``jaxalign.losses``).
+
+Chosen and rejected go through the model in one forward over packed rows that
+store the prompt once. The reference is, by default, a frozen copy of the
+starting policy; ``ref_model`` names another checkpoint; with
+``precompute_ref_logps`` its log-probs are computed in one pass before
+training, saved in the run directory, and the reference leaves memory.
+Reference-free losses (SimPO, ORPO, CPO) hold no reference at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from jaxalign.algos import common
+from jaxalign.batch import target_counts
+from jaxalign.config import TrainConfig
+from jaxalign.data import build_pipeline
+from jaxalign.losses import PreferenceInputs, UnpairedInputs, build_loss
+from jaxalign.metrics_log import get_logger
+from jaxalign.sharding import batch_divisor, replicated, shard_batch
+from jaxalign.train_state import AlgoRun, Batch, TrainState
+
+log = get_logger()
+
+
+def data_kind(cfg: TrainConfig) -> str:
+    return "unpaired" if cfg.loss.kind == "unpaired" else "preference"
+
+
+def _flat(values: jax.Array | None, branch: int) -> jax.Array | None:
+    return None if values is None else values[..., branch].reshape(-1)
+
+
+def loss_inputs(batch: Batch, policy: dict[str, jax.Array], reference: jax.Array | None, kind: str):
+    """The loss bundle from per-example sums ``[R, K, 2]`` (policy and reference)."""
+    counts = target_counts(batch)
+    mask = common.flat_examples(batch)
+    logits_mean = policy["logits_mean_sums"] / jnp.maximum(counts, 1.0)
+    if kind == "unpaired":
+        return UnpairedInputs(
+            policy_logps=_flat(policy["sums"], 0), lengths=_flat(counts, 0), label=batch["label"].reshape(-1),
+            mask=mask, ref_logps=_flat(reference, 0), policy_kl_logps=_flat(policy["sums"], 1),
+            ref_kl_logps=_flat(reference, 1), logits_mean=_flat(logits_mean, 0), batch=batch,
+        )
+    return PreferenceInputs(
+        policy_chosen_logps=_flat(policy["sums"], 0), policy_rejected_logps=_flat(policy["sums"], 1),
+        chosen_lengths=_flat(counts, 0), rejected_lengths=_flat(counts, 1), mask=mask,
+        ref_chosen_logps=_flat(reference, 0), ref_rejected_logps=_flat(reference, 1),
+        chosen_logits_mean=_flat(logits_mean, 0), rejected_logits_mean=_flat(logits_mean, 1), batch=batch,
+    )
+
+
+def _check(cfg: TrainConfig) -> None:
+    if cfg.precompute_ref_logps and not cfg.loss.needs_reference:
+        raise ValueError(
+            f"precompute_ref_logps: loss '{cfg.loss.name}' is reference-free, so there are no reference "
+            "log-probs to precompute; remove precompute_ref_logps (or ref_model)")
+    if cfg.ref_model is not None and not cfg.loss.needs_reference:
+        raise ValueError(f"ref_model is set but loss '{cfg.loss.name}' is reference-free; remove ref_model")
+
+
+def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
+    _check(cfg)
+    policy = common.build_model(cfg.model, cfg, mesh, head="causal_lm", tokenizer=tokenizer)
+    graphdef, params = common.split_params(policy)
+    kind = cfg.loss.kind
+    frozen: dict[str, Any] = {}
+    ref_graphdef = graphdef
+    if cfg.loss.needs_reference:
+        if cfg.ref_model is not None:
+            ref_graphdef, ref_params = common.split_params(
+                common.build_model(cfg.ref_model, cfg, mesh, head="causal_lm", tokenizer=tokenizer))
+        else:  # a separate copy: the policy's buffers are donated every step
+            ref_params = jax.tree.map(jnp.copy, params)
+        if cfg.precompute_ref_logps:
+            frozen = precomputed_reference(cfg, mesh, tokenizer, ref_graphdef, ref_params)
+            del ref_params
+        else:
+            frozen = {"ref_params": ref_params}
+    state, optimizer = common.init_train_state(cfg, mesh, params, total_steps)
+    loss = build_loss(cfg.loss)
+
+    def reference_sums(frozen: dict, batch: Batch, split: str) -> jax.Array | None:
+        if not frozen:
+            return None
+        if "ref_params" in frozen:
+            reference = nnx.merge(ref_graphdef, frozen["ref_params"])
+            return jax.lax.stop_gradient(common.completion_logps(reference, batch)["sums"])
+        return frozen[f"ref_{split}"][batch["example_id"]]
+
+    def loss_fn(params, batch: Batch, frozen: dict, split: str):
+        policy_out = common.completion_logps(nnx.merge(graphdef, params), batch, with_logits_mean=True)
+        inputs = loss_inputs(batch, policy_out, reference_sums(frozen, batch, split), kind)
+        return loss(inputs).result()
+
+    def train_step(state: TrainState, batch: Batch, frozen: dict):
+        return common.gradient_step(state, optimizer, lambda p, b: loss_fn(p, b, frozen, "train"), batch)
+
+    def eval_step(state: TrainState, batch: Batch, frozen: dict):
+        loss_value, metrics = loss_fn(state.params, batch, frozen, "eval")
+        return {**metrics, "loss": loss_value, "eval_weight": common.num_examples(batch)}
+
+    return AlgoRun(state=state, frozen=frozen, train_step=train_step, eval_step=eval_step,
+                   export=common.export_with(graphdef))
+
+
+def precomputed_reference(cfg: TrainConfig, mesh: Mesh, tokenizer, ref_graphdef, ref_params) -> dict[str, jax.Array]:
+    """Reference log-prob sums for every example of the train and eval splits,
+    ``{"ref_train": [N_train, 2], "ref_eval": [N_eval, 2]}``, looked up in the
+    step by ``example_id``. Saved as ``<run_dir>/ref_logps_<split>.npy`` and
+    reused when present (a resumed run skips the pass)."""
+    kind = data_kind(cfg)
+    sums_fn = jax.jit(lambda params, batch: common.completion_logps(nnx.merge(ref_graphdef, params), batch)["sums"])
+    tables = {}
+    for split in ("train", "eval"):
+        cache = Path(cfg.run_dir) / f"ref_logps_{split}.npy"
+        pipeline = build_pipeline(
+            dataclasses.replace(cfg.data, shuffle=False), tokenizer, split=split, kind=kind,
+            row_multiple=max(batch_divisor(mesh) // jax.process_count(), 1), ordered=True,
+            process_index=jax.process_index(), process_count=jax.process_count(),
+        )
+        if pipeline is None:
+            tables[f"ref_{split}"] = jnp.zeros((1, 2), jnp.float32)
+            continue
+        if cache.exists() and np.load(cache).shape == (pipeline.num_examples, 2):
+            table = np.load(cache)
+            log.info("reference log-probs for %s: reusing %s", split, cache)
+        else:
+            table = _reference_pass(pipeline, sums_fn, ref_params, mesh)
+            if jax.process_index() == 0:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                np.save(cache, table)
+            log.info("reference log-probs for %s: %d examples -> %s", split, pipeline.num_examples, cache)
+        tables[f"ref_{split}"] = jax.device_put(jnp.asarray(table), replicated(mesh))
+    return tables
+
+
+def _reference_pass(pipeline, sums_fn, ref_params, mesh: Mesh) -> np.ndarray:
+    if jax.process_count() > 1:
+        raise NotImplementedError(
+            "precompute_ref_logps with several processes is not supported yet; use the in-step reference")
+    table = np.zeros((pipeline.num_examples, 2), np.float32)
+    for host_batch in pipeline.iterator():
+        sums = np.asarray(jax.device_get(sums_fn(ref_params, shard_batch(host_batch, mesh))))
+        used = host_batch["example_mask"] > 0
+        table[host_batch["example_id"][used]] = sums[used]
+    return table
