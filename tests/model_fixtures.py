@@ -21,6 +21,9 @@ ARCHS = {
                               original_max_position_embeddings=16),
         ),
     ),
+    "llama_linear_rope": (
+        "LlamaConfig", "LlamaForCausalLM", dict(tie_word_embeddings=False, rope_scaling=dict(rope_type="linear", factor=4.0))
+    ),
     "mistral_sliding": ("MistralConfig", "MistralForCausalLM", dict(num_key_value_heads=2, sliding_window=4)),
     "qwen2_tied": ("Qwen2Config", "Qwen2ForCausalLM", dict(num_key_value_heads=2, tie_word_embeddings=True)),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(num_key_value_heads=2, head_dim=16, tie_word_embeddings=False)),

@@ -192,6 +192,28 @@ def test_error_index_names_missing_shard(llama_folder):
         load_pretrained(llama_folder)
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        dict(model_type="llama", rope_theta=5e5, tie_word_embeddings=True, attention_bias=True, attention_out_bias=True,
+             rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                               original_max_position_embeddings=8192)),
+        dict(model_type="mistral", sliding_window=16, eos_token_id=(2, 3)),
+        dict(model_type="qwen2", attention_bias=True, sliding_window=8,
+             layer_types=("full_attention", "sliding_attention")),
+        dict(model_type="qwen3", qk_norm=True, head_dim=32, pad_token_id=0),
+        dict(model_type="gpt2", family="gpt2", activation="gelu_new", attention_bias=True, attention_out_bias=True,
+             mlp_bias=True, tie_word_embeddings=True, max_position_embeddings=128),
+    ],
+)
+def test_config_round_trip(fields):
+    config = ModelConfig(vocab_size=100, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4, **fields)
+    hf = config.to_hf(["Whatever"])
+    assert ModelConfig.from_hf(json.loads(json.dumps(hf))) == config
+    reader = transformers.AutoConfig.for_model(**{k: v for k, v in hf.items() if k != "model_type"}, model_type=hf["model_type"])
+    assert ModelConfig.from_hf(reader.to_dict()) == config  # transformers reads what we write
+
+
 def test_error_unsupported_rope_type():
     config = dict(model_type="llama", vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
                   num_attention_heads=2, rope_scaling={"rope_type": "yarn", "factor": 2.0})

@@ -14,6 +14,11 @@ from typing import Any, Mapping
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
 ROPE_TYPES = ("default", "linear", "llama3")
+ROPE_KEYS = {
+    "default": (),
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
 ACTIVATIONS = ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 REMAT_POLICIES = ("none", "full", "dots")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -88,6 +93,8 @@ class ModelConfig:
         check(self.param_dtype in DTYPES, f"param_dtype must be one of {DTYPES}, got {self.param_dtype!r}")
         rope_type = self.rope_type
         check(rope_type in ROPE_TYPES, f"rope_scaling rope_type must be one of {ROPE_TYPES}, got {rope_type!r}")
+        missing = [k for k in ROPE_KEYS[rope_type] if k not in (self.rope_scaling or {})]
+        check(not missing, f"rope_scaling of type {rope_type!r} needs {missing}")
         if self.layer_types is not None:
             check(len(self.layer_types) == self.num_layers, f"layer_types has {len(self.layer_types)} entries for {self.num_layers} layers")
         if self.family == "gpt2":
@@ -131,19 +138,3 @@ class ModelConfig:
         from jaxalign.models import hf_config
 
         return hf_config.config_to_hf(self, architectures)
-
-    def num_params(self) -> int:
-        """Parameter count (embeddings counted once when tied)."""
-        e, i, v = self.hidden_size, self.intermediate_size, self.vocab_size
-        q = self.num_heads * self.head_dim
-        kv = self.num_kv_heads * self.head_dim
-        attn = e * (q + 2 * kv) + q * e
-        mlp = (3 if self.family == "llama" else 2) * e * i
-        per_layer = attn + mlp + 2 * e
-        total = self.num_layers * per_layer + v * e + e
-        if not self.tie_word_embeddings:
-            total += v * e
-        if self.family == "gpt2":
-            total += self.max_position_embeddings * e
-        return int(total)
-

@@ -159,7 +159,9 @@ def _gpt2_to_hf(cfg: ModelConfig) -> dict[str, Any]:
 
 def _llama_family_to_hf(cfg: ModelConfig) -> dict[str, Any]:
     _check_exportable(cfg)
-    scaling = dict(cfg.rope_scaling) if cfg.rope_scaling else None
+    scaling = None
+    if cfg.rope_type != "default":  # normalise the legacy "type" key to "rope_type"
+        scaling = {**{k: v for k, v in cfg.rope_scaling.items() if k != "type"}, "rope_type": cfg.rope_type}
     fields = {
         "hidden_size": cfg.hidden_size,
         "intermediate_size": cfg.intermediate_size,
