@@ -185,6 +185,14 @@ def test_error_unsupported_model_type(llama_folder):
         load_pretrained(llama_folder)
 
 
+def test_error_config_missing_field(llama_folder):
+    config = json.loads((llama_folder / "config.json").read_text())
+    del config["hidden_size"]
+    (llama_folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"config\.json: missing field 'hidden_size'"):
+        load_pretrained(llama_folder)
+
+
 def test_error_index_names_missing_shard(llama_folder):
     index = {"metadata": {}, "weight_map": {"model.norm.weight": "model-00002-of-00002.safetensors"}}
     (llama_folder / "model.safetensors.index.json").write_text(json.dumps(index))

@@ -144,7 +144,9 @@ def load_pretrained(
     overrides = {k: v for k, v in dict(dtype=dtype, param_dtype=param_dtype, remat=remat).items() if v is not None}
     try:
         cfg = ModelConfig.from_hf(hf_config, **overrides)
-    except (KeyError, ValueError) as e:
+    except KeyError as e:
+        raise ValueError(f"{folder / 'config.json'}: missing field {e}") from e
+    except ValueError as e:
         raise ValueError(f"{folder / 'config.json'}: {e}") from e
     files = CheckpointFiles(folder)
     head, has_score = _resolve_head(head, hf_config, files)
@@ -162,6 +164,9 @@ def load_pretrained(
         source = files.location[m.hf_name].read(m.hf_name)
         for param_path, part in zip(m.paths, m.to_params(source)):
             values[param_path] = place(part, variables[param_path], mesh, rules)
+            # Transfers to accelerators are asynchronous and keep the host
+            # buffer alive until done; waiting bounds host memory to one tensor.
+            values[param_path].block_until_ready()
         del source, part  # free the host copy before reading the next tensor
     if fresh_score:
         path = ("score", "kernel")
