@@ -70,6 +70,12 @@ class TrainConfig:
                 raise ValueError(f"algo rm trains with a reward loss (loss.name: bradley_terry), got loss.name '{self.loss.name}'")
             # The loss section's default is DPO's; a reward model's is Bradley-Terry.
             self.loss = dataclasses.replace(self.loss, name="bradley_terry")
+        if self.algo == "dpo" and not self.loss.needs_reference:
+            if self.precompute_ref_logps:
+                raise ValueError(f"precompute_ref_logps: loss '{self.loss.name}' is reference-free, so there are "
+                                 "no reference log-probs to precompute; remove precompute_ref_logps")
+            if self.ref_model is not None:
+                raise ValueError(f"ref_model is set but loss '{self.loss.name}' is reference-free; remove ref_model")
         if self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
 

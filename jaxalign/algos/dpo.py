@@ -60,17 +60,7 @@ def loss_inputs(batch: Batch, policy: dict[str, jax.Array], reference: jax.Array
     )
 
 
-def _check(cfg: TrainConfig) -> None:
-    if cfg.precompute_ref_logps and not cfg.loss.needs_reference:
-        raise ValueError(
-            f"precompute_ref_logps: loss '{cfg.loss.name}' is reference-free, so there are no reference "
-            "log-probs to precompute; remove precompute_ref_logps (or ref_model)")
-    if cfg.ref_model is not None and not cfg.loss.needs_reference:
-        raise ValueError(f"ref_model is set but loss '{cfg.loss.name}' is reference-free; remove ref_model")
-
-
 def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
-    _check(cfg)
     policy = common.build_model(cfg.model, cfg, mesh, head="causal_lm", tokenizer=tokenizer)
     graphdef, params = common.split_params(policy)
     kind = cfg.loss.kind
