@@ -149,14 +149,19 @@ class Trainer:
         """Trains to ``total_steps`` (resuming from the latest checkpoint) and
         returns the last train and eval metrics. SIGTERM/SIGINT finish the
         current step, save a checkpoint and return."""
-        with GracefulStop() as stopper:
-            return self._run(stopper)
-
-    def _run(self, stopper: GracefulStop) -> dict[str, Any]:
-        cfg = self.cfg
         self._save_config()
-        logger = MetricsLogger(self.run_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb,
+        logger = MetricsLogger(self.run_dir, tensorboard=self.cfg.log.tensorboard, wandb=self.cfg.log.wandb,
                                is_main_process=self.is_main)
+        try:
+            with GracefulStop() as stopper:
+                return self._run(stopper, logger)
+        finally:  # also on errors (NaN loss, bad data): finish pending async saves
+            self.checkpointer.wait()
+            self.checkpointer.close()
+            logger.close()
+
+    def _run(self, stopper: GracefulStop, logger: MetricsLogger) -> dict[str, Any]:
+        cfg = self.cfg
         train_iterator = self.train_data.iterator()
         step = self._resume(train_iterator)
         progress = ProgressBar(self.total_steps, start_step=step) if self.is_main else None
@@ -190,9 +195,6 @@ class Trainer:
                 break
         if not stopped_early:
             last_eval = self._finish(step, train_iterator, logger, progress)
-        self.checkpointer.wait()
-        self.checkpointer.close()
-        logger.close()
         if progress:
             progress.close()
         return {"step": step, "train": last_train, "eval": last_eval, "stopped_early": stopped_early}

@@ -160,3 +160,24 @@ def test_same_loss_on_one_device_and_on_meshes(tmp_path, mesh):
     single = loss_and_step(MeshConfig(data=1), jax.devices()[:1])
     sharded = loss_and_step(MeshConfig(**mesh), jax.devices())
     np.testing.assert_allclose(sharded, single, rtol=1e-5, atol=1e-6)
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    from jaxalign.trainer import NonFiniteLossError, Trainer
+
+    run_dir = tmp_path / "run"
+    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_run_config(run_dir, max_steps=8)))
+    trainer = Trainer(cfg)
+    real_step, calls = trainer.train_step, []
+
+    def poisoned_step(state, batch, frozen):  # the 4th step's loss is NaN
+        state, metrics = real_step(state, batch, frozen)
+        calls.append(1)
+        return state, {**metrics, "loss": metrics["loss"] * (np.nan if len(calls) == 4 else 1.0)}
+
+    trainer.train_step = poisoned_step
+    with pytest.raises(NonFiniteLossError, match="NaN or inf.*step 4.*intact"):
+        trainer.run()
+    assert finished_checkpoints(run_dir) == [2]
+    resumed = Trainer(cfg)  # the surviving checkpoint restores and training continues
+    assert resumed.run()["step"] == 8
