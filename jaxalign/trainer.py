@@ -204,10 +204,13 @@ class Trainer:
         latest = self.checkpointer.latest_step()
         if latest is None:
             return 0
-        self.state, _ = self.checkpointer.restore(
+        self.state, saved_config = self.checkpointer.restore(
             latest, abstract_state=_abstract(self.state), data_iterator=train_iterator,
             restore_data=not self.cfg.data.reset_iterator_on_restore)
         log.info("resumed from checkpoint at step %d in %s", latest, self.checkpointer.directory)
+        changed = _changed_keys(saved_config or {}, config_to_dict(self.cfg))
+        if changed:
+            log.warning("resuming with a config that differs from the checkpoint's: %s", "; ".join(changed))
         return latest
 
     def _optimizer_step(self, train_iterator, window: "_MetricsWindow") -> bool:
@@ -268,6 +271,18 @@ class _MetricsWindow:
         means["tokens_per_s"] = self._tokens / max(time.monotonic() - self._start, 1e-9)
         self._reset()
         return means
+
+
+def _changed_keys(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """``a.b: old -> new`` for every leaf that differs between two config dicts."""
+    changes = []
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += _changed_keys(old, new, f"{prefix}{key}.")
+        elif old != new and not (isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)) and list(old) == list(new)):
+            changes.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return changes
 
 
 def _record_special_tokens(export_dir: Path, tokenizer) -> None:
