@@ -108,8 +108,10 @@ def test_sft_packing_gives_the_same_loss_as_one_example_per_row(tmp_path, tokeni
     cfg = _config(tmp_path, algo="sft", data=data)
     packed = _first_batch(cfg, tokenizer, "sft")
     examples = unpack(packed)
-    # pack_length 1 forces every example into a row of its own: plain padding.
-    padded = pack_examples(examples, slots=packed["example_mask"].shape[1], pack_length=1, pad_to_multiple=16)
+    unpacked_cfg = dataclasses.replace(cfg.data, packing=False)
+    padded = pack_examples(examples, slots=packed["example_mask"].shape[1],
+                           pack_length=unpacked_cfg.resolved_pack_length(paired=False), pad_to_multiple=16)
+    assert padded["input_ids"].shape[0] == len(examples)  # one example per row: plain padding
     assert packed["input_ids"].shape[0] < padded["input_ids"].shape[0]
     run = sft.setup(cfg, one_device, tokenizer, total_steps=4)
     eval_step = jax.jit(run.eval_step)

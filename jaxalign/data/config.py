@@ -44,6 +44,7 @@ class DataConfig:
     eval_batch_size: int | None = None  # default: batch_size
     max_length: int = 1024  # prompt + completion tokens, for each branch of a pair
     max_prompt_length: int | None = None  # prompts keep their end; None = max_length // 2
+    packing: bool = True  # False: one example per row (rows padded to the bucketed length)
     pack_length: int | None = None  # tokens per packed row; default 2*max_length for pairs, else max_length
     pad_to_multiple: int = 64  # row length and target slots are rounded up to this
     on_bad_row: str = "raise"  # raise | skip (skipped rows are counted in stats)
@@ -98,7 +99,10 @@ class DataConfig:
         return self.max_prompt_length if self.max_prompt_length is not None else max(1, self.max_length // 2)
 
     def resolved_pack_length(self, paired: bool) -> int:
-        """Row capacity: a pair stores its prompt once, so two branches fit in 2*max_length."""
+        """Row capacity: a pair stores its prompt once, so two branches fit in 2*max_length.
+        Without packing every example is longer than the capacity of 1, so each gets a row."""
+        if not self.packing:
+            return 1
         if self.pack_length is not None:
             return self.pack_length
         return 2 * self.max_length if paired else self.max_length
