@@ -199,3 +199,17 @@ def agree_on_shape(local_shape: Sequence[int]) -> tuple[int, ...]:
 
     gathered = multihost_utils.process_allgather(np.asarray(local_shape, dtype=np.int64))
     return tuple(int(v) for v in np.max(np.asarray(gathered).reshape(-1, len(local_shape)), axis=0))
+
+
+def all_processes(flag: bool) -> bool:
+    """True on every process when ``flag`` is True on all of them.
+
+    For branches that lead into collectives (e.g. "is the cache here?"): every
+    process must take the same one. All processes must call it at the same point.
+    """
+    if jax.process_count() == 1:
+        return flag
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.asarray([flag], dtype=np.int32))))

@@ -16,7 +16,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import yaml
 
 from jaxalign import distributed
@@ -46,6 +45,11 @@ def _abstract(tree: Any) -> Any:
 
 def _shardings(tree: Any) -> Any:
     return jax.tree.map(lambda x: x.sharding, tree)
+
+
+@jax.jit
+def _count_tokens(segment_ids: jax.Array) -> jax.Array:
+    return jnp.count_nonzero(segment_ids)
 
 
 @jax.jit
@@ -220,8 +224,10 @@ class Trainer:
                 host_batch = next(train_iterator)
             except StopIteration:
                 return False
-            self.state, metrics = self.train_step(self.state, shard_batch(host_batch, self.mesh), self.algo.frozen)
-            window.add(metrics, tokens=int(np.count_nonzero(host_batch["segment_ids"])))
+            batch = shard_batch(host_batch, self.mesh)
+            self.state, metrics = self.train_step(self.state, batch, self.algo.frozen)
+            # Counted on the global batch: the host batch holds only this process's rows.
+            window.add(metrics, tokens=_count_tokens(batch["segment_ids"]))
         return True
 
     def _finish(self, step: int, train_iterator, logger: MetricsLogger, progress: ProgressBar | None) -> dict:
@@ -257,7 +263,7 @@ class _MetricsWindow:
         self._tokens = 0
         self._start = time.monotonic()
 
-    def add(self, metrics: dict, tokens: int) -> None:
+    def add(self, metrics: dict, tokens: int | jax.Array) -> None:
         batch_finite = jnp.isfinite(metrics["loss"])
         self.finite = batch_finite if self.finite is None else self.finite & batch_finite
         self._sums = metrics if self._sums is None else _accumulate(self._sums, metrics)
@@ -268,7 +274,7 @@ class _MetricsWindow:
         """Means since the last read, plus tokens/s; starts a new window."""
         sums = jax.device_get(self._sums) if self._sums is not None else {}
         means = {name: float(value) / self._count for name, value in sums.items()}
-        means["tokens_per_s"] = self._tokens / max(time.monotonic() - self._start, 1e-9)
+        means["tokens_per_s"] = float(jax.device_get(self._tokens)) / max(time.monotonic() - self._start, 1e-9)
         self._reset()
         return means
 

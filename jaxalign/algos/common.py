@@ -43,8 +43,20 @@ def init_train_state(cfg: TrainConfig, mesh: Mesh, params: dict, total_steps: in
     """A fresh train state on the mesh; scalars (step, rng) replicated so that
     every leaf is a global array (multi-process checkpoints need that)."""
     optimizer = build_optimizer(cfg.optim, total_steps)
-    state = TrainState.create(params, jax.jit(optimizer.init)(params), cfg.seed, extra)
+    state = TrainState.create(params, sharded_optimizer_init(optimizer, params, mesh), cfg.seed, extra)
     return jax.tree.map(lambda leaf: on_mesh(leaf, mesh), state), optimizer
+
+
+def sharded_optimizer_init(optimizer: optax.GradientTransformation, params: dict, mesh: Mesh):
+    """The optimizer state with every per-parameter leaf (Adam's moments, the
+    accumulated gradients) sharded like its parameter, counters replicated.
+    A plain ``jax.jit(optimizer.init)`` replicates the zeros it creates, which
+    costs every device the whole optimizer state and defeats fsdp."""
+    param_shardings = jax.tree.map(lambda leaf: leaf.sharding, params)
+    abstract = jax.eval_shape(optimizer.init, params)
+    shardings = optax.tree_map_params(optimizer, lambda _, sharding: sharding, abstract, param_shardings,
+                                      transform_non_params=lambda _: replicated(mesh))
+    return jax.jit(optimizer.init, out_shardings=shardings)(params)
 
 
 def on_mesh(leaf: jax.Array, mesh: Mesh) -> jax.Array:

@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from jaxalign import distributed
 from jaxalign.algos import common
 from jaxalign.batch import target_counts
 from jaxalign.config import TrainConfig
@@ -107,10 +108,15 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
 def precomputed_reference(cfg: TrainConfig, mesh: Mesh, tokenizer, ref_graphdef, ref_params) -> dict[str, jax.Array]:
     """Reference log-prob sums for every example of the train and eval splits,
     ``{"ref_train": [N_train, 2], "ref_eval": [N_eval, 2]}``, looked up in the
-    step by ``example_id``. Saved as ``<run_dir>/ref_logps_<split>.npy`` and
-    reused when present (a resumed run skips the pass)."""
+    step by ``example_id``. Saved as ``<run_dir>/ref_logps_<split>.npy`` (by
+    process 0) and reused when every process sees it (a resumed run skips the
+    pass). With several processes each reads its shard of the split and the
+    sums come back replicated, so every process fills the same whole table."""
     kind = data_kind(cfg)
-    sums_fn = jax.jit(lambda params, batch: common.completion_logps(nnx.merge(ref_graphdef, params), batch)["sums"])
+    sums_fn = jax.jit(
+        lambda params, batch: (common.completion_logps(nnx.merge(ref_graphdef, params), batch)["sums"],
+                               batch["example_id"], batch["example_mask"]),
+        out_shardings=replicated(mesh))
     tables = {}
     for split in ("train", "eval"):
         cache = Path(cfg.run_dir) / f"ref_logps_{split}.npy"
@@ -118,11 +124,14 @@ def precomputed_reference(cfg: TrainConfig, mesh: Mesh, tokenizer, ref_graphdef,
             dataclasses.replace(cfg.data, shuffle=False), tokenizer, split=split, kind=kind,
             row_multiple=max(batch_divisor(mesh) // jax.process_count(), 1), ordered=True,
             process_index=jax.process_index(), process_count=jax.process_count(),
+            shape_agreement=distributed.agree_on_shape if jax.process_count() > 1 else None,
         )
         if pipeline is None:
-            tables[f"ref_{split}"] = jnp.zeros((1, 2), jnp.float32)
+            tables[f"ref_{split}"] = _replicated(np.zeros((1, 2), np.float32), mesh)
             continue
-        if cache.exists() and np.load(cache).shape == (pipeline.num_examples, 2):
+        cached = cache.exists() and np.load(cache).shape == (pipeline.num_examples, 2)
+        # The pass is collective: all processes reuse the cache or none does.
+        if distributed.all_processes(cached):
             table = np.load(cache)
             log.info("reference log-probs for %s: reusing %s", split, cache)
         else:
@@ -131,17 +140,19 @@ def precomputed_reference(cfg: TrainConfig, mesh: Mesh, tokenizer, ref_graphdef,
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 np.save(cache, table)
             log.info("reference log-probs for %s: %d examples -> %s", split, pipeline.num_examples, cache)
-        tables[f"ref_{split}"] = jax.device_put(jnp.asarray(table), replicated(mesh))
+        tables[f"ref_{split}"] = _replicated(table, mesh)
     return tables
 
 
+def _replicated(table: np.ndarray, mesh: Mesh) -> jax.Array:
+    """A host table (the same on every process) as a global array replicated over ``mesh``."""
+    return jax.make_array_from_callback(table.shape, replicated(mesh), lambda index: table[index])
+
+
 def _reference_pass(pipeline, sums_fn, ref_params, mesh: Mesh) -> np.ndarray:
-    if jax.process_count() > 1:
-        raise NotImplementedError(
-            "precompute_ref_logps with several processes is not supported yet; use the in-step reference")
     table = np.zeros((pipeline.num_examples, 2), np.float32)
     for host_batch in pipeline.iterator():
-        sums = np.asarray(jax.device_get(sums_fn(ref_params, shard_batch(host_batch, mesh))))
-        used = host_batch["example_mask"] > 0
-        table[host_batch["example_id"][used]] = sums[used]
+        sums, example_ids, example_mask = jax.device_get(sums_fn(ref_params, shard_batch(host_batch, mesh)))
+        used = np.asarray(example_mask) > 0
+        table[np.asarray(example_ids)[used]] = np.asarray(sums)[used]
     return table
