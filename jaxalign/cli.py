@@ -16,6 +16,15 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set optim.lr=5e-7 (repeatable)")
     _distributed_args(train)
+
+    plan = commands.add_parser("plan", help="estimate per-device memory of a config's train step")
+    plan.add_argument("config", help="YAML run config")
+    plan.add_argument("--devices", type=int, required=True, help="devices (chips/GPUs) over all hosts")
+    plan.add_argument("--hbm-gib", type=float, default=None, help="memory per device in GiB, to say whether it fits")
+    plan.add_argument("--model-config", default=None,
+                      help="config.json to read the architecture from (default: model.path's)")
+    plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config value, as for train (repeatable)")
     return parser
 
 
@@ -28,6 +37,8 @@ def _distributed_args(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "plan":  # arithmetic only: no devices, no distributed start
+        return _plan(args)
     # Before anything touches devices: jax.distributed must come first.
     from jaxalign import distributed
 
@@ -55,6 +66,31 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     return 2
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from jaxalign.config import load_config
+    from jaxalign.configlib import ConfigError
+    from jaxalign.plan import estimate, read_model_config
+    from jaxalign.plan_report import format_plan, knobs
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        vocab = None
+        if args.model_config is None and cfg.model.path is None and "vocab_size" not in (cfg.model.config or {}):
+            from jaxalign.data import load_tokenizer
+
+            vocab = len(load_tokenizer(cfg.model.tokenizer or "builtin"))
+        architecture = read_model_config(cfg.model, args.model_config, vocab_size=vocab)
+        plan = estimate(cfg, args.devices, args.hbm_gib, architecture=architecture)
+    except ConfigError as err:
+        print(f"jaxalign: config error: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as err:
+        print(f"jaxalign: error: {err}", file=sys.stderr)
+        return 1
+    print(format_plan(plan, knobs(cfg, plan, architecture), args.config))
+    return 0 if plan.fits is not False else 3
 
 
 if __name__ == "__main__":

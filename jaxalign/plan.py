@@ -1,0 +1,338 @@
+"""Memory planning: per-device bytes of one train step, before any device is touched.
+
+``estimate(cfg, num_devices)`` reads the architecture (``model.path``'s
+config.json or ``model.config``), lays the parameters out on the configured
+mesh with the same logical rules the trainer uses (``jaxalign.sharding``), and
+adds up, per device:
+
+parameters          every parameter's shard, in ``model.param_dtype``
+optimizer state     AdamW's two moments, shaped and typed like the parameters
+                    (fp32 when the parameters are); plus accumulated gradients
+                    when ``optim.grad_accum_steps > 1``
+gradients           one parameter-sized buffer
+update temporaries  one more parameter-sized buffer: XLA materialises the
+                    reduced / clipped gradients before the in-place update
+gathered weights    fsdp > 1 only: decoder weights all-gathered over ``fsdp``
+                    (compute dtype); all layers without remat (the forward's
+                    copy is reused by the backward), two layers with remat
+activations         see ``activation_terms``
+frozen models       the DPO reference (unless reference-free or precomputed),
+                    sharded like the policy, in ``ref_model.param_dtype``
+
+The batch is the worst case the packer can produce: every example of the
+device's share fills a row of ``pack_length`` tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+from jax.sharding import AbstractMesh
+
+from jaxalign.config import ModelSpec, TrainConfig
+from jaxalign.data.packing import round_up
+from jaxalign.models.config import ModelConfig
+from jaxalign.models.logps import DEFAULT_CHUNK_SIZE
+from jaxalign.sharding import MESH_AXES, _resolve_axis_sizes, logical_to_spec, rules_from
+
+GIB = 1024**3
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """What one device processes in one micro-step (worst case)."""
+
+    rows: int  # packed rows per device
+    length: int  # tokens per row (L)
+    targets: int  # completion-token slots per row (C)
+
+    @property
+    def tokens(self) -> int:
+        return self.rows * self.length
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    name: str
+    bytes: int
+    detail: str
+
+
+@dataclasses.dataclass
+class MemoryPlan:
+    """Per-device memory of one train step, term by term."""
+
+    num_devices: int
+    mesh: dict[str, int]
+    workload: Workload
+    param_count: int
+    model: ModelConfig
+    terms: list[Term]
+    hbm_bytes: int | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(term.bytes for term in self.terms)
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.hbm_bytes is None else self.total <= self.hbm_bytes
+
+    def bytes_of(self, prefix: str) -> int:
+        """Bytes of the terms whose name starts with ``prefix`` (e.g. "activations")."""
+        return sum(term.bytes for term in self.terms if term.name.startswith(prefix))
+
+
+# ---------------------------------------------------------------- architecture
+
+
+def read_model_config(spec: ModelSpec, config_json: str | Path | None = None, vocab_size: int | None = None) -> ModelConfig:
+    """The architecture of ``spec``: ``config_json`` if given, else ``spec.path``'s
+    config.json, else ``spec.config`` (``vocab_size`` fills a missing vocabulary)."""
+    if config_json is not None or spec.path is not None:
+        path = Path(config_json) if config_json is not None else Path(spec.path) / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found: the planner reads the architecture from the model's config.json "
+                "(pass --model-config PATH to use a copy)")
+        hf_config = json.loads(path.read_text())
+    else:
+        hf_config = dict(spec.config or {})
+    if "vocab_size" not in hf_config and vocab_size is not None:
+        hf_config["vocab_size"] = vocab_size
+    return ModelConfig.from_hf(hf_config, dtype=spec.dtype, param_dtype=spec.param_dtype, remat=spec.remat)
+
+
+def abstract_mesh(mesh_sizes: Mapping[str, int]) -> AbstractMesh:
+    return AbstractMesh(tuple(mesh_sizes[a] for a in MESH_AXES), MESH_AXES)
+
+
+@functools.lru_cache(maxsize=16)
+def _parameter_layout(model_config: ModelConfig, head: str) -> tuple[tuple[tuple, tuple[int, ...], tuple], ...]:
+    """``(path, shape, logical axes)`` of every parameter, from an abstract model
+    (no device memory). Cached: the knobs re-plan the same architecture often."""
+    from jaxalign.models.init import abstract_model  # local: NNX graph building is only needed here
+    from jaxalign.models.partition import logical_axes
+
+    _, variables = abstract_model(model_config, head)
+    return tuple((path, tuple(v.get_value().shape), logical_axes(v)) for path, v in variables.items())
+
+
+def parameter_shards(model_config: ModelConfig, head: str, mesh: AbstractMesh, rules: Mapping[str, Any]) -> list[tuple[tuple, int, int, int]]:
+    """``(path, elements, elements per device, elements per device gathered over fsdp)`` of every parameter."""
+    shapes_only = model_config.replace(dtype="float32", param_dtype="float32", remat="none")
+    shards = []
+    for path, shape, axes in _parameter_layout(shapes_only, head):
+        spec = logical_to_spec(axes, shape, mesh, rules)
+        divisors = [_axes_size(entry, mesh) for entry in spec] + [1] * (len(shape) - len(spec))
+        no_fsdp = [_axes_size(entry, mesh, skip="fsdp") for entry in spec] + [1] * (len(shape) - len(spec))
+        size = math.prod(shape)
+        shards.append((path, size, size // math.prod(divisors), size // math.prod(no_fsdp)))
+    return shards
+
+
+def _axes_size(entry: Any, mesh: AbstractMesh, skip: str | None = None) -> int:
+    axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+    return math.prod(mesh.shape[a] for a in axes if a != skip)
+
+
+def split(size: int, logical: str, mesh: AbstractMesh, rules: Mapping[str, Any]) -> int:
+    """Per-device extent of a dimension named ``logical`` (as the parameters shard it)."""
+    spec = logical_to_spec((logical,), (size,), mesh, rules)
+    return size // _axes_size(spec[0] if len(spec) else None, mesh)
+
+
+# ---------------------------------------------------------------- workload
+
+
+def worst_case_workload(cfg: TrainConfig, mesh_sizes: Mapping[str, int], kind: str) -> Workload:
+    """Rows, row length and target slots per device when every example fills a row.
+
+    Rows per device follow the packer's bucketing (a power of two times the
+    data-parallel shards); a row is ``pack_length`` tokens, or one example if
+    a single example is longer.
+    """
+    data = cfg.data
+    paired = kind in ("preference", "unpaired")  # unpaired rows carry KTO's mismatched second branch
+    shards = mesh_sizes["data"] * mesh_sizes["fsdp"]
+    rows = 1 << (max(1, -(-data.batch_size // shards)) - 1).bit_length()
+    pack_length = data.resolved_pack_length(paired=kind == "preference")
+    longest_example = 2 * data.max_length if paired else data.max_length
+    length = pack_length if pack_length >= longest_example else round_up(longest_example, data.pad_to_multiple)
+    return Workload(rows=rows, length=length, targets=round_up(length, data.pad_to_multiple))
+
+
+# ---------------------------------------------------------------- activations
+
+
+@dataclasses.dataclass(frozen=True)
+class _Dims:
+    """Per-device activation widths (elements per token) and bytes."""
+
+    hidden: int
+    q: int  # heads x head_dim on this device
+    kv: int
+    mlp: int
+    heads: int
+    vocab: int
+    compute_bytes: int
+    gated: bool
+    qk_norm: bool
+
+
+def _dims(model_config: ModelConfig, mesh: AbstractMesh, rules: Mapping[str, Any]) -> _Dims:
+    heads = split(model_config.num_heads, "heads", mesh, rules)
+    kv_heads = split(model_config.num_kv_heads, "kv_heads", mesh, rules)
+    return _Dims(
+        hidden=model_config.hidden_size, q=heads * model_config.head_dim, kv=kv_heads * model_config.head_dim,
+        mlp=split(model_config.intermediate_size, "mlp", mesh, rules), heads=heads,
+        vocab=split(model_config.vocab_size, "vocab", mesh, rules),
+        compute_bytes=DTYPE_BYTES[model_config.dtype], gated=model_config.family == "llama",
+        qk_norm=model_config.qk_norm,
+    )
+
+
+def layer_residuals(d: _Dims, w: Workload) -> int:
+    """Bytes one layer keeps for its backward without remat: the block input, both
+    norm outputs, the post-attention residual, q/k/v (after RoPE), the attention
+    output, the MLP's gate/up/product (gpt2: up and activation), q/k norms (Qwen3),
+    and the softmax output ``[heads, L, L]`` in float32 (plus its cast to the
+    compute dtype when that is narrower)."""
+    per_token = 4 * d.hidden + 2 * d.q + 2 * d.kv + (3 if d.gated else 2) * d.mlp
+    if d.qk_norm:
+        per_token += d.q + d.kv
+    probs_bytes = 4 + (d.compute_bytes if d.compute_bytes < 4 else 0)
+    return w.tokens * per_token * d.compute_bytes + w.rows * d.heads * w.length**2 * probs_bytes
+
+
+def saved_per_layer(d: _Dims, w: Workload, remat: str) -> int:
+    """What each layer holds from its forward until its backward, by remat policy.
+
+    none: all of ``layer_residuals``. full: the block input only. dots: the block
+    input plus the outputs of the weight matmuls (q, k, v, o_proj, gate, up);
+    attention is recomputed because its einsums have batch dimensions.
+    """
+    if remat == "none":
+        return layer_residuals(d, w)
+    if remat == "full":
+        return w.tokens * d.hidden * d.compute_bytes
+    per_token = 2 * d.hidden + d.q + 2 * d.kv + (2 if d.gated else 1) * d.mlp
+    return w.tokens * per_token * d.compute_bytes
+
+
+def backward_working_set(d: _Dims, w: Workload, remat: str) -> int:
+    """The one layer being differentiated: the gradients of the softmax input and
+    output ``[heads, L, L]`` float32 and of the residual stream (float32); with
+    remat, that layer's recomputed residuals on top."""
+    grads = 2 * w.rows * d.heads * w.length**2 * 4 + 2 * w.tokens * d.hidden * 4
+    return grads + (layer_residuals(d, w) if remat != "none" else 0)
+
+
+def head_working_set(d: _Dims, w: Workload, head: str) -> int:
+    """Outside the layers: embeddings and final hidden states, the ``[L, L]`` mask,
+    RoPE tables, and for a causal LM the gathered target states plus one chunk of
+    float32 logits and its gradient (``jaxalign.models.logps``)."""
+    total = 2 * w.tokens * d.hidden * d.compute_bytes + w.rows * w.length**2 + 2 * w.tokens * (d.q // max(d.heads, 1)) * 4
+    if head == "causal_lm":
+        chunk = min(DEFAULT_CHUNK_SIZE, w.targets)
+        total += w.rows * w.targets * d.hidden * d.compute_bytes + 2 * w.rows * chunk * d.vocab * 4
+    return total
+
+
+# ---------------------------------------------------------------- the estimate
+
+
+def _head(algo: str) -> str:
+    return "score" if algo == "rm" else "causal_lm"
+
+
+def _data_kind(cfg: TrainConfig) -> str:
+    if cfg.algo == "sft":
+        return "sft"
+    return "unpaired" if cfg.algo == "dpo" and cfg.loss.kind == "unpaired" else "preference"
+
+
+def _holds_reference(cfg: TrainConfig) -> bool:
+    return cfg.algo == "dpo" and cfg.loss.needs_reference and not cfg.precompute_ref_logps
+
+
+def estimate(
+    cfg: TrainConfig,
+    num_devices: int,
+    hbm_gib: float | None = None,
+    *,
+    architecture: ModelConfig | None = None,
+) -> MemoryPlan:
+    """Per-device memory of ``cfg``'s train step on ``num_devices`` devices.
+
+    ``architecture`` replaces the one read from ``cfg.model``
+    (``read_model_config``); dtypes and remat always come from ``cfg.model``.
+    The reference has the policy's architecture, in ``ref_model.param_dtype``.
+    """
+    mesh_sizes = dict(zip(MESH_AXES, _resolve_axis_sizes(cfg.mesh, num_devices)))
+    mesh, rules = abstract_mesh(mesh_sizes), rules_from(cfg.mesh)
+    spec = cfg.model
+    model_config = (architecture or read_model_config(spec)).replace(
+        dtype=spec.dtype, param_dtype=spec.param_dtype, remat=spec.remat)
+    head = _head(cfg.algo)
+    workload = worst_case_workload(cfg, mesh_sizes, _data_kind(cfg))
+    shards = parameter_shards(model_config, head, mesh, rules)
+    params = sum(s[2] for s in shards) * DTYPE_BYTES[model_config.param_dtype]
+    param_count = sum(s[1] for s in shards)
+    terms = [
+        Term("parameters", params, f"{_count(param_count)} parameters in {model_config.param_dtype}"),
+        Term("optimizer state", 2 * params, f"AdamW mu and nu in {model_config.param_dtype}"),
+    ]
+    if cfg.optim.grad_accum_steps > 1:
+        terms.append(Term("optimizer state", params, f"accumulated gradients (grad_accum_steps={cfg.optim.grad_accum_steps})"))
+    terms += [
+        Term("gradients", params, "one parameter-sized buffer"),
+        Term("update temporaries", params, "reduced/clipped gradients before the in-place update"),
+    ]
+    remat = model_config.remat
+    if mesh_sizes["fsdp"] > 1:
+        terms.append(_gathered_weights(shards, model_config))
+    dims = _dims(model_config, mesh, rules)
+    terms += [
+        Term("activations: saved", saved_per_layer(dims, workload, remat) * model_config.num_layers,
+             f"kept for the backward by {model_config.num_layers} layers (remat={remat})"),
+        Term("activations: backward", backward_working_set(dims, workload, remat), "the layer being differentiated"),
+        Term("activations: other", head_working_set(dims, workload, head), "embeddings, attention mask, output head"),
+        Term("batch", workload.rows * (4 * workload.length + 4 * workload.targets) * 4, "packed input arrays"),
+    ]
+    if _holds_reference(cfg):
+        ref_dtype = cfg.ref_model.param_dtype if cfg.ref_model is not None else model_config.param_dtype
+        ref_config = model_config.replace(param_dtype=ref_dtype)
+        ref_local = sum(s[2] for s in parameter_shards(ref_config, "causal_lm", mesh, rules))
+        terms.append(Term("frozen reference", ref_local * DTYPE_BYTES[ref_dtype], f"reference parameters in {ref_dtype}"))
+    return MemoryPlan(
+        num_devices=num_devices, mesh=mesh_sizes, workload=workload, param_count=param_count,
+        model=model_config, terms=terms, hbm_bytes=None if hbm_gib is None else int(hbm_gib * GIB),
+    )
+
+
+def _count(value: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= size:
+            return f"{value / size:.3g}{unit}"
+    return str(value)
+
+
+def _gathered_weights(shards: list[tuple[tuple, int, int, int]], model_config: ModelConfig) -> Term:
+    """fsdp all-gathers, in the compute dtype: every layer's weights without remat
+    (the backward reuses the forward's gathered copy), two layers' with remat
+    (re-gathered inside each recomputed layer, one prefetched), plus the
+    embeddings and head, which live outside the layers."""
+    layers = model_config.num_layers
+    at_once = layers if model_config.remat == "none" else min(2, layers)
+    in_layers = sum(s[3] for s in shards if "layers" in s[0])
+    outside = sum(s[3] for s in shards if "layers" not in s[0])
+    elements = in_layers * at_once // layers + outside
+    return Term("gathered weights", elements * DTYPE_BYTES[model_config.dtype],
+                f"fsdp all-gathers of {'every layer' if at_once == layers else f'{at_once} layers'} + embeddings")

@@ -1,0 +1,198 @@
+"""The memory planner: its arithmetic, its knobs, the CLI, and its estimate
+against XLA's own ``memory_analysis()`` of the compiled train step on CPU."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+import jax
+import numpy as np
+import pytest
+
+from jaxalign import cli, plan
+from jaxalign.config import load_config
+from jaxalign.data import load_tokenizer
+from jaxalign.plan_report import knobs
+from jaxalign.sharding import batch_divisor, batch_sharding, make_mesh, replicated
+from tests.train_fixtures import tiny_run_config, write_config
+
+LLAMA3_8B = "configs/examples/models/llama3_8b.json"
+V5P_EXAMPLE = "configs/examples/llama3_8b_dpo_v5p64.yaml"
+GIB = 1024**3
+
+
+@pytest.fixture(scope="module")
+def llama3_8b():
+    return plan.read_model_config(load_config(V5P_EXAMPLE).model, LLAMA3_8B)
+
+
+def _small_config(tmp_path, algo: str, model: dict, data: dict, mesh: dict, **sections):
+    config = tiny_run_config(tmp_path / "run", algo=algo, mesh=mesh, **sections)
+    config["model"]["config"].update(model)
+    config["data"].update(data)
+    return load_config(write_config(tmp_path / "c.yaml", config))
+
+
+# ---------------------------------------------------------------- arithmetic on a real architecture
+
+
+def test_llama3_8b_parameters_and_optimizer_split_over_fsdp(llama3_8b):
+    cfg = load_config(V5P_EXAMPLE)
+    estimate = plan.estimate(cfg, 32, 95, architecture=llama3_8b)
+    assert estimate.param_count == pytest.approx(8.03e9, rel=0.005)
+    assert estimate.mesh == {"data": 1, "fsdp": 32, "tensor": 1}
+    # float32 parameters over 32 chips (norm scales are replicated: tiny)
+    assert estimate.bytes_of("parameters") == pytest.approx(estimate.param_count * 4 / 32, rel=0.01)
+    assert estimate.bytes_of("optimizer state") == 2 * estimate.bytes_of("parameters")
+    assert estimate.bytes_of("frozen reference") == pytest.approx(estimate.bytes_of("parameters") / 2, rel=1e-6)
+    assert estimate.workload == plan.Workload(rows=4, length=2048, targets=2048)
+    assert estimate.fits and estimate.total < 0.5 * estimate.hbm_bytes  # the example's stated headroom
+
+
+def test_remat_policies_order_activations_and_gathered_weights(llama3_8b):
+    cfg = load_config(V5P_EXAMPLE)
+    by_policy = {}
+    for policy in ("none", "dots", "full"):
+        changed = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, remat=policy))
+        by_policy[policy] = plan.estimate(changed, 32, architecture=llama3_8b)
+    saved = {p: e.bytes_of("activations: saved") for p, e in by_policy.items()}
+    assert saved["none"] > 5 * saved["dots"] > 5 * saved["full"]
+    # Without remat the forward's all-gathered weights stay for the backward: all 32 layers.
+    gathered = {p: e.bytes_of("gathered weights") for p, e in by_policy.items()}
+    assert gathered["none"] > 5 * gathered["full"] and gathered["dots"] == gathered["full"]
+    # full remat keeps one [rows, L, hidden] bfloat16 tensor per layer
+    assert saved["full"] == 32 * 4 * 2048 * 4096 * 2
+
+
+def test_knobs_each_lower_the_total_and_say_how(llama3_8b):
+    cfg = load_config(V5P_EXAMPLE, ["model.remat=none", "mesh.data=4", "mesh.fsdp=8", "ref_model=null"])
+    estimate = plan.estimate(cfg, 32, 95, architecture=llama3_8b)
+    assert not estimate.fits
+    found = {knob.description: knob for knob in knobs(cfg, estimate, llama3_8b)}
+    assert all(knob.total < estimate.total for knob in found.values())
+    assert found["recompute activations in the backward (remat=full)"].how == "--set model.remat=full"
+    fsdp = found["shard parameters and optimizer over all data-parallel devices (fsdp=32)"]
+    assert fsdp.how == "--set mesh.data=1 --set mesh.fsdp=32"
+    bf16 = found["keep the frozen reference in bfloat16"]
+    assert "ref_model.param_dtype=bfloat16" in bf16.how
+    assert estimate.total - bf16.total == pytest.approx(estimate.bytes_of("frozen reference") / 2, rel=1e-6)
+    precomputed = found["precompute reference log-probs before training (no reference in memory)"]
+    assert estimate.total - precomputed.total == estimate.bytes_of("frozen reference")
+    assert any(knob.total <= estimate.hbm_bytes for knob in found.values())
+
+
+def test_reference_free_and_reward_models_hold_no_reference(llama3_8b):
+    cfg = load_config(V5P_EXAMPLE, ["loss.name=simpo", "ref_model=null"])
+    assert plan.estimate(cfg, 32, architecture=llama3_8b).bytes_of("frozen reference") == 0
+    cfg = load_config(V5P_EXAMPLE, ["algo=rm", "loss.name=bradley_terry", "ref_model=null"])
+    reward = plan.estimate(cfg, 32, architecture=llama3_8b)
+    assert reward.bytes_of("frozen reference") == 0
+    assert reward.param_count < 7.6e9  # no lm_head: a score head of 4096 weights instead
+
+
+def test_example_configs_fit_their_hardware():
+    examples = {
+        "configs/examples/llama3_8b_dpo_v5p64.yaml": (32, 95, LLAMA3_8B),
+        "configs/examples/llama3_8b_dpo_8xh100.yaml": (8, 79, LLAMA3_8B),
+        "configs/examples/qwen3_1_7b_rm_v5e8.yaml": (8, 15.75, "configs/examples/models/qwen3_1_7b.json"),
+    }
+    for path, (devices, hbm, architecture) in examples.items():
+        cfg = load_config(path)
+        estimate = plan.estimate(cfg, devices, hbm, architecture=plan.read_model_config(cfg.model, architecture))
+        # Headroom for the estimate's error (see test_estimate_matches_xla) and XLA's own buffers.
+        assert estimate.total < 0.75 * estimate.hbm_bytes, (path, estimate.total / GIB)
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_plan_command_prints_the_breakdown_and_exits_3_when_it_does_not_fit(capsys):
+    code = cli.main(["plan", "configs/quickstart/dpo.yaml", "--devices", "8", "--hbm-gib", "1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    for line in ("parameters", "optimizer state", "gradients", "activations: saved", "frozen reference",
+                 "fits in 1.00 GiB"):
+        assert line in out
+    code = cli.main(["plan", "configs/quickstart/dpo.yaml", "--devices", "8", "--hbm-gib", "0.02",
+                     "--set", "model.remat=none"])
+    out = capsys.readouterr().out
+    assert code == 3 and "does NOT fit" in out and "--set model.remat=full" in out
+
+
+def test_plan_command_reads_the_architecture_file_and_names_a_missing_one(capsys):
+    code = cli.main(["plan", V5P_EXAMPLE, "--devices", "32", "--model-config", LLAMA3_8B])
+    assert code == 0 and "8.03B parameters" in capsys.readouterr().out
+    code = cli.main(["plan", V5P_EXAMPLE, "--devices", "32"])  # model.path is not on this machine
+    err = capsys.readouterr().err
+    assert code == 1 and "Meta-Llama-3-8B-Instruct/config.json not found" in err and "--model-config" in err
+    code = cli.main(["plan", V5P_EXAMPLE, "--devices", "3", "--model-config", LLAMA3_8B, "--set", "mesh.fsdp=2"])
+    assert code == 1 and "does not fit 3 device(s)" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- against XLA
+
+
+def test_optimizer_moments_are_sharded_like_their_parameters(tmp_path):
+    """The planner divides the optimizer state by fsdp; so must the trainer."""
+    from jaxalign.algos import rm
+
+    cfg = _small_config(tmp_path, "rm", {}, {}, {"data": 1, "fsdp": 8})
+    run = rm.setup(cfg, make_mesh(cfg.mesh), load_tokenizer("builtin"), total_steps=4)
+    adam = run.state.opt_state[1][0]
+    for moments in (adam.mu, adam.nu):
+        for param, moment in zip(jax.tree.leaves(run.state.params), jax.tree.leaves(moments)):
+            assert moment.sharding == param.sharding
+    assert any(len(leaf.sharding.device_set) == 8 and leaf.addressable_shards[0].data.size < leaf.size
+               for leaf in jax.tree.leaves(adam.mu))
+
+
+def _xla_bytes(cfg, workload: plan.Workload) -> int:
+    """Live bytes per device of the compiled train step: arguments + outputs not
+    aliased to (donated) arguments + temporaries, for the planner's worst-case batch."""
+    mesh = make_mesh(cfg.mesh)
+    algo = importlib.import_module(f"jaxalign.algos.{cfg.algo}")
+    run = algo.setup(cfg, mesh, load_tokenizer("builtin"), 10)
+    rows, slots = workload.rows * batch_divisor(mesh), cfg.data.batch_size
+    shapes = {name: (rows, workload.length) for name in ("input_ids", "positions", "segment_ids", "branch_ids")}
+    shapes.update({name: (rows, workload.targets) for name in ("target_index", "target_ids", "target_segment",
+                                                               "target_branch")})
+    shapes.update(end_index=(rows, slots, 2), example_mask=(rows, slots), example_id=(rows, slots))
+    batch = {name: jax.ShapeDtypeStruct(shape, np.float32 if name == "example_mask" else np.int32,
+                                        sharding=batch_sharding(mesh)) for name, shape in shapes.items()}
+
+    def abstract(tree):
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+    def shardings(tree):
+        return jax.tree.map(lambda x: x.sharding, tree)
+
+    step = jax.jit(run.train_step, in_shardings=(shardings(run.state), batch_sharding(mesh), shardings(run.frozen)),
+                   out_shardings=(shardings(run.state), replicated(mesh)), donate_argnums=(0,))
+    memory = step.lower(abstract(run.state), batch, abstract(run.frozen)).compile().memory_analysis()
+    return (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
+            + memory.temp_size_in_bytes)
+
+
+SMALL = {"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4, "num_key_value_heads": 2,
+         "num_hidden_layers": 4}
+WIDE = {"hidden_size": 512, "intermediate_size": 1024, "num_attention_heads": 8, "num_key_value_heads": 4,
+        "num_hidden_layers": 4}
+
+
+@pytest.mark.parametrize("algo, model, data, mesh", [
+    # data parallel: parameters, AdamW state and gradients dominate, activations ~30%
+    ("rm", SMALL, {"batch_size": 8, "max_length": 128, "pad_to_multiple": 32}, {"data": 8}),
+    # DPO with the in-step reference: two rows of 256 tokens a device, activations ~40%
+    ("dpo", SMALL, {"batch_size": 16, "max_length": 128, "pad_to_multiple": 32}, {"data": 8}),
+    # fsdp=8: sharded state, all-gathered weights dominate
+    ("rm", WIDE, {"batch_size": 8, "max_length": 32}, {"data": 1, "fsdp": 8}),
+], ids=["rm-data8", "dpo-data8", "rm-fsdp8"])
+def test_estimate_matches_xla_memory_analysis(tmp_path, algo, model, data, mesh):
+    cfg = _small_config(tmp_path, algo, model, data, mesh)
+    architecture = plan.read_model_config(cfg.model, vocab_size=len(load_tokenizer("builtin")))
+    estimate = plan.estimate(cfg, jax.device_count(), architecture=architecture)
+    xla = _xla_bytes(cfg, estimate.workload)
+    ratio = estimate.total / xla
+    print(f"{algo} {mesh}: planner {estimate.total / 2**20:.1f} MiB, XLA {xla / 2**20:.1f} MiB, ratio {ratio:.3f}")
+    assert 0.8 <= ratio <= 1.2

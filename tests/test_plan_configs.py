@@ -1,0 +1,22 @@
+"""Every YAML config shipped under configs/ loads with the strict config loader
+(unknown keys, bad values and typos fail here, not on a pod)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jaxalign.config import load_config
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").rglob("*.yaml"))
+
+
+def test_the_config_folder_is_found():
+    assert len(CONFIGS) >= 6 and any(path.parent.name == "examples" for path in CONFIGS)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda path: str(path.relative_to(path.parents[1])))
+def test_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.algo in ("rm", "sft", "dpo")
