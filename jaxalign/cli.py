@@ -1,4 +1,4 @@
-"""Command line: ``jaxalign train CONFIG [--set a.b=c ...]``."""
+"""Command line: ``jaxalign train CONFIG [--set a.b=c ...]``, ``jaxalign generate --model DIR --prompts FILE``."""
 
 from __future__ import annotations
 
@@ -25,6 +25,21 @@ def _parser() -> argparse.ArgumentParser:
                       help="config.json to read the architecture from (default: model.path's)")
     plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config value, as for train (repeatable)")
+
+    generate = commands.add_parser("generate", help="sample completions for a JSONL file of prompts")
+    generate.add_argument("--model", required=True, help="Hugging Face model folder (with its tokenizer)")
+    generate.add_argument("--prompts", required=True, help="JSONL with a 'prompt' per line (text or chat messages)")
+    generate.add_argument("--out", default=None, help="output JSONL (default: stdout)")
+    generate.add_argument("--max-new-tokens", type=int, default=256)
+    generate.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    generate.add_argument("--top-k", type=int, default=0, help="0 = off")
+    generate.add_argument("--top-p", type=float, default=1.0, help="1.0 = off")
+    generate.add_argument("--batch-size", type=int, default=16)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--max-prompt-length", type=int, default=None,
+                          help="longer prompts keep their end (default: model context - max new tokens)")
+    generate.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="compute dtype")
+    generate.set_defaults(coordinator=None, num_processes=None, process_id=None)  # one process
     return parser
 
 
@@ -65,7 +80,33 @@ def main(argv: list[str] | None = None) -> int:
             print(f"jaxalign: error: {err}", file=sys.stderr)
             return 1
         return 0
+    if args.command == "generate":
+        return _generate(args)
     return 2
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from jaxalign.generation.jsonl import generate_jsonl
+
+    options = dict(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        batch_size=args.batch_size, seed=args.seed, max_prompt_length=args.max_prompt_length, dtype=args.dtype,
+    )
+    try:
+        if args.out is None:
+            counts = generate_jsonl(args.model, args.prompts, sys.stdout, **options)
+        else:
+            with open(args.out, "w") as out:
+                counts = generate_jsonl(args.model, args.prompts, out, **options)
+    except (ValueError, FileNotFoundError) as err:
+        if os.environ.get("JAXALIGN_DEBUG"):
+            raise
+        print(f"jaxalign: error: {err}", file=sys.stderr)
+        return 1
+    where = args.out or "stdout"
+    print(f"jaxalign: {counts['prompts']} completions ({counts['tokens']} tokens) written to {where}"
+          + (f"; {counts['truncated_prompts']} prompts truncated" if counts["truncated_prompts"] else ""), file=sys.stderr)
+    return 0
 
 
 def _plan(args: argparse.Namespace) -> int:

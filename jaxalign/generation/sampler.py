@@ -1,0 +1,233 @@
+"""The jitted sampler: prefill the prompts into a KV cache, then a ``lax.while_loop`` decode.
+
+One compiled program per (model graph, ``SamplingConfig``, prompt shape,
+shardings). Prompts are left-padded ``[B, Lp]``, so every row's prompt ends in
+slot ``Lp - 1`` and step ``i``'s token goes to slot ``Lp + i`` for the whole
+batch (one ``dynamic_update_slice`` per layer), while RoPE positions continue
+from each row's own prompt length. The loop stops as soon as every row has
+emitted a stop token, or after ``max_new_tokens``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from jaxalign.generation.config import SamplingConfig
+from jaxalign.generation.sampling import policy_logps, sample_tokens
+from jaxalign.models.config import ModelConfig
+from jaxalign.models.kv_cache import KEY_AXES, VALUE_AXES, KVCache, cache_shapes, cached_hidden_states, init_kv_cache
+from jaxalign.models.transformer import CausalLM
+from jaxalign.sharding import logical_sharding
+
+
+class Generation(NamedTuple):
+    """What ``generate`` returns (B rows, N = ``max_new_tokens``).
+
+    tokens ``[B, N]`` int32: sampled tokens; ``pad_token_id`` after a row stops.
+    mask ``[B, N]`` int32: 1 for completion tokens, up to and including the stop token.
+    logps ``[B, N]`` float32: log-prob of each token under the policy itself
+        (log_softmax of the raw logits, temperature 1, no top-k/top-p); 0 where mask is 0.
+    sampling_logps ``[B, N]`` float32: log-prob under the distribution actually
+        sampled from (temperature, top-k, top-p applied); 0 for greedy and where mask is 0.
+    lengths ``[B]`` int32: completion tokens per row (= mask.sum(-1)).
+    steps ``[]`` int32: tokens the loop sampled per row (prefill's included) before
+        it stopped; < N when every row stopped early.
+    """
+
+    tokens: jax.Array
+    mask: jax.Array
+    logps: jax.Array
+    sampling_logps: jax.Array
+    lengths: jax.Array
+    steps: jax.Array
+
+
+class _Loop(NamedTuple):
+    """The while-loop carry. ``step`` = tokens sampled so far."""
+
+    step: jax.Array
+    last_tokens: jax.Array  # [B]
+    tokens: jax.Array  # [B, N]
+    logps: jax.Array  # [B, N]
+    sampling_logps: jax.Array  # [B, N]
+    lengths: jax.Array  # [B]
+    done: jax.Array  # [B] bool
+    cache: KVCache
+
+
+def _record(loop: _Loop, logits: jax.Array, rng: jax.Array, cfg: SamplingConfig, stop_ids: tuple[int, ...]) -> _Loop:
+    """Samples token ``loop.step`` for every row from ``logits`` ``[B, vocab]`` and writes it down."""
+    token, sampling_logp = sample_tokens(logits, jax.random.fold_in(rng, loop.step), cfg)
+    logp = policy_logps(logits, token)
+    live = ~loop.done
+    token = jnp.where(live, token, cfg.pad_token_id)
+    is_stop = jnp.zeros_like(live)
+    for stop in stop_ids:
+        is_stop = is_stop | (token == stop)
+
+    def put(buffer: jax.Array, column: jax.Array) -> jax.Array:
+        return jax.lax.dynamic_update_slice_in_dim(buffer, column[:, None], loop.step, axis=1)
+
+    return loop._replace(
+        step=loop.step + 1,
+        last_tokens=token,
+        tokens=put(loop.tokens, token),
+        logps=put(loop.logps, jnp.where(live, logp, 0.0)),
+        sampling_logps=put(loop.sampling_logps, jnp.where(live, sampling_logp, 0.0)),
+        lengths=loop.lengths + live.astype(jnp.int32),
+        done=loop.done | (live & is_stop),
+    )
+
+
+CacheShardings = tuple[NamedSharding, NamedSharding]  # (keys, values) of every layer
+
+
+def _constrain(cache: KVCache, shardings: CacheShardings | None) -> KVCache:
+    if shardings is None:
+        return cache
+    keys, values = shardings
+    return KVCache(
+        tuple(jax.lax.with_sharding_constraint(x, keys) for x in cache.keys),
+        tuple(jax.lax.with_sharding_constraint(x, values) for x in cache.values),
+    )
+
+
+def _sample(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    prompt_ids: jax.Array,
+    prompt_mask: jax.Array,
+    rng: jax.Array,
+    cfg: SamplingConfig,
+    stop_ids: tuple[int, ...],
+    cache_shardings: CacheShardings | None,
+) -> Generation:
+    model = nnx.merge(graphdef, state)
+    batch, prompt_len = prompt_ids.shape
+    new = cfg.max_new_tokens
+    slots = prompt_len + new - 1  # the last sampled token is never fed back
+    prompt_valid = prompt_mask.astype(bool)
+    prompt_positions = jnp.maximum(jnp.cumsum(prompt_valid.astype(jnp.int32), axis=-1) - 1, 0)
+    prompt_lengths = prompt_valid.sum(axis=-1, dtype=jnp.int32)
+
+    cache = _constrain(init_kv_cache(model.config, batch, slots), cache_shardings)
+    hidden, cache = cached_hidden_states(model, prompt_ids, prompt_positions, cache, 0, prompt_valid, prompt_positions)
+    first_logits = model.logits_from_hidden(hidden[:, -1])  # left padding: every prompt ends in the last column
+
+    # Slot layout after the prompt, fixed for the whole loop: generated slots
+    # become valid as they are written; their positions continue each prompt.
+    slot = jnp.arange(slots)
+    generated = jnp.arange(new - 1)
+    key_positions = jnp.concatenate([prompt_positions, prompt_lengths[:, None] + generated[None]], axis=1)
+    prompt_slot_valid = jnp.pad(prompt_valid, ((0, 0), (0, new - 1)))
+
+    loop = _Loop(
+        step=jnp.zeros((), jnp.int32),
+        last_tokens=jnp.zeros((batch,), jnp.int32),
+        tokens=jnp.full((batch, new), cfg.pad_token_id, jnp.int32),
+        logps=jnp.zeros((batch, new), jnp.float32),
+        sampling_logps=jnp.zeros((batch, new), jnp.float32),
+        lengths=jnp.zeros((batch,), jnp.int32),
+        done=prompt_lengths == 0,  # padding rows (no prompt) generate nothing and never hold the loop up
+        cache=cache,
+    )
+    loop = _record(loop, first_logits, rng, cfg, stop_ids)
+
+    def keep_going(loop: _Loop) -> jax.Array:
+        return (loop.step < new) & ~jnp.all(loop.done)
+
+    def decode_step(loop: _Loop) -> _Loop:
+        write_slot = prompt_len + loop.step - 1  # the previous token's slot
+        positions = (prompt_lengths + loop.step - 1)[:, None]
+        key_valid = prompt_slot_valid | ((slot >= prompt_len) & (slot <= write_slot))[None]
+        hidden, cache = cached_hidden_states(
+            model, loop.last_tokens[:, None], positions, loop.cache, write_slot, key_valid, key_positions
+        )
+        loop = loop._replace(cache=_constrain(cache, cache_shardings))
+        return _record(loop, model.logits_from_hidden(hidden[:, 0]), rng, cfg, stop_ids)
+
+    loop = jax.lax.while_loop(keep_going, decode_step, loop)
+    mask = (jnp.arange(new)[None] < loop.lengths[:, None]).astype(jnp.int32)
+    return Generation(loop.tokens, mask, loop.logps, loop.sampling_logps, loop.lengths, loop.step)
+
+
+_sample_jit = jax.jit(_sample, static_argnames=("graphdef", "cfg", "stop_ids", "cache_shardings"))
+
+
+def _split(model: CausalLM | tuple[nnx.GraphDef, nnx.State]) -> tuple[nnx.GraphDef, nnx.State, ModelConfig]:
+    """(graphdef, state, config) of a ``CausalLM`` or of its split pair."""
+    if isinstance(model, tuple):
+        graphdef, state = model
+        model = nnx.merge(graphdef, state)  # only to read the static config; no copies
+    else:
+        graphdef, state = nnx.split(model)
+    if not isinstance(model, CausalLM):
+        raise TypeError(f"generate needs a CausalLM (or its (graphdef, state)), got {type(model).__name__}")
+    return graphdef, state, model.config
+
+
+def _int32(x: jax.Array | np.ndarray) -> jax.Array | np.ndarray:
+    """int32 without moving the data (jax arrays keep their sharding)."""
+    return x.astype(jnp.int32) if isinstance(x, jax.Array) else np.asarray(x, np.int32)
+
+
+def stop_token_ids(cfg: SamplingConfig, eos_token_id: Any) -> tuple[int, ...]:
+    """``cfg.stop_token_ids`` plus, with ``cfg.stop_at_eos``, the model's EOS id(s); sorted, unique."""
+    ids = set(cfg.stop_token_ids)
+    if cfg.stop_at_eos and eos_token_id is not None:
+        ids.update(int(t) for t in np.atleast_1d(eos_token_id))
+    return tuple(sorted(ids))
+
+
+def generate(
+    model: CausalLM | tuple[nnx.GraphDef, nnx.State],
+    prompt_ids: jax.Array | np.ndarray,
+    prompt_mask: jax.Array | np.ndarray,
+    rng: jax.Array,
+    cfg: SamplingConfig,
+    *,
+    mesh: Mesh | None = None,
+    rules: dict | None = None,
+) -> Generation:
+    """Samples ``cfg.max_new_tokens`` tokens after each left-padded prompt.
+
+    model: a ``CausalLM``, or its ``nnx.split`` pair (graphdef, state): the
+    sampler is a pure function of the state, so a train state's parameters
+    can be passed as they are. prompt_ids, prompt_mask ``[B, Lp]`` int: prompts
+    aligned to the right edge (``jaxalign.data.pack_prompts``); a row whose mask
+    is all 0 is padding and gets no tokens (length 0). rng: a ``jax.random`` key.
+
+    With ``mesh`` the rows are split over the batch axes (``data``, ``fsdp``;
+    ``rules`` as in ``jaxalign.sharding``) and the cache follows them (kv heads
+    over ``tensor`` when divisible); parameters stay where they were loaded.
+    Pass already-global arrays when running on several hosts.
+    """
+    graphdef, state, model_cfg = _split(model)
+    prompt_ids, prompt_mask = _int32(prompt_ids), _int32(prompt_mask)
+    if np.ndim(prompt_ids) != 2 or np.shape(prompt_ids) != np.shape(prompt_mask):
+        raise ValueError(f"prompt_ids and prompt_mask must both be [batch, length], got {np.shape(prompt_ids)} and {np.shape(prompt_mask)}")
+    total = np.shape(prompt_ids)[1] + cfg.max_new_tokens
+    if model_cfg.family == "gpt2" and total > model_cfg.max_position_embeddings:
+        raise ValueError(
+            f"prompt length {np.shape(prompt_ids)[1]} + max_new_tokens {cfg.max_new_tokens} exceeds the model's "
+            f"{model_cfg.max_position_embeddings} learned positions"
+        )
+    cache_shardings = None
+    if mesh is not None:
+        batch = np.shape(prompt_ids)[0]
+        rows = logical_sharding(mesh, ("batch", None), (batch, np.shape(prompt_ids)[1]), rules)
+        prompt_ids, prompt_mask = jax.device_put((prompt_ids, prompt_mask), rows)
+        key_shape, value_shape = cache_shapes(model_cfg, batch, total - 1)
+        cache_shardings = (logical_sharding(mesh, KEY_AXES, key_shape, rules),
+                           logical_sharding(mesh, VALUE_AXES, value_shape, rules))
+    return _sample_jit(
+        graphdef, state, prompt_ids, prompt_mask, rng,
+        cfg=cfg, stop_ids=stop_token_ids(cfg, model_cfg.eos_token_id), cache_shardings=cache_shardings,
+    )
+
