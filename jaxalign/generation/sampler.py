@@ -210,8 +210,11 @@ def generate(
     """
     graphdef, state, model_cfg = _split(model)
     prompt_ids, prompt_mask = _int32(prompt_ids), _int32(prompt_mask)
-    if np.ndim(prompt_ids) != 2 or np.shape(prompt_ids) != np.shape(prompt_mask):
-        raise ValueError(f"prompt_ids and prompt_mask must both be [batch, length], got {np.shape(prompt_ids)} and {np.shape(prompt_mask)}")
+    if np.ndim(prompt_ids) != 2 or np.shape(prompt_ids) != np.shape(prompt_mask) or 0 in np.shape(prompt_ids):
+        raise ValueError(
+            f"prompt_ids and prompt_mask must both be [batch, length] with batch, length >= 1, "
+            f"got {np.shape(prompt_ids)} and {np.shape(prompt_mask)}"
+        )
     total = np.shape(prompt_ids)[1] + cfg.max_new_tokens
     if model_cfg.family == "gpt2" and total > model_cfg.max_position_embeddings:
         raise ValueError(
