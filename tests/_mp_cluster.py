@@ -40,7 +40,7 @@ def cpu_env(devices: int) -> dict[str, str]:
 
 
 def train_processes(config: Path, *overrides: str, processes: int = 2, devices_per_process: int = 2,
-                    timeout: float = 240, log_dir: Path | None = None) -> list[Finished]:
+                    timeout: float = 420, log_dir: Path | None = None) -> list[Finished]:
     """Runs ``jaxalign train config`` as ``processes`` cooperating processes; waits for all.
 
     Output goes to files (a full pipe would stall a process and, through the
@@ -73,7 +73,7 @@ def train_processes(config: Path, *overrides: str, processes: int = 2, devices_p
     return [Finished(i, proc.returncode, path.read_text()) for i, (proc, _, path) in enumerate(running)]
 
 
-def train_one_process(config: Path, *overrides: str, devices: int = 4, timeout: float = 240) -> Finished:
+def train_one_process(config: Path, *overrides: str, devices: int = 4, timeout: float = 420) -> Finished:
     """The same run as a single process with ``devices`` fake CPU devices."""
     sets = [arg for item in overrides for arg in ("--set", item)]
     result = subprocess.run([sys.executable, "-m", "jaxalign.cli", "train", str(config), *sets],
