@@ -1,0 +1,554 @@
+"""Shared pieces of the jaxalign-vs-TRL training benchmarks.
+
+* ``shared_data()``: the HH-RLHF file and GPT-2 tokenizer under ``../shared/data``
+  (the benchmark exits 0 with a SKIP message when they are absent);
+* ``hh_pairs()``: HH-RLHF rows split into prompt/chosen/rejected and filtered so
+  that neither trainer truncates anything (both then see identical tokens);
+* ``build_llama()``: a seeded random-init Hugging Face Llama folder both
+  trainers load;
+* ``JaxalignStepper``: runs ``jaxalign.trainer.Trainer``'s own loop body
+  (``_optimizer_step``) one step at a time, blocking, timing and detecting
+  recompiles; ``InterleavedTRLTimer``: a ``transformers`` callback that times
+  each TRL step and runs one jaxalign step between TRL steps, so both see the
+  same machine load;
+* FLOP counting and a matmul-rate probe (the machine's float32 matmul FLOP/s);
+* result printing: a table and one ``BENCHMARK_JSON {...}`` line.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("JAXALIGN_SHARED_DATA", REPO.parent / "shared" / "data"))
+HH_FILE = "hh-rlhf-helpful-base-test.jsonl.gz"
+GPT2_TOKENIZER = "gpt2-tokenizer.json"
+
+
+# --------------------------------------------------------------------------- data
+
+
+def shared_data(*names: str) -> dict[str, Path]:
+    """Paths of files in ``../shared/data``; exits 0 with a SKIP line when any is absent."""
+    paths = {name: SHARED_DATA / name for name in names}
+    missing = [str(path) for path in paths.values() if not path.is_file()]
+    if missing:
+        print(f"SKIP: benchmark data not found: {', '.join(missing)} "
+              f"(set JAXALIGN_SHARED_DATA to the folder holding {', '.join(names)})")
+        sys.exit(0)
+    return paths
+
+
+def gpt2_tokenizer(path: Path):
+    """The GPT-2 tokenizer as both sides use it: EOS = pad = ``<|endoftext|>`` (50256)."""
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(path), eos_token="<|endoftext|>")
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def read_jsonl_gz(path: Path) -> list[dict]:
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def hh_pairs(path: Path, tokenizer, max_length: int, limit: int | None = None) -> tuple[list[dict], dict]:
+    """HH-RLHF rows as ``{"prompt", "chosen", "rejected"}`` (split with jaxalign's
+    implicit-prompt rule), keeping only pairs where prompt + each reply + EOS fits
+    ``max_length`` with one token to spare, so neither trainer truncates or drops
+    anything. File order is kept (both trainers read without shuffling).
+    Returns the rows and counts of what was dropped."""
+    from jaxalign.data import implicit_prompt
+
+    kept, counts = [], {"rows": 0, "dropped_degenerate": 0, "dropped_too_long": 0}
+    encode = tokenizer.backend_tokenizer.encode
+    for row in read_jsonl_gz(path):
+        counts["rows"] += 1
+        prompt = implicit_prompt(row["chosen"], row["rejected"])
+        chosen, rejected = row["chosen"][len(prompt):], row["rejected"][len(prompt):]
+        if not prompt or not chosen.strip() or not rejected.strip() or chosen == rejected:
+            counts["dropped_degenerate"] += 1
+            continue
+        lengths = [len(encode(text, add_special_tokens=False).ids) for text in (prompt, chosen, rejected)]
+        if lengths[0] + max(lengths[1], lengths[2]) + 1 > max_length - 1:
+            counts["dropped_too_long"] += 1
+            continue
+        kept.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+        if limit is not None and len(kept) >= limit:
+            break
+    counts["kept"] = len(kept)
+    return kept, counts
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> Path:
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+    return path
+
+
+# -------------------------------------------------------------------------- model
+
+
+def build_llama(path: Path, head: str, seed: int = 0, **config) -> dict:
+    """Writes a random-init HF Llama (``head`` "causal_lm" or "score": a
+    ``LlamaForSequenceClassification`` with one label) to ``path``, seeded.
+    Returns the config dict."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    llama_config = transformers.LlamaConfig(**config)
+    if head == "score":
+        llama_config.num_labels = 1
+        model = transformers.LlamaForSequenceClassification(llama_config)
+    else:
+        model = transformers.LlamaForCausalLM(llama_config)
+    model.save_pretrained(path)
+    return llama_config.to_dict()
+
+
+def llama_params(cfg: dict) -> dict[str, int]:
+    """Parameter counts of a Llama config: ``non_embedding`` (the layers and final
+    norm), ``embedding`` (input table), ``lm_head`` (the untied projection, 0 if tied)."""
+    h, i, layers, vocab = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    heads = cfg["num_attention_heads"]
+    kv_heads = cfg.get("num_key_value_heads") or heads
+    head_dim = cfg.get("head_dim") or h // heads
+    attention = h * heads * head_dim * 2 + h * kv_heads * head_dim * 2
+    per_layer = attention + 3 * h * i + 2 * h
+    return {
+        "non_embedding": layers * per_layer + h,
+        "embedding": vocab * h,
+        "lm_head": 0 if cfg.get("tie_word_embeddings") else vocab * h,
+    }
+
+
+def useful_flops(non_embedding: int, hidden: int, vocab: int, tokens: int, completion_tokens: int,
+                 reference: bool, lm_head: bool) -> float:
+    """FLOPs of the work that carries information (attention's T^2 terms excluded):
+
+      policy forward + backward    6 * N * T
+      reference forward            2 * N * T                (if ``reference``)
+      vocab projection, policy     6 * hidden * vocab * Tc  (if ``lm_head``)
+      vocab projection, reference  2 * hidden * vocab * Tc  (if both)
+
+    N = non-embedding parameters, T = real (non-padding) tokens with a pair's
+    prompt counted once, Tc = completion tokens (chosen + rejected).
+    """
+    flops = 6.0 * non_embedding * tokens
+    if reference:
+        flops += 2.0 * non_embedding * tokens
+    if lm_head:
+        flops += 6.0 * hidden * vocab * completion_tokens
+        if reference:
+            flops += 2.0 * hidden * vocab * completion_tokens
+    return flops
+
+
+# ------------------------------------------------------------------------- timing
+
+
+def matmul_rate(n: int = 2048, repeats: int = 7) -> float:
+    """This machine's float32 matmul FLOP/s under jax: best of ``repeats`` jitted n x n dots."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    dot(a, b).block_until_ready()
+    best = min(timed(lambda: dot(a, b).block_until_ready()) for _ in range(repeats))
+    return 2.0 * n ** 3 / best
+
+
+def torch_matmul_rate(n: int = 2048, repeats: int = 7) -> float:
+    """The same probe under torch (what TRL's matmuls run on)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=generator)
+    b = torch.randn(n, n, generator=generator)
+    a @ b
+    best = min(timed(lambda: a @ b) for _ in range(repeats))
+    return 2.0 * n ** 3 / best
+
+
+def probe_rates() -> dict[str, float]:
+    """Both matmul probes, FLOP/s."""
+    return {"jax": matmul_rate(), "torch": torch_matmul_rate()}
+
+
+def best_rates(*probes: dict[str, float]) -> dict[str, float]:
+    """Per-library best over several probes (the machine's capability when least disturbed)."""
+    return {key: max(probe[key] for probe in probes) for key in probes[0]}
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def stats(values: Sequence[float]) -> dict[str, float]:
+    values = list(values)
+    if not values:
+        return {"n": 0, "mean": float("nan"), "median": float("nan"), "min": float("nan"), "max": float("nan")}
+    return {"n": len(values), "mean": statistics.fmean(values), "median": statistics.median(values),
+            "min": min(values), "max": max(values)}
+
+
+def batch_census(batch: dict) -> dict[str, int]:
+    """Token accounting of one jaxalign packed batch (host numpy)."""
+    import numpy as np
+
+    rows, length = batch["input_ids"].shape
+    width = batch["target_index"].shape[1]
+    return {
+        "rows": rows, "length": length, "target_slots": width,
+        "slots": rows * length,  # token positions pushed through the decoder
+        "tokens": int(np.count_nonzero(batch["segment_ids"])),  # real tokens, prompt once per pair
+        "completion_tokens": int(np.count_nonzero(batch["target_segment"])),
+        "lm_head_slots": rows * width,  # positions the vocab projection runs on
+        "pairs": int(batch["example_mask"].sum()),
+    }
+
+
+class _RecordingIterator:
+    """Wraps the Grain iterator: records each batch's census, and how long the
+    loop waited for it (host-side tokenizing/packing not hidden by prefetch)."""
+
+    def __init__(self, inner, sink: list):
+        self.inner, self.sink = inner, sink
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        start = time.perf_counter()
+        batch = next(self.inner)
+        self.sink.append({**batch_census(batch), "fetch_seconds": time.perf_counter() - start})
+        return batch
+
+
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+_compile_seconds = [0.0]
+
+
+def _on_jax_event(name: str, seconds: float, **kwargs) -> None:
+    if name in _COMPILE_EVENTS:
+        _compile_seconds[0] += seconds
+
+
+def compile_clock() -> float:
+    """Seconds jax has spent tracing, lowering and compiling in this process so far."""
+    if not getattr(compile_clock, "registered", False):
+        import jax
+
+        jax.monitoring.register_event_duration_secs_listener(_on_jax_event)
+        compile_clock.registered = True
+    return _compile_seconds[0]
+
+
+class JaxalignStepper:
+    """Drives a ``jaxalign.trainer.Trainer`` one optimizer step at a time through
+    its own loop body (``Trainer._optimizer_step``: next Grain batch ->
+    ``shard_batch`` -> the jitted, donated train step -> metrics window), blocks
+    on the new state, and records per step: wall seconds, seconds jax spent
+    tracing + compiling inside it (``jax.monitoring`` events, all jitted
+    functions the step touches), whether the batch has a shape ``(R, L, C)``
+    not seen before (each one compiles the train step), and the batch's token
+    census."""
+
+    def __init__(self, trainer):
+        from jaxalign.trainer import _MetricsWindow
+
+        compile_clock()
+        self.trainer = trainer
+        self.records: list[dict] = []
+        self._census: list[dict] = []
+        self._iterator = _RecordingIterator(trainer.train_data.iterator(), self._census)
+        self._window = _MetricsWindow()
+        self._shapes: set = set()
+
+    def compiles(self) -> int:
+        return self.trainer.train_step._cache_size()
+
+    def step(self) -> dict:
+        import jax
+
+        compile_before = compile_clock()
+        start = time.perf_counter()
+        if not self.trainer._optimizer_step(self._iterator, self._window):
+            raise RuntimeError("jaxalign: training data ran out")
+        jax.block_until_ready(self.trainer.state)
+        seconds = time.perf_counter() - start
+        compile_s = compile_clock() - compile_before
+        census = self._census[-1]
+        shape = (census["rows"], census["length"], census["target_slots"])
+        record = {"seconds": seconds, "compile_seconds": compile_s, "run_seconds": seconds - compile_s,
+                  "compiled": shape not in self._shapes, **census}
+        self._shapes.add(shape)
+        self.records.append(record)
+        return record
+
+
+def make_interleaved_timer(jaxalign_step: Callable[[], Any] | None):
+    """A ``TrainerCallback`` that times every TRL optimizer step (from the end of
+    the previous one, so TRL's data loading, forward, backward and optimizer all
+    count) and then, outside the TRL timing, runs ``jaxalign_step()`` once."""
+    from transformers import TrainerCallback
+
+    class InterleavedTRLTimer(TrainerCallback):
+        def __init__(self):
+            self.step_seconds: list[float] = []
+            self._mark = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self._mark = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.step_seconds.append(time.perf_counter() - self._mark)
+            if jaxalign_step is not None:
+                jaxalign_step()
+            self._mark = time.perf_counter()
+
+    return InterleavedTRLTimer()
+
+
+class RecordingCollator:
+    """Wraps TRL's collator: records the padded shape and token counts of every batch."""
+
+    def __init__(self, inner, sink: list):
+        self.inner, self.sink = inner, sink
+
+    def __call__(self, features):
+        out = self.inner(features)
+        ids = out["input_ids"]
+        census = {"sequences": int(ids.shape[0]), "length": int(ids.shape[1]), "slots": int(ids.numel()),
+                  "tokens": int(out["attention_mask"].sum())}
+        if "completion_mask" in out:
+            census["completion_tokens"] = int(out["completion_mask"].sum())
+        self.sink.append(census)
+        return out
+
+
+def quiet_libraries() -> None:
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    for name in ("transformers", "trl", "datasets", "absl", "jax", "jaxalign", "orbax", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+# ------------------------------------------------------------------------ reports
+
+
+def machine() -> dict[str, Any]:
+    import jax
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__, "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
+
+
+def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.3e}"
+        return str(value)
+
+    text = [[cell(v) for v in row] for row in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in text)) for i, h in enumerate(header)]
+    print(f"\n{title}")
+    print("  ".join(str(h).ljust(w) if i == 0 else str(h).rjust(w) for i, (h, w) in enumerate(zip(header, widths))))
+    for row in text:
+        print("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))))
+
+
+def emit_json(name: str, payload: dict) -> None:
+    print("BENCHMARK_JSON " + json.dumps({"benchmark": name, **payload}, default=float))
+
+
+# ------------------------------------------------------------------ side by side
+
+
+def jaxalign_trainer(config: dict):
+    """``jaxalign.trainer.Trainer`` from a config dict (the same path as ``jaxalign train``)."""
+    from jaxalign import configlib
+    from jaxalign.config import TrainConfig
+    from jaxalign.trainer import Trainer
+
+    return Trainer(configlib.from_dict(TrainConfig, config))
+
+
+def run_side_by_side(jax_trainer, trl_trainer, warmup: int, steps: int) -> dict:
+    """Times ``warmup + steps`` optimizer steps of each trainer on the same batches.
+
+    TRL runs its own ``train()``; after each TRL step a callback runs one
+    jaxalign step (on the same batch index), so the two alternate on the
+    machine and see the same background load. A jaxalign step that meets a new
+    batch shape compiles inside it; its run time is its wall time minus the
+    seconds jax reports for tracing, lowering and compiling (reported apart).
+    The first ``warmup`` steps of each side are left out of the timed numbers.
+    """
+    total = warmup + steps
+    stepper = JaxalignStepper(jax_trainer)
+    trl_census: list[dict] = []
+    trl_trainer.data_collator = RecordingCollator(trl_trainer.data_collator, trl_census)
+    timer = make_interleaved_timer(stepper.step)
+    trl_trainer.add_callback(timer)
+    trl_trainer.train()
+    if len(stepper.records) != total or len(timer.step_seconds) != total:
+        raise RuntimeError(f"expected {total} steps each, got jaxalign {len(stepper.records)}, "
+                           f"TRL {len(timer.step_seconds)}")
+    return {"jaxalign": stepper.records, "trl_seconds": timer.step_seconds, "trl_census": trl_census[:total],
+            "compiles": stepper.compiles()}
+
+
+def epoch_shapes(pipeline) -> dict:
+    """Host-only pass over a whole epoch of a jaxalign pipeline: how many distinct
+    ``(R, L, C)`` batch shapes (= compiles of the train step) it produces."""
+    from collections import Counter
+
+    shapes: Counter = Counter()
+    tokens = slots = 0
+    start = time.perf_counter()
+    for batch in pipeline.iterator():
+        census = batch_census(batch)
+        shapes[(census["rows"], census["length"], census["target_slots"])] += 1
+        tokens += census["tokens"]
+        slots += census["slots"]
+    return {"batches": sum(shapes.values()), "distinct_shapes": len(shapes),
+            "distinct_row_shapes": len({shape[:2] for shape in shapes}),
+            "fill": tokens / max(slots, 1), "host_seconds": time.perf_counter() - start,
+            "most_common": [[list(k), v] for k, v in shapes.most_common(5)]}
+
+
+def report_side_by_side(name: str, headline: Sequence[str], result: dict, warmup: int,
+                        flops_of: Callable[[dict], float], rates: dict[str, float],
+                        setup: dict, epoch: dict, target: float, extra: dict, completions: bool = False) -> dict:
+    """Prints the per-step table, the summary and a ``BENCHMARK_JSON`` line; returns the summary.
+
+    ``flops_of(census)`` gives the useful FLOPs of one jaxalign batch; the same
+    count is used for TRL's step on the same pairs (same information, so the
+    shares of the matmul probe compare like with like). ``rates``: the best
+    matmul probe per library (``best_rates``)."""
+    jax_rate, torch_rate = rates["jax"], rates["torch"]
+    jax_records, trl_seconds, trl_census = result["jaxalign"], result["trl_seconds"], result["trl_census"]
+    rows = []
+    for i, (j, t, c) in enumerate(zip(jax_records, trl_seconds, trl_census)):
+        row = [f"{i}{' warm-up' if i < warmup else ''}", j["pairs"], c["slots"], c["tokens"]]
+        if completions:
+            row += [c.get("completion_tokens", "-")]
+        row += [j["slots"], j["tokens"]]
+        if completions:
+            row += [j["completion_tokens"], j["lm_head_slots"]]
+        shape = f"{j['rows']}x{j['length']}" + (f"/{j['target_slots']}" if completions else "")
+        row += [shape, t, j["run_seconds"], f"{j['compile_seconds']:.1f}" if j["compiled"] else "-",
+                t / j["run_seconds"]]
+        rows.append(row)
+    header = ["step", "pairs", "TRL slots", "TRL tokens"] + (["TRL compl"] if completions else []) + \
+             ["jxa slots", "jxa tokens"] + (["jxa compl", "jxa lm-head slots"] if completions else []) + \
+             ["jxa RxL" + ("/C" if completions else ""), "TRL s", "jxa s", "jxa compile s", "TRL/jxa"]
+    print_table("per step (slots: token positions pushed through the decoder; tokens: non-padding ones"
+                + ("; compl: completion tokens; lm-head slots: positions the vocab projection runs on" if completions
+                   else "") + ")", header, rows)
+
+    timed_jax, timed_trl, timed_census = jax_records[warmup:], trl_seconds[warmup:], trl_census[warmup:]
+    jax_s = sum(r["run_seconds"] for r in timed_jax)
+    trl_s = sum(timed_trl)
+    pairs = sum(r["pairs"] for r in timed_jax)
+    flops = sum(flops_of(r) for r in timed_jax)
+    n = len(timed_jax)
+    compile_s = [r["compile_seconds"] for r in jax_records if r["compiled"]]
+    summary = {
+        "jaxalign_s_per_step": jax_s / n, "trl_s_per_step": trl_s / n,
+        "jaxalign_s_per_step_median": stats([r["run_seconds"] for r in timed_jax])["median"],
+        "trl_s_per_step_median": stats(timed_trl)["median"],
+        "speedup": trl_s / jax_s, "speedup_median_of_step_ratios": stats(
+            [t / j["run_seconds"] for t, j in zip(timed_trl, timed_jax)])["median"],
+        "jaxalign_pairs_per_s": pairs / jax_s, "trl_pairs_per_s": pairs / trl_s,
+        "jaxalign_slots_per_step": sum(r["slots"] for r in timed_jax) / n,
+        "trl_slots_per_step": sum(c["slots"] for c in timed_census) / n,
+        "jaxalign_tokens_per_step": sum(r["tokens"] for r in timed_jax) / n,
+        "trl_tokens_per_step": sum(c["tokens"] for c in timed_census) / n,
+        "useful_gflop_per_step": flops / n / 1e9,
+        "jaxalign_useful_share_of_matmul_rate": flops / jax_s / jax_rate,
+        "trl_useful_share_of_matmul_rate": flops / trl_s / torch_rate,
+        "matmul_gflops_jax": jax_rate / 1e9, "matmul_gflops_torch": torch_rate / 1e9,
+        "compiles": len(compile_s), "compile_seconds": compile_s,
+        "fetch_seconds_max": max(r["fetch_seconds"] for r in jax_records),
+        "timed_steps": n, "warmup_steps": warmup,
+    }
+    if completions:
+        summary["completion_tokens_per_step"] = sum(r["completion_tokens"] for r in timed_jax) / n
+        summary["jaxalign_lm_head_slots_per_step"] = sum(r["lm_head_slots"] for r in timed_jax) / n
+    summary_rows = [
+        ["seconds / step (mean over timed steps)", summary["jaxalign_s_per_step"], summary["trl_s_per_step"]],
+        ["seconds / step (median)", summary["jaxalign_s_per_step_median"], summary["trl_s_per_step_median"]],
+        ["pairs / s", summary["jaxalign_pairs_per_s"], summary["trl_pairs_per_s"]],
+        ["token slots through the decoder / step", summary["jaxalign_slots_per_step"], summary["trl_slots_per_step"]],
+        ["real tokens / step (jaxalign: prompt once)", summary["jaxalign_tokens_per_step"],
+         summary["trl_tokens_per_step"]],
+        ["real tokens / slots", summary["jaxalign_tokens_per_step"] / summary["jaxalign_slots_per_step"],
+         summary["trl_tokens_per_step"] / summary["trl_slots_per_step"]],
+    ]
+    if completions:
+        trl_compl = sum(c.get("completion_tokens", 0) for c in timed_census) / n
+        summary_rows.append(["completion tokens / step (vocab projection)",
+                             summary["completion_tokens_per_step"], trl_compl])
+        summary_rows.append(["  positions the vocab projection runs on", summary["jaxalign_lm_head_slots_per_step"],
+                             trl_compl])
+    summary_rows += [
+        ["useful GFLOP / step (same count both sides)", summary["useful_gflop_per_step"],
+         summary["useful_gflop_per_step"]],
+        ["useful GFLOP/s", flops / jax_s / 1e9, flops / trl_s / 1e9],
+        ["  share of the matmul probe (jax / torch)", summary["jaxalign_useful_share_of_matmul_rate"],
+         summary["trl_useful_share_of_matmul_rate"]],
+        ["setup s (model, data, trainer)", setup["jaxalign"], setup["trl"]],
+        ["train-step compiles / mean s each", f"{len(compile_s)} / {stats(compile_s)['mean']:.1f}", "-"],
+        ["longest wait for a host batch (s)", summary["fetch_seconds_max"], "-"],
+    ]
+    print_table(f"summary over {n} timed steps per side (after {warmup} warm-up)", ["", "jaxalign", "TRL"],
+                summary_rows)
+    print(f"\nspeed-up, TRL time / jaxalign time over the timed steps: {summary['speedup']:.2f}x "
+          f"(median of per-step ratios {summary['speedup_median_of_step_ratios']:.2f}x; target >= {target}x): "
+          f"{'OK' if summary['speedup'] >= target else 'BELOW TARGET'}")
+    print(f"TRL pushes {summary['trl_slots_per_step'] / summary['jaxalign_slots_per_step']:.2f}x as many token "
+          f"positions through the decoder: it pads chosen and rejected to the batch's longest and repeats the prompt "
+          f"in both; jaxalign packs [prompt|chosen|rejected] rows, the prompt stored once.")
+    print(f"matmul probe (2048^2 float32, best of 7, before and after the run): jax {jax_rate / 1e9:.1f} GFLOP/s, "
+          f"torch {torch_rate / 1e9:.1f} GFLOP/s")
+    print(f"jaxalign batch shapes over one epoch of this data: {epoch['distinct_shapes']} distinct (R, L, C) "
+          f"({epoch['distinct_row_shapes']} distinct (R, L)) in {epoch['batches']} batches = "
+          f"{epoch['distinct_shapes']} train-step compiles per epoch; packed fill {epoch['fill']:.2f}")
+    emit_json(name, {"machine": machine(), **extra, "setup_seconds": setup, "epoch_shapes": epoch, **summary,
+                     "headline": list(headline)})
+    return summary

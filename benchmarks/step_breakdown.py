@@ -1,0 +1,136 @@
+"""Diagnostic: where jaxalign's reward-model and DPO train steps spend their work,
+on the HH-RLHF workload of ``rm_vs_trl.py`` / ``dpo_vs_trl.py --workload hh``.
+
+For the first batch of the (unshuffled) data it prints, for the RM and DPO
+train steps built by ``jaxalign.trainer.Trainer``:
+
+* XLA's own cost analysis of the compiled step (FLOPs, bytes accessed) with the
+  model's attention as it is, and with attention replaced by ``v`` (the step
+  minus attention and the q/k projections; monkeypatched here, never in the
+  library), and their step times, alternated over ``--rounds`` rounds (best of);
+* the density of the packed attention mask (share of the ``[L, L]`` score
+  matrix a token may attend to) and of 128 x 128 tiles holding any visible
+  entry, over ``--batches`` batches: what a segment-aware block-sparse
+  attention would compute;
+* over one epoch: distinct batch shapes ``(R, L, C)`` (each compiles the train
+  step) against distinct ``(R, L)`` (all a reward model reads), and the vocab
+  projection's positions (``R * C``) against completion tokens.
+
+Usage::
+
+    python benchmarks/step_breakdown.py [--rounds 3] [--batches 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batches", type=int, default=40)
+    args = parser.parse_args()
+    paths = common.shared_data(common.HH_FILE, common.GPT2_TOKENIZER)
+    common.quiet_libraries()
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import jaxalign.models.attention as attention
+    from jaxalign.batch import attention_mask
+    from jaxalign.sharding import shard_batch
+
+    tokenizer = common.gpt2_tokenizer(paths[common.GPT2_TOKENIZER])
+    pairs, _ = common.hh_pairs(paths[common.HH_FILE], tokenizer, 512)
+    model_config = dict(vocab_size=len(tokenizer), hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
+                        num_key_value_heads=8, intermediate_size=1376, max_position_embeddings=1024,
+                        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    with tempfile.TemporaryDirectory(prefix="jaxalign-bench-breakdown-") as tmp:
+        tmp = Path(tmp)
+        common.build_llama(tmp / "rm", head="score", **model_config)
+        common.build_llama(tmp / "lm", head="causal_lm", **model_config)
+        data = common.write_jsonl(tmp / "pairs.jsonl", pairs)
+        trainers = {
+            algo: common.jaxalign_trainer({
+                "algo": algo, "run_dir": str(tmp / f"run-{algo}"), "max_steps": 10, "export": False,
+                "model": {"path": str(tmp / ("rm" if algo == "rm" else "lm")),
+                          "tokenizer": str(paths[common.GPT2_TOKENIZER])},
+                "data": {"train": str(data), "batch_size": 8, "max_length": 512, "max_prompt_length": 511,
+                         "shuffle": False},
+                "checkpoint": {"every_steps": 0, "every_minutes": 0},
+                "log": {"every_steps": 10 ** 6, "tensorboard": False},
+            })
+            for algo in ("rm", "dpo")
+        }
+        host_batch = next(trainers["rm"].train_data.iterator())
+        census = common.batch_census(host_batch)
+        print(f"first batch: {census['pairs']} pairs, R x L = {census['rows']} x {census['length']}, "
+              f"{census['tokens']} real tokens, {census['completion_tokens']} completion tokens")
+
+        dense = attention.dot_product_attention
+        variants = {"attention as is": dense, "attention removed (out = v)": lambda q, k, v, mask, scale: v}
+        compiled, rows = {}, []
+        for algo, trainer in trainers.items():
+            batch = shard_batch(host_batch, trainer.mesh)
+            for name, fn in variants.items():
+                attention.dot_product_attention = fn
+                try:  # a fresh function object, so jax traces again instead of reusing the cached trace
+                    step = jax.jit(lambda s, b, f, _step=trainer.algo.train_step: _step(s, b, f))
+                    exe = step.lower(trainer.state, batch, trainer.algo.frozen).compile()
+                finally:
+                    attention.dot_product_attention = dense
+                cost = exe.cost_analysis()
+                cost = cost[0] if isinstance(cost, list) else cost
+                compiled[(algo, name)] = (exe, batch)
+                rows.append([algo, name, cost["flops"] / 1e9, cost["bytes accessed"] / 1e9])
+        times = {key: [] for key in compiled}
+        for _ in range(args.rounds):
+            for (algo, name), (exe, batch) in compiled.items():
+                trainer = trainers[algo]
+                start = time.perf_counter()
+                trainer.state, _ = exe(trainer.state, batch, trainer.algo.frozen)
+                jax.block_until_ready(trainer.state)
+                times[(algo, name)].append(time.perf_counter() - start)
+        for row in rows:
+            row += [min(times[(row[0], row[1])]), " ".join(f"{t:.1f}" for t in times[(row[0], row[1])])]
+        common.print_table("train step on the first batch (XLA cost analysis; times best of rounds, alternated)",
+                           ["algo", "variant", "XLA GFLOP", "XLA GB accessed", "best s", "all s"], rows)
+
+        densities, tiles = [], []
+        for _, batch in zip(range(args.batches), trainers["rm"].train_data.iterator()):
+            mask = np.asarray(attention_mask(jnp.asarray(batch["segment_ids"]), jnp.asarray(batch["branch_ids"])))
+            r, length, _ = mask.shape
+            densities.append(mask.mean())
+            if length % 128 == 0:
+                tiles.append(mask.reshape(r, length // 128, 128, length // 128, 128).any(axis=(2, 4)).mean())
+        print(f"\npacked attention mask over {len(densities)} batches: {np.mean(densities):.3f} of the [L, L] "
+              f"scores are visible (min {np.min(densities):.3f}, max {np.max(densities):.3f}); "
+              f"{np.mean(tiles):.3f} of 128x128 tiles hold any visible score")
+
+        shapes, row_shapes, slots, completions = set(), set(), 0, 0
+        batches = 0
+        for batch in trainers["rm"].train_data.iterator():
+            c = common.batch_census(batch)
+            shapes.add((c["rows"], c["length"], c["target_slots"]))
+            row_shapes.add((c["rows"], c["length"]))
+            slots += c["lm_head_slots"]
+            completions += c["completion_tokens"]
+            batches += 1
+        print(f"one epoch: {batches} batches, {len(shapes)} distinct (R, L, C) = train-step compiles "
+              f"(DPO and RM alike), {len(row_shapes)} distinct (R, L)")
+        print(f"vocab projection positions R*C over the epoch: {slots} for {completions} completion tokens "
+              f"({slots / completions:.2f}x)")
+        print(f"matmul probe: jax {common.matmul_rate() / 1e9:.1f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    main()
