@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from jaxalign.models.attention import MASK_VALUE, Attention
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.layers import to_dtype
-from jaxalign.models.rope import apply_rope, inverse_frequencies, rope_tables
+from jaxalign.models.rope import apply_rope
 from jaxalign.models.transformer import CausalLM
 
 KEY_AXES = ("batch", "kv_heads", "head_dim", None)  # logical axes of one layer's key buffer
@@ -139,12 +139,7 @@ def cached_hidden_states(
     decoder = model.model
     cfg = decoder.config
     num_keys = key_valid.shape[1]
-    x = decoder.embed_tokens(input_ids)
-    cos = sin = None
-    if decoder.embed_positions is not None:
-        x = x + decoder.embed_positions(positions)
-    else:
-        cos, sin = rope_tables(positions, inverse_frequencies(cfg))
+    x, cos, sin = decoder.embed(input_ids, positions)
     query_slots = start + jnp.arange(input_ids.shape[1])
     full_mask = cached_attention_mask(key_valid, key_positions, query_slots, positions)
     sliding_mask = None

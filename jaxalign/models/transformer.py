@@ -125,17 +125,21 @@ class Decoder(nnx.Module):
         self.layers = nnx.List([Block(cfg, i, rngs=rngs) for i in range(cfg.num_layers)])
         self.norm = _norm(cfg, cfg.hidden_size)
 
+    def embed(self, input_ids: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+        """Token embeddings ``[batch, seq, hidden]`` plus either learned positions
+        (GPT-2; cos/sin None) or the RoPE tables for ``positions``."""
+        x = self.embed_tokens(input_ids)
+        if self.embed_positions is not None:
+            return x + self.embed_positions(positions), None, None
+        cos, sin = rope_tables(positions, inverse_frequencies(self.config))
+        return x, cos, sin
+
     def __call__(
         self, input_ids: jax.Array, positions: jax.Array, segment_ids: jax.Array, branch_ids: jax.Array | None = None
     ) -> jax.Array:
         """All inputs ``[batch, seq]`` int -> hidden states ``[batch, seq, hidden]`` in ``cfg.dtype``."""
         cfg = self.config
-        x = self.embed_tokens(input_ids)
-        cos = sin = None
-        if self.embed_positions is not None:
-            x = x + self.embed_positions(positions)
-        else:
-            cos, sin = rope_tables(positions, inverse_frequencies(cfg))
+        x, cos, sin = self.embed(input_ids, positions)
         full_mask = packed_mask(segment_ids, branch_ids, positions)
         sliding_mask = None
         if any(block.sliding for block in self.layers):
