@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from jaxalign import configlib
+from jaxalign.algos.ppo_config import PPOConfig
 from jaxalign.checkpoint import CheckpointConfig
 from jaxalign.data import DataConfig
 from jaxalign.losses import LossConfig
 from jaxalign.optim import OptimConfig
 from jaxalign.sharding import MeshConfig
 
-ALGORITHMS = ("rm", "sft", "dpo")
+ALGORITHMS = ("rm", "sft", "dpo", "ppo")
 
 
 @dataclasses.dataclass
@@ -58,6 +59,7 @@ class TrainConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)  # algo: ppo only
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
@@ -76,6 +78,14 @@ class TrainConfig:
                                  "no reference log-probs to precompute; remove precompute_ref_logps")
             if self.ref_model is not None:
                 raise ValueError(f"ref_model is set but loss '{self.loss.name}' is reference-free; remove ref_model")
+        if self.algo == "ppo":
+            self.ppo.check_for_run(self.data.batch_size)
+            if self.optim.grad_accum_steps != 1:
+                raise ValueError("optim.grad_accum_steps must be 1 for algo ppo: each step's rollout is split "
+                                 "into ppo.num_mini_batches instead")
+            if self.precompute_ref_logps:
+                raise ValueError("precompute_ref_logps does not apply to algo ppo: its replies are sampled "
+                                 "during training, so the reference scores them as they come")
         if self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
 

@@ -60,3 +60,12 @@ class AlgoRun:
     export: Callable[[TrainState, str], None]
     # Derived eval metrics from the split's averages (e.g. perplexity = exp(loss)).
     summarize_eval: Callable[[dict[str, float]], dict[str, float]] | None = None
+    # RL: ``rollout(state, batch, frozen, split, index) -> (batch, host_metrics)`` runs on
+    # the host before every train (and eval) step: sampling, reward functions on decoded
+    # strings and other side effects live here, outside the pure jitted step. ``split`` is
+    # "train" or "eval", ``index`` the eval batch's number. ``host_metrics`` are floats
+    # (``time/NAME_s`` seconds, ``tokens/NAME`` counts) logged with the step's metrics.
+    rollout: Callable[[TrainState, Batch, Any, str, int], tuple[Batch, dict[str, float]]] | None = None
+    # Optimizer updates per train step (PPO: epochs x minibatches); the learning-rate
+    # schedule and its logged value count updates.
+    updates_per_step: int = 1

@@ -94,8 +94,8 @@ class Trainer:
         self.train_data = build_pipeline(cfg.data, self.tokenizer, split="train", **pipeline_args)
         self.eval_data = build_pipeline(cfg.data, self.tokenizer, split="eval", **pipeline_args)
         self.total_steps = self._total_steps()
-        self.learning_rate = learning_rate_schedule(cfg.optim, self.total_steps)
         self.algo: AlgoRun = algo_module.setup(cfg, self.mesh, self.tokenizer, self.total_steps)
+        self.learning_rate = learning_rate_schedule(cfg.optim, self.total_steps * self.algo.updates_per_step)
         self.state = self.algo.state
         state_shardings = _shardings(self.state)
         frozen_shardings = _shardings(self.algo.frozen)
@@ -134,7 +134,10 @@ class Trainer:
         for index, host_batch in enumerate(self.eval_data.iterator()):
             if self.cfg.eval_batches and index >= self.cfg.eval_batches:
                 break
-            metrics = jax.device_get(self.eval_step(self.state, shard_batch(host_batch, self.mesh), self.algo.frozen))
+            batch = shard_batch(host_batch, self.mesh)
+            if self.algo.rollout is not None:
+                batch, _ = self.algo.rollout(self.state, batch, self.algo.frozen, "eval", index)
+            metrics = jax.device_get(self.eval_step(self.state, batch, self.algo.frozen))
             weights.append(float(metrics.pop("eval_weight")))
             for name, value in metrics.items():
                 collected.setdefault(name, []).append(float(value))
@@ -181,7 +184,7 @@ class Trainer:
             if step % cfg.log.every_steps == 0 or step == self.total_steps:
                 self._check_finite(window.finite, step)
                 last_train = window.read()
-                last_train["learning_rate"] = float(self.learning_rate(step - 1))
+                last_train["learning_rate"] = float(self.learning_rate(step * self.algo.updates_per_step - 1))
                 logger.log(step, last_train, prefix="train")
                 if progress:
                     progress.update(step, loss=last_train["loss"], tokens_per_s=last_train["tokens_per_s"])
@@ -225,10 +228,26 @@ class Trainer:
             except StopIteration:
                 return False
             batch = shard_batch(host_batch, self.mesh)
-            self.state, metrics = self.train_step(self.state, batch, self.algo.frozen)
+            if self.algo.rollout is not None:
+                batch, metrics = self._rollout_and_train(batch)
+            else:
+                self.state, metrics = self.train_step(self.state, batch, self.algo.frozen)
             # Counted on the global batch: the host batch holds only this process's rows.
             window.add(metrics, tokens=_count_tokens(batch["segment_ids"]))
         return True
+
+    def _rollout_and_train(self, batch: dict) -> tuple[dict, dict]:
+        """RL: the algorithm's host-side rollout, then the jitted update. The rollout
+        synchronises with the device anyway (it decodes and scores replies), so the
+        update is waited for too, to report the time split per iteration."""
+        started = time.monotonic()
+        batch, host_metrics = self.algo.rollout(self.state, batch, self.algo.frozen, "train", 0)
+        rolled_out = time.monotonic()
+        self.state, metrics = self.train_step(self.state, batch, self.algo.frozen)
+        jax.block_until_ready(metrics)
+        host_metrics = {**host_metrics, "time/rollout_s": rolled_out - started,
+                        "time/training_s": time.monotonic() - rolled_out}
+        return batch, {**metrics, **{name: jnp.float32(value) for name, value in host_metrics.items()}}
 
     def _finish(self, step: int, train_iterator, logger: MetricsLogger, progress: ProgressBar | None) -> dict:
         """Final eval, final checkpoint, export."""
@@ -274,6 +293,12 @@ class _MetricsWindow:
         """Means since the last read, plus tokens/s; starts a new window."""
         sums = jax.device_get(self._sums) if self._sums is not None else {}
         means = {name: float(value) / self._count for name, value in sums.items()}
+        # Rates of phases that report ``tokens/NAME`` and ``time/NAME_s`` (RL: generation, training).
+        for name in [n for n in means if n.startswith("tokens/")]:
+            phase = name.split("/", 1)[1]
+            seconds = means.get(f"time/{phase}_s")
+            if seconds:
+                means[f"tokens_per_s/{phase}"] = means[name] / seconds
         means["tokens_per_s"] = float(jax.device_get(self._tokens)) / max(time.monotonic() - self._start, 1e-9)
         self._reset()
         return means

@@ -147,6 +147,7 @@ def build_pipeline(
     pack = functools.partial(
         _pack_batch, kind=kind, slots=local_batch, pack_length=pack_length,
         pad_to_multiple=cfg.pad_to_multiple, row_multiple=row_multiple,
+        attention_tile=cfg.attention_tile(paired=kind == "preference"),
     )
     consume = functools.partial(_consume, stats=run_stats, shape_agreement=shape_agreement)
 
@@ -206,7 +207,7 @@ def _split_rows(cfg: DataConfig, split: str):
 
 def _pack_batch(
     items: Sequence[TokenizedExample | Dropped | None], *, kind: str, slots: int, pack_length: int,
-    pad_to_multiple: int, row_multiple: int,
+    pad_to_multiple: int, row_multiple: int, attention_tile: int | None,
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Grain ``batch_fn``: P tokenized examples (None = eval padding) -> (arrays, counts)."""
     examples = [item for item in items if isinstance(item, TokenizedExample)]
@@ -219,10 +220,13 @@ def _pack_batch(
     counts["truncated"] = sum(example.truncated for example in examples)
     if kind == "prompt":
         batch = pack_prompts(examples, slots=slots, pad_to_multiple=pad_to_multiple, row_multiple=row_multiple)
+        # Which example each row holds (0 in padding rows): RL reward functions look up the row's columns.
+        batch["example_id"] = np.zeros(batch["example_mask"].shape, np.int32)
+        batch["example_id"][:len(examples)] = [example.example_id for example in examples]
         counts["tokens"], counts["token_slots"] = int(batch["prompt_mask"].sum()), batch["prompt_mask"].size
     else:
-        batch = pack_examples(examples, slots=slots, pack_length=pack_length,
-                              pad_to_multiple=pad_to_multiple, row_multiple=row_multiple)
+        batch = pack_examples(examples, slots=slots, pack_length=pack_length, pad_to_multiple=pad_to_multiple,
+                              row_multiple=row_multiple, attention_tile=attention_tile)
         counts["tokens"], counts["token_slots"] = int(np.count_nonzero(batch["segment_ids"])), batch["segment_ids"].size
     return batch, counts
 
