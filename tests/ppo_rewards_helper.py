@@ -1,0 +1,25 @@
+"""Reward functions for tests/test_ppo.py (loaded by file path: ``tests/ppo_rewards_helper.py:NAME``)."""
+
+from __future__ import annotations
+
+
+def raises(prompts, completions, **columns):
+    raise ZeroDivisionError("boom")
+
+
+def wrong_length(prompts, completions, **columns):
+    return [0.0] * (len(completions) + 1)
+
+
+def nan(prompts, completions, **columns):
+    return [float("nan")] * len(completions)
+
+
+def not_a_number(prompts, completions, **columns):
+    return ["good"] * len(completions)
+
+
+def sees_columns(prompts, completions, category, chosen, **columns):
+    assert len(category) == len(prompts) == len(chosen) == len(completions)
+    assert all(isinstance(c, str) for c in category), category
+    return [0.0] * len(completions)

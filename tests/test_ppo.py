@@ -1,0 +1,197 @@
+"""PPO end to end on tiny models: learning under the adaptive KL controller, a reward-model
+checkpoint, bad reward functions and over-long prompts through the CLI, resume, config errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxalign import cli
+from jaxalign.config import TrainConfig, load_config
+from jaxalign.configlib import ConfigError, from_dict
+from jaxalign.rewards import RewardFunctionError, check_scores, load_reward_function
+from jaxalign.trainer import Trainer, train
+from tests.train_fixtures import TINY_LLAMA, read_metrics, tiny_run_config, write_config
+
+HELPER = str(Path(__file__).with_name("ppo_rewards_helper.py"))
+SCORE_RISE, KL_TOLERANCE = 0.0, 100.0  # measured: see the test
+TRL_METRICS = ("objective/kl", "objective/entropy", "objective/rlhf_reward", "objective/scores",
+               "objective/non_score_reward", "policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg",
+               "loss/value_avg", "val/clipfrac_avg", "val/ratio", "val/num_eos_tokens")
+
+
+def ppo_config(run_dir: Path, **sections) -> dict:
+    """A tiny PPO run on the built-in prompts with the shipped lexical reward."""
+    ppo = {"reward_function": "jaxalign.rewards_builtin:helpful_harmless", "max_new_tokens": 12,
+           "temperature": 1.0, "num_ppo_epochs": 2, "num_mini_batches": 2, "missing_eos_penalty": 0.5,
+           **sections.pop("ppo", {})}
+    base = tiny_run_config(run_dir, algo="ppo", max_steps=4, eval_batches=1,
+                           data={"max_prompt_length": 64, "pad_to_multiple": 16, "batch_size": 16},
+                           optim={"lr": 1e-3, "schedule": "constant", "warmup_steps": 0},
+                           checkpoint={"every_steps": 100, "keep": 0, "every_minutes": 0})
+    base["ppo"] = ppo
+    for key, value in sections.items():
+        base[key] = {**base[key], **value} if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return base
+
+
+def _cli_train(config: dict, tmp_path: Path, capsys) -> tuple[int, str]:
+    path = write_config(tmp_path / "ppo.yaml", config)
+    code = cli.main(["train", str(path)])
+    return code, capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ fast checks
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({}, "neither was given"),
+    ({"ppo": {"reward_function": "m:f", "reward_model": "x"}}, "both were given"),
+    ({"ppo": {"reward_function": "m:f", "kl_estimator": "k2"}}, "kl_estimator must be one of k1, k3"),
+    ({"ppo": {"reward_function": "m:f", "num_mini_batches": 3}}, "num_mini_batches 3 does not divide data.batch_size 8"),
+    ({"ppo": {"reward_function": "no_colon"}}, "module:function"),
+    ({"ppo": {"reward_function": "m:f"}, "optim": {"grad_accum_steps": 2}}, "grad_accum_steps must be 1"),
+])
+def test_config_errors(tmp_path, overrides, message):
+    config = tiny_run_config(tmp_path, algo="ppo")
+    for key, value in overrides.items():
+        config[key] = {**config.get(key, {}), **value}
+    with pytest.raises((ConfigError, ValueError), match=message):
+        from_dict(TrainConfig, config)
+
+
+def test_reward_output_checks_name_the_function():
+    assert check_scores([1, 2.5, np.float32(3)], 3, "m:f").tolist() == [1.0, 2.5, 3.0]
+    for scores, message in [([1.0], "returned 1 scores for 2 completions"), ([1.0, math.nan], "score 1 is nan"),
+                            (["a", 1.0], "score 0 is 'a'"), (3.0, "must return a sequence of 2 floats"),
+                            ([True, 1.0], "not a number")]:
+        with pytest.raises(RewardFunctionError, match=f"reward function 'm:f'.*{message}"):
+            check_scores(scores, 2, "m:f")
+    with pytest.raises(RewardFunctionError, match="has no attribute 'missing'"):
+        load_reward_function(f"{HELPER}:missing")
+    with pytest.raises(RewardFunctionError, match="cannot import no_such_module"):
+        load_reward_function("no_such_module:f")
+
+
+@pytest.mark.parametrize("name, message", [
+    ("raises", "raised ZeroDivisionError: boom"),
+    ("wrong_length", "returned 17 scores for 16 completions"),
+    ("nan", "score 0 is nan"),
+    ("not_a_number", "score 0 is 'good'"),
+])
+def test_bad_reward_function_is_one_clear_cli_error(tmp_path, capsys, name, message):
+    code, err = _cli_train(ppo_config(tmp_path / "run", max_steps=1, ppo={"reward_function": f"{HELPER}:{name}"}),
+                           tmp_path, capsys)
+    assert code == 1
+    lines = [line for line in err.splitlines() if line.startswith("jaxalign: error")]
+    assert len(lines) == 1 and lines[0].startswith(f"jaxalign: error: reward function '{HELPER}:{name}'"), err
+    assert message in lines[0]
+    assert "Traceback" not in err
+
+
+def _prompt_file(tmp_path: Path) -> Path:
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": f"\n\nHuman: question {i}?\n\nAssistant:"} for i in range(15)]
+    rows.insert(3, {"prompt": "\n\nHuman: " + "very " * 200 + "long?\n\nAssistant:"})
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_overlong_prompt_raise_names_the_row(tmp_path, capsys):
+    prompts = _prompt_file(tmp_path)
+    config = ppo_config(tmp_path / "run", max_steps=1, eval_batches=0,
+                        data={"train": str(prompts), "eval": None, "on_overlong": "raise", "shuffle": False})
+    code, err = _cli_train(config, tmp_path, capsys)
+    assert code == 1
+    assert f"{prompts}:4" in err and "prompt is" in err and "over the limit of 64" in err
+
+
+@pytest.mark.parametrize("policy", ["drop", "truncate"])
+def test_overlong_prompt_dropped_or_truncated(tmp_path, policy):
+    prompts = _prompt_file(tmp_path)
+    cfg = from_dict(TrainConfig, ppo_config(tmp_path / "run", max_steps=1, export=False, data={
+        "train": str(prompts), "eval": None, "on_overlong": policy, "shuffle": False}))
+    trainer = Trainer(cfg)
+    result = trainer.run()
+    assert result["step"] == 1
+    stats = trainer.train_data.stats
+    if policy == "drop":
+        assert stats["dropped/overlong"] == 1
+    else:
+        assert stats["truncated"] == 1
+    assert math.isfinite(result["train"]["objective/scores"])
+
+
+def test_reward_function_sees_the_rows_columns(tmp_path):
+    cfg = from_dict(TrainConfig, ppo_config(tmp_path / "run", max_steps=1, export=False,
+                                            ppo={"reward_function": f"{HELPER}:sees_columns"}))
+    assert train(cfg)["step"] == 1
+
+
+def test_reward_model_checkpoint_scores_and_starts_the_value_model(tmp_path):
+    """A random ``LlamaForSequenceClassification`` saved by transformers is the reward model;
+    the value model starts as a trainable copy of it; export writes the policy only."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=2, num_labels=1, pad_token_id=0)
+    transformers.LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm")
+    run_dir = tmp_path / "run"
+    cfg = from_dict(TrainConfig, ppo_config(run_dir, max_steps=2, ppo={
+        "reward_function": None, "reward_model": str(tmp_path / "rm"), "frozen_dtype": "bfloat16"}))
+    trainer = Trainer(cfg)
+    reward, value = trainer.algo.frozen["reward"], trainer.state.params["value"]
+    assert jax.tree.leaves(reward)[0].dtype == np.dtype("bfloat16")
+    np.testing.assert_allclose(np.asarray(value["score"]["kernel"], np.float32),
+                               np.asarray(reward["score"]["kernel"], np.float32), atol=1e-2)
+    result = trainer.run()
+    assert result["step"] == 2 and math.isfinite(result["train"]["objective/scores"])
+    assert result["train"]["objective/scores"] != 0.0
+    exported = json.loads((run_dir / "export" / "config.json").read_text())
+    assert exported["architectures"] == ["LlamaForCausalLM"]
+
+
+# ------------------------------------------------------------------ runs
+
+
+@pytest.mark.slow
+def test_score_rises_while_adaptive_kl_holds_its_target(tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = from_dict(TrainConfig, ppo_config(
+        run_dir, max_steps=36, eval_batches=0, export=False, data={"batch_size": 32, "num_epochs": 2, "eval": None},
+        ppo={"max_new_tokens": 16, "num_ppo_epochs": 4, "target_kl": 3.0, "kl_horizon": 32, "kl_coef": 0.05},
+        log={"every_steps": 1, "tensorboard": False}))
+    train(cfg)
+    metrics = read_metrics(run_dir)
+    steps = sorted(metrics)
+    for name in TRL_METRICS + ("tokens_per_s/generation", "tokens_per_s/training", "time/generation_s",
+                               "time/scoring_s", "time/training_s"):
+        assert f"train/{name}" in metrics[steps[-1]], name
+    series = lambda name: np.array([metrics[s][f"train/{name}"] for s in steps])  # noqa: E731
+    scores, kl, coef = series("objective/scores"), series("objective/kl"), series("objective/kl_coef")
+    assert scores[-6:].mean() - scores[:6].mean() > SCORE_RISE, scores
+    assert abs(kl[-8:].mean() - 3.0) < KL_TOLERANCE, kl
+    assert coef.max() > coef[0], coef  # the controller had to push back
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_metrics(tmp_path):
+    def run(run_dir: Path, max_steps: int) -> None:
+        train(from_dict(TrainConfig, ppo_config(run_dir, max_steps=max_steps, eval_batches=0, export=False,
+                                                ppo={"target_kl": 1.0, "kl_horizon": 16},
+                                                checkpoint={"every_steps": 3})))
+
+    run(tmp_path / "straight", 6)
+    run(tmp_path / "resumed", 3)
+    run(tmp_path / "resumed", 6)
+    straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
+    for step in (4, 5, 6):
+        for name in ("train/objective/scores", "train/objective/kl", "train/objective/kl_coef", "train/loss"):
+            assert resumed[step][name] == pytest.approx(straight[step][name], rel=1e-5, abs=1e-6), (step, name)
