@@ -85,7 +85,8 @@ def test_shapes_are_bucketed_and_padding_is_zero():
     rng = np.random.default_rng(3)
     examples = [make_example(rng) for _ in range(11)]
     batch = pack_examples(examples, slots=16, pack_length=200, pad_to_multiple=64, row_multiple=3)
-    rows, length, width = batch_shape(batch)
+    rows, length, width, pairs = batch_shape(batch)
+    assert pairs == 0 and "tile_pairs" not in batch  # no attention_tile asked for
     assert length % 64 == 0 or length == 200
     assert length <= 200 and width % 64 == 0
     assert rows % 3 == 0 and (rows // 3) & (rows // 3 - 1) == 0  # row_multiple * 2**k
@@ -117,7 +118,7 @@ def test_example_longer_than_pack_length_gets_its_own_row():
 
 def test_empty_batch_is_all_padding():
     batch = pack_examples([], slots=4, pack_length=64, pad_to_multiple=16, row_multiple=2)
-    assert batch_shape(batch) == (2, 16, 16) and not any(v.any() for v in batch.values())
+    assert batch_shape(batch) == (2, 16, 16, 0) and not any(v.any() for v in batch.values())
 
 
 def test_unpack_rejects_a_wrong_target():
@@ -138,14 +139,16 @@ def test_pack_prompts_left_pads():
 
 def test_pad_batch_to_an_agreed_shape():
     rng = np.random.default_rng(6)
-    batch = pack_examples([make_example(rng) for _ in range(3)], slots=3, pack_length=128)
-    rows, length, width = batch_shape(batch)
-    padded = pad_batch(batch, (rows * 2, length + 64, width + 64))
-    assert batch_shape(padded) == (rows * 2, length + 64, width + 64)
+    batch = pack_examples([make_example(rng) for _ in range(3)], slots=3, pack_length=128, attention_tile=16)
+    rows, length, width, pairs = batch_shape(batch)
+    assert pairs % (length // 16) == 0 and pairs > 0
+    padded = pad_batch(batch, (rows * 2, length + 64, width + 64, pairs + 8))
+    assert batch_shape(padded) == (rows * 2, length + 64, width + 64, pairs + 8)
     assert padded["end_index"].shape == (rows * 2, 3, 2)
+    assert (padded["tile_pairs"][:, pairs:] == -1).all() and (padded["tile_pairs"][rows:] == -1).all()
     assert_round_trip(unpack(batch), padded)
     with pytest.raises(ValueError, match="cannot pad"):
-        pad_batch(batch, (rows - 1, length, width))
+        pad_batch(batch, (rows - 1, length, width, pairs))
 
 
 def _padded_baseline_slots(examples):

@@ -162,10 +162,11 @@ def test_shape_agreement_pads_every_batch():
 
     def agree(shape):
         seen.append(shape)
-        return (shape[0] * 2, 512, 512)
+        return (shape[0] * 2, 512, 512, shape[3] + 16)
 
     batch = next(build_pipeline(config(), builtin_tokenizer(), shape_agreement=agree).iterator())
     assert batch["input_ids"].shape == (seen[0][0] * 2, 512) and batch["target_ids"].shape[1] == 512
+    assert batch["tile_pairs"].shape == (seen[0][0] * 2, seen[0][3] + 16, 2)
 
 
 @pytest.mark.parametrize(

@@ -112,7 +112,8 @@ def completion_logps(model, batch: Batch, with_logits_mean: bool = False, with_h
     logit is linear in the hidden state, so it costs one ``[hidden]`` dot), and
     ``hits`` ``[R, C]`` float32: 1 where the target is the top-1 token.
     """
-    hidden = model.hidden_states(batch["input_ids"], batch["positions"], batch["segment_ids"], batch["branch_ids"])
+    hidden = model.hidden_states(batch["input_ids"], batch["positions"], batch["segment_ids"], batch["branch_ids"],
+                                batch.get("tile_pairs"))
     target_hidden = gather_positions(hidden, batch["target_index"])
     used = batch["target_segment"] > 0
     logps, hits = token_logps(model, target_hidden, batch["target_ids"], return_hits=True)

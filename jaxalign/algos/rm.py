@@ -22,7 +22,8 @@ def data_kind(cfg: TrainConfig) -> str:
 def pair_rewards(graphdef: nnx.GraphDef, params, batch: Batch) -> jax.Array:
     """Reward of chosen and rejected for every example slot, ``[R, K, 2]`` float32."""
     model = nnx.merge(graphdef, params)
-    hidden = model.hidden_states(batch["input_ids"], batch["positions"], batch["segment_ids"], batch["branch_ids"])
+    hidden = model.hidden_states(batch["input_ids"], batch["positions"], batch["segment_ids"], batch["branch_ids"],
+                                batch.get("tile_pairs"))
     return model.scores_from_hidden(gather_positions(hidden, batch["end_index"]))
 
 

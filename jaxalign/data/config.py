@@ -47,6 +47,10 @@ class DataConfig:
     packing: bool = True  # False: one example per row (rows padded to the bucketed length)
     pack_length: int | None = None  # tokens per packed row; default 2*max_length for pairs, else max_length
     pad_to_multiple: int = 64  # row length and target slots are rounded up to this
+    # Attention computes only the score tiles of a packed row that hold a visible
+    # entry (jaxalign.models.tiled_attention); needs pad_to_multiple and
+    # pack_length to be multiples of jaxalign.batch.ATTENTION_TILE, else dense.
+    sparse_attention: bool = True
     on_bad_row: str = "raise"  # raise | skip (skipped rows are counted in stats)
     on_overlong: str = "truncate"  # truncate | drop | raise
     completion_only_loss: bool = True  # SFT: False = loss on every token after the first
@@ -97,6 +101,15 @@ class DataConfig:
 
     def resolved_max_prompt_length(self) -> int:
         return self.max_prompt_length if self.max_prompt_length is not None else max(1, self.max_length // 2)
+
+    def attention_tile(self, paired: bool) -> int | None:
+        """Tile size of block-sparse attention, or None for dense masks. Decided
+        from the config alone, so every process and every batch agree."""
+        from jaxalign.batch import ATTENTION_TILE
+
+        pack_length = self.resolved_pack_length(paired)
+        aligned = self.pad_to_multiple % ATTENTION_TILE == 0 and (pack_length == 1 or pack_length % ATTENTION_TILE == 0)
+        return ATTENTION_TILE if self.sparse_attention and aligned else None
 
     def resolved_pack_length(self, paired: bool) -> int:
         """Row capacity: a pair stores its prompt once, so two branches fit in 2*max_length.

@@ -11,7 +11,9 @@ never split across rows. Shapes are bucketed so a run compiles few of them:
 * C (target slots a row) = most targets in a row, rounded up likewise;
 * R = ``row_multiple * 2**k``: rows used, rounded up to a multiple of
   ``row_multiple`` (the data-parallel shards of this process) whose quotient
-  is a power of two.
+  is a power of two;
+* P (attention tile pairs a row, when ``attention_tile`` is given) = the
+  most visible tile pairs in a row, rounded up to a multiple of L / tile.
 
 Everything here is pure numpy, and ``unpack`` inverts ``pack_examples`` (it
 checks positions and targets while doing so) for tests.
@@ -89,6 +91,7 @@ def pack_examples(
     pack_length: int,
     pad_to_multiple: int = 64,
     row_multiple: int = 1,
+    attention_tile: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Packs up to ``slots`` examples into the batch layout of ``jaxalign/batch.py``.
 
@@ -96,8 +99,10 @@ def pack_examples(
     ``target_index/target_ids/target_segment/target_branch`` ``[R, C]``,
     ``end_index`` ``[R, K, 2]``, float32 ``example_mask`` ``[R, K]``, int32
     ``example_id`` ``[R, K]`` (the example's index in its split; 0 in empty slots), and
-    float32 ``margin``/``label`` ``[R, K]`` when any example has one. Padding
-    is zeros everywhere.
+    float32 ``margin``/``label`` ``[R, K]`` when any example has one, and
+    int32 ``tile_pairs`` ``[R, P, 2]`` (see ``attention_tile_pairs``) when
+    ``attention_tile`` is given and divides L. Padding is zeros everywhere
+    except in ``tile_pairs`` (-1).
     """
     if len(examples) > slots:
         raise ValueError(f"{len(examples)} examples do not fit {slots} example slots")
@@ -132,7 +137,40 @@ def pack_examples(
             batch["target_branch"][r, span] = branch
             filled += len(ids)
             start += example.length
+    if attention_tile and length % attention_tile == 0:
+        batch["tile_pairs"] = attention_tile_pairs(batch["segment_ids"], batch["branch_ids"], attention_tile)
     return batch
+
+
+def attention_tile_pairs(segment_ids: np.ndarray, branch_ids: np.ndarray, tile: int) -> np.ndarray:
+    """The (query tile, key tile) pairs of each row holding any visible score
+    under ``jaxalign.batch.attention_mask`` (real queries only), sorted.
+
+    segment_ids, branch_ids ``[R, L]`` with L a multiple of ``tile`` ->
+    int32 ``[R, P, 2]``, -1 in unused slots; P is the most pairs in a row,
+    rounded up to a multiple of L / tile so a run meets few distinct shapes.
+    """
+    rows, length = segment_ids.shape
+    num_tiles = length // tile
+    visible = []
+    for segments, branches in zip(segment_ids, branch_ids):
+        tiles = np.zeros((num_tiles, num_tiles), bool)
+        for segment in np.unique(segments[segments != 0]):
+            # Only tokens of one segment see each other: build that segment's mask
+            # alone (sum of squared example lengths, not L^2), then OR it over tiles.
+            index = np.flatnonzero(segments == segment)
+            key_branch = branches[index][None, :]
+            mask = (index[None, :] <= index[:, None]) & ((key_branch == 0) | (key_branch == branches[index][:, None]))
+            tile_of = index // tile
+            starts = np.flatnonzero(np.diff(tile_of, prepend=-1))
+            grouped = np.logical_or.reduceat(np.logical_or.reduceat(mask, starts, axis=0), starts, axis=1)
+            tiles[np.ix_(tile_of[starts], tile_of[starts])] |= grouped
+        visible.append(np.argwhere(tiles))
+    count = round_up(max(max(len(pairs) for pairs in visible), 1), num_tiles)
+    tile_pairs = np.full((rows, count, 2), -1, np.int32)
+    for r, pairs in enumerate(visible):
+        tile_pairs[r, : len(pairs)] = pairs
+    return tile_pairs
 
 
 def _place(batch: dict[str, np.ndarray], r: int, slot: int, start: int, example: TokenizedExample) -> None:
@@ -259,19 +297,21 @@ def pack_prompts(
     return batch
 
 
-def batch_shape(batch: dict[str, np.ndarray]) -> tuple[int, int, int]:
-    """``(R, L, C)`` of a packed batch; ``(B, Lp, 0)`` of a prompt batch."""
+def batch_shape(batch: dict[str, np.ndarray]) -> tuple[int, int, int, int]:
+    """``(R, L, C, P)`` of a packed batch (P = 0 without ``tile_pairs``); ``(B, Lp, 0, 0)`` of a prompt batch."""
     if "prompt_ids" in batch:
-        return (*batch["prompt_ids"].shape, 0)  # type: ignore[return-value]
+        return (*batch["prompt_ids"].shape, 0, 0)  # type: ignore[return-value]
     rows, length = batch["input_ids"].shape
-    return rows, length, batch["target_index"].shape[1]
+    pairs = batch["tile_pairs"].shape[1] if "tile_pairs" in batch else 0
+    return rows, length, batch["target_index"].shape[1], pairs
 
 
-def pad_batch(batch: dict[str, np.ndarray], shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
-    """Zero-pads a batch to ``shape`` = (rows, length, target slots), e.g. to the
-    largest shape over processes (``jax.make_array_from_process_local_data``
-    needs every process to pass the same shape). Prompts pad on the left."""
-    rows, length, width = shape
+def pad_batch(batch: dict[str, np.ndarray], shape: tuple[int, int, int, int]) -> dict[str, np.ndarray]:
+    """Pads a batch to ``shape`` = (rows, length, target slots, tile pairs), e.g. to
+    the largest shape over processes (``jax.make_array_from_process_local_data``
+    needs every process to pass the same shape). Zeros, and -1 in ``tile_pairs``
+    (the tile indices stay valid: rows only grow at the end). Prompts pad on the left."""
+    rows, length, width, pairs = shape
     have = batch_shape(batch)
     if any(want < got for want, got in zip(shape, have)):
         raise ValueError(f"cannot pad a batch of shape {have} down to {shape}")
@@ -284,5 +324,9 @@ def pad_batch(batch: dict[str, np.ndarray], shape: tuple[int, int, int]) -> dict
             pad[1] = (0, width - value.shape[1])
         elif key in ("prompt_ids", "prompt_mask"):
             pad[1] = (length - value.shape[1], 0)
+        elif key == "tile_pairs":
+            pad[1] = (0, pairs - value.shape[1])
+            padded[key] = np.pad(value, pad, constant_values=-1)
+            continue
         padded[key] = np.pad(value, pad)
     return padded

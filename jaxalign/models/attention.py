@@ -16,6 +16,7 @@ from jaxalign.batch import attention_mask
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.layers import Linear, RMSNorm, residual_std, to_dtype
 from jaxalign.models.rope import apply_rope
+from jaxalign.models.tiled_attention import TileLayout, tiled_attention
 
 # Finite, so a fully masked row (never produced by our masks) would not turn into NaN.
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
@@ -82,11 +83,16 @@ class Attention(nnx.Module):
         self.use_rope = cfg.family == "llama"
         self.scale = cfg.head_dim ** -0.5
 
-    def __call__(self, x: jax.Array, cos: jax.Array | None, sin: jax.Array | None, mask: jax.Array) -> jax.Array:
-        """x ``[b, s, embed]``, cos/sin ``[b, s, head_dim]`` (or None), mask ``[b, s, s]`` -> ``[b, s, embed]``."""
+    def __call__(self, x: jax.Array, cos: jax.Array | None, sin: jax.Array | None, mask) -> jax.Array:
+        """x ``[b, s, embed]``, cos/sin ``[b, s, head_dim]`` (or None) -> ``[b, s, embed]``.
+
+        ``mask``: a dense ``[b, s, s]`` bool mask, or a ``TileLayout`` for
+        block-sparse attention over the listed tiles.
+        """
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.use_rope:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        return self.o_proj(dot_product_attention(q, k, v, mask, self.scale))
+        attend = tiled_attention if isinstance(mask, TileLayout) else dot_product_attention
+        return self.o_proj(attend(q, k, v, mask, self.scale))

@@ -28,10 +28,16 @@ class ScoreModel(nnx.Module):
         )
 
     def hidden_states(
-        self, input_ids: jax.Array, positions: jax.Array, segment_ids: jax.Array, branch_ids: jax.Array | None = None
+        self,
+        input_ids: jax.Array,
+        positions: jax.Array,
+        segment_ids: jax.Array,
+        branch_ids: jax.Array | None = None,
+        tile_pairs: jax.Array | None = None,
     ) -> jax.Array:
-        """``[batch, seq]`` inputs -> ``[batch, seq, hidden]`` after the final norm."""
-        return self.model(input_ids, positions, segment_ids, branch_ids)
+        """``[batch, seq]`` inputs -> ``[batch, seq, hidden]`` after the final norm
+        (block-sparse attention over ``tile_pairs`` if given)."""
+        return self.model(input_ids, positions, segment_ids, branch_ids, tile_pairs)
 
     def scores_from_hidden(self, hidden: jax.Array) -> jax.Array:
         """``[..., hidden]`` -> ``[...]`` float32 scores."""

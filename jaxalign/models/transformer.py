@@ -11,10 +11,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxalign.batch import ATTENTION_TILE
 from jaxalign.models.attention import Attention, packed_mask
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.layers import ACTIVATION_FNS, Embed, LayerNorm, Linear, RMSNorm, residual_std, to_dtype
 from jaxalign.models.rope import inverse_frequencies, rope_tables
+from jaxalign.models.tiled_attention import tile_layout
 
 REMAT_POLICY = {
     "full": None,  # save nothing inside the layer; recompute all of it
@@ -93,7 +95,7 @@ class Block(nnx.Module):
         self.mlp = MLP(cfg, rngs=rngs)
         self.sliding = cfg.uses_sliding_window(layer_index)
 
-    def __call__(self, x: jax.Array, cos: jax.Array | None, sin: jax.Array | None, mask: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, cos: jax.Array | None, sin: jax.Array | None, mask) -> jax.Array:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -135,15 +137,31 @@ class Decoder(nnx.Module):
         return x, cos, sin
 
     def __call__(
-        self, input_ids: jax.Array, positions: jax.Array, segment_ids: jax.Array, branch_ids: jax.Array | None = None
+        self,
+        input_ids: jax.Array,
+        positions: jax.Array,
+        segment_ids: jax.Array,
+        branch_ids: jax.Array | None = None,
+        tile_pairs: jax.Array | None = None,
     ) -> jax.Array:
-        """All inputs ``[batch, seq]`` int -> hidden states ``[batch, seq, hidden]`` in ``cfg.dtype``."""
+        """All inputs ``[batch, seq]`` int -> hidden states ``[batch, seq, hidden]`` in ``cfg.dtype``.
+
+        With ``tile_pairs`` ``[batch, P, 2]`` (``jaxalign.batch``), attention
+        runs on those tiles only; real tokens get the same outputs, and query
+        tiles with no pair (row padding) come out of attention as zeros.
+        """
         cfg = self.config
         x, cos, sin = self.embed(input_ids, positions)
-        full_mask = packed_mask(segment_ids, branch_ids, positions)
+        if tile_pairs is None:
+            def mask_for(window: int | None):
+                return packed_mask(segment_ids, branch_ids, positions, window)
+        else:
+            def mask_for(window: int | None):
+                return tile_layout(tile_pairs, ATTENTION_TILE, segment_ids, branch_ids, positions, window)
+        full_mask = mask_for(None)
         sliding_mask = None
         if any(block.sliding for block in self.layers):
-            sliding_mask = packed_mask(segment_ids, branch_ids, positions, cfg.sliding_window)
+            sliding_mask = mask_for(cfg.sliding_window)
         for block in self.layers:
             mask = sliding_mask if block.sliding else full_mask
             x = _run_block(block, cfg.remat, x, cos, sin, mask)
@@ -162,14 +180,19 @@ class CausalLM(nnx.Module):
         )
 
     def hidden_states(
-        self, input_ids: jax.Array, positions: jax.Array, segment_ids: jax.Array, branch_ids: jax.Array | None = None
+        self,
+        input_ids: jax.Array,
+        positions: jax.Array,
+        segment_ids: jax.Array,
+        branch_ids: jax.Array | None = None,
+        tile_pairs: jax.Array | None = None,
     ) -> jax.Array:
         """``[batch, seq]`` ids/positions/segments (/branches) -> ``[batch, seq, hidden]`` after the final norm.
 
         Attention follows ``jaxalign.batch.attention_mask(segment_ids, branch_ids)``
-        (``branch_ids`` None = all zeros).
+        (``branch_ids`` None = all zeros), block-sparse over ``tile_pairs`` if given.
         """
-        return self.model(input_ids, positions, segment_ids, branch_ids)
+        return self.model(input_ids, positions, segment_ids, branch_ids, tile_pairs)
 
     def output_embedding(self) -> jax.Array:
         """The ``[hidden, vocab]`` projection from hidden states to logits (parameter dtype)."""

@@ -1,0 +1,125 @@
+"""Block-sparse attention over tile pairs equals dense masked attention on every real token."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxalign.batch import ATTENTION_TILE
+from jaxalign.data.packing import attention_tile_pairs, batch_shape, pad_batch
+from jaxalign.models import load_pretrained
+from jaxalign.models.attention import dot_product_attention, packed_mask
+from jaxalign.models.tiled_attention import tile_layout, tiled_attention
+from model_fixtures import make_causal_lm
+
+
+def random_packed_layout(rng: np.random.Generator, rows: int, length: int, fill: float = 0.9):
+    """Rows of [prompt | chosen | rejected] examples of random lengths, then padding."""
+    segments = np.zeros((rows, length), np.int32)
+    branches = np.zeros((rows, length), np.int32)
+    positions = np.zeros((rows, length), np.int32)
+    for r in range(rows):
+        start, slot = 0, 1
+        while start < length * fill:
+            stop = min(length, start + int(rng.integers(2, max(3, length // 3))))
+            prompt_end, chosen_end = sorted(rng.integers(start + 1, stop + 1, size=2))
+            segments[r, start:stop] = slot
+            branches[r, prompt_end:chosen_end], branches[r, chosen_end:stop] = 1, 2
+            positions[r, start:chosen_end] = np.arange(chosen_end - start)
+            positions[r, chosen_end:stop] = np.arange(prompt_end - start, prompt_end - start + stop - chosen_end)
+            start, slot = stop, slot + 1
+    return segments, branches, positions
+
+
+def brute_force_visible_tiles(segments, branches, tile):
+    rows, length = segments.shape
+    mask = np.asarray(packed_mask(jnp.asarray(segments), jnp.asarray(branches), jnp.zeros_like(segments)))
+    mask = mask & (segments != 0)[:, :, None]
+    return mask.reshape(rows, length // tile, tile, length // tile, tile).any(axis=(2, 4))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_tile_pairs_are_exactly_the_tiles_with_a_visible_score(seed):
+    rng = np.random.default_rng(seed)
+    tile = int(rng.choice([4, 8, 16]))
+    segments, branches, _ = random_packed_layout(rng, rows=3, length=tile * int(rng.integers(2, 9)))
+    pairs = attention_tile_pairs(segments, branches, tile)
+    want = brute_force_visible_tiles(segments, branches, tile)
+    num_tiles = segments.shape[1] // tile
+    assert pairs.shape[1] % num_tiles == 0 and pairs.shape[1] >= want.sum(axis=(1, 2)).max()
+    for r in range(3):
+        used = pairs[r][pairs[r, :, 0] >= 0]
+        got = np.zeros_like(want[r])
+        got[used[:, 0], used[:, 1]] = True
+        np.testing.assert_array_equal(got, want[r])
+        assert len(used) == want[r].sum()  # no pair listed twice
+        assert (pairs[r, len(used):] == -1).all()
+
+
+def _attention_inputs(seed: int, tile: int, heads: int = 4, kv_heads: int = 2, dim: int = 8):
+    rng = np.random.default_rng(seed)
+    segments, branches, positions = random_packed_layout(rng, rows=2, length=tile * 6)
+    q = jnp.asarray(rng.normal(size=(2, tile * 6, heads, dim)), jnp.float32)
+    k, v = (jnp.asarray(rng.normal(size=(2, tile * 6, kv_heads, dim)), jnp.float32) for _ in range(2))
+    return (segments, branches, positions), (q, k, v)
+
+
+@pytest.mark.parametrize("window", [None, 5])
+def test_tiled_attention_equals_dense_attention_and_its_gradients(window):
+    tile = 4
+    (segments, branches, positions), (q, k, v) = _attention_inputs(seed=3, tile=tile)
+    real = jnp.asarray(segments != 0)[:, :, None, None]
+    pairs = jnp.asarray(attention_tile_pairs(segments, branches, tile))
+    layout = tile_layout(pairs, tile, jnp.asarray(segments), jnp.asarray(branches), jnp.asarray(positions), window)
+    dense_mask = packed_mask(jnp.asarray(segments), jnp.asarray(branches), jnp.asarray(positions), window)
+
+    def objective(attend, mask):
+        # A nonlinear read-out of real tokens only: padding outputs are unspecified.
+        return lambda q, k, v: jnp.sum(jnp.sin(attend(q, k, v, mask, 0.3)) * real)
+
+    dense_out = dot_product_attention(q, k, v, dense_mask, 0.3)
+    tiled_out = tiled_attention(q, k, v, layout, 0.3)
+    np.testing.assert_allclose(np.asarray(tiled_out * real), np.asarray(dense_out * real), atol=2e-6)
+    assert np.isfinite(np.asarray(tiled_out)).all()
+    dense_grads = jax.grad(objective(dot_product_attention, dense_mask), argnums=(0, 1, 2))(q, k, v)
+    tiled_grads = jax.grad(objective(tiled_attention, layout), argnums=(0, 1, 2))(q, k, v)
+    for dense_grad, tiled_grad in zip(dense_grads, tiled_grads):
+        np.testing.assert_allclose(np.asarray(tiled_grad), np.asarray(dense_grad), atol=1e-5)
+
+
+def test_unused_pair_slots_and_padding_rows_change_nothing():
+    tile = 4
+    (segments, branches, positions), (q, k, v) = _attention_inputs(seed=5, tile=tile)
+    batch = {"input_ids": segments, "positions": positions, "segment_ids": segments, "branch_ids": branches,
+             "target_index": np.zeros((2, 4), np.int32), "tile_pairs": attention_tile_pairs(segments, branches, tile)}
+    rows, length, width, count = batch_shape(batch)
+    padded = pad_batch(batch, (rows + 2, length, width, count + 7))
+    assert (padded["tile_pairs"][:, count:] == -1).all() and (padded["tile_pairs"][rows:] == -1).all()
+    pad_rows = lambda x: jnp.concatenate([x, jnp.zeros((2,) + x.shape[1:], x.dtype)])  # noqa: E731
+
+    def run(tile_pairs, q, k, v, segments, branches, positions):
+        layout = tile_layout(jnp.asarray(tile_pairs), tile, jnp.asarray(segments), jnp.asarray(branches),
+                             jnp.asarray(positions))
+        return tiled_attention(q, k, v, layout, 0.5)
+
+    plain = run(batch["tile_pairs"], q, k, v, segments, branches, positions)
+    widened = run(padded["tile_pairs"], pad_rows(q), pad_rows(k), pad_rows(v), padded["segment_ids"],
+                  padded["branch_ids"], padded["positions"])
+    np.testing.assert_allclose(np.asarray(widened[:rows]), np.asarray(plain), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(widened[rows:]), 0.0)
+
+
+@pytest.mark.parametrize("arch", ["mistral_sliding", "gpt2"])
+def test_model_hidden_states_with_tile_pairs_equal_dense(arch, tmp_path):
+    """A real decoder (Mistral's sliding window, GPT-2's learned positions) at the library's tile size."""
+    make_causal_lm(arch, tmp_path, seed=2)
+    model = load_pretrained(tmp_path)
+    rng = np.random.default_rng(7)
+    segments, branches, positions = random_packed_layout(rng, rows=2, length=2 * ATTENTION_TILE, fill=0.8)
+    ids = jnp.asarray(np.where(segments > 0, rng.integers(1, 100, segments.shape), 0), jnp.int32)
+    pairs = jnp.asarray(attention_tile_pairs(segments, branches, ATTENTION_TILE))
+    args = (ids, jnp.asarray(positions), jnp.asarray(segments), jnp.asarray(branches))
+    dense = jax.jit(lambda m, *a: m.hidden_states(*a))(model, *args)
+    tiled = jax.jit(lambda m, *a: m.hidden_states(*a, pairs))(model, *args)
+    real = segments != 0
+    np.testing.assert_allclose(np.asarray(tiled)[real], np.asarray(dense)[real], atol=2e-5)
