@@ -19,7 +19,10 @@ from jaxalign.trainer import Trainer, train
 from tests.train_fixtures import TINY_LLAMA, read_metrics, tiny_run_config, write_config
 
 HELPER = str(Path(__file__).with_name("ppo_rewards_helper.py"))
-SCORE_RISE, KL_TOLERANCE = 0.0, 100.0  # measured: see the test
+TARGET_KL = 2.0
+# Measured on a 2-core CPU (deterministic for this seed): scores -0.48 (first 6 steps) -> -0.40 (last 6),
+# KL over the last 8 steps 2.96 for a target of 2.0, kl_coef 0.05 -> 0.013 (KL under target) -> 0.31.
+SCORE_RISE, KL_TOLERANCE = 0.04, 1.5
 TRL_METRICS = ("objective/kl", "objective/entropy", "objective/rlhf_reward", "objective/scores",
                "objective/non_score_reward", "policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg",
                "loss/value_avg", "val/clipfrac_avg", "val/ratio", "val/num_eos_tokens")
@@ -165,8 +168,9 @@ def test_reward_model_checkpoint_scores_and_starts_the_value_model(tmp_path):
 def test_score_rises_while_adaptive_kl_holds_its_target(tmp_path):
     run_dir = tmp_path / "run"
     cfg = from_dict(TrainConfig, ppo_config(
-        run_dir, max_steps=36, eval_batches=0, export=False, data={"batch_size": 32, "num_epochs": 2, "eval": None},
-        ppo={"max_new_tokens": 16, "num_ppo_epochs": 4, "target_kl": 3.0, "kl_horizon": 32, "kl_coef": 0.05},
+        run_dir, max_steps=28, eval_batches=0, export=False, data={"batch_size": 16, "eval": None},
+        optim={"lr": 3e-3}, ppo={"num_ppo_epochs": 4, "target_kl": TARGET_KL, "kl_horizon": 16, "kl_coef": 0.05,
+                                 "reward_function": f"{HELPER}:brevity", "missing_eos_penalty": None},
         log={"every_steps": 1, "tensorboard": False}))
     train(cfg)
     metrics = read_metrics(run_dir)
@@ -177,7 +181,7 @@ def test_score_rises_while_adaptive_kl_holds_its_target(tmp_path):
     series = lambda name: np.array([metrics[s][f"train/{name}"] for s in steps])  # noqa: E731
     scores, kl, coef = series("objective/scores"), series("objective/kl"), series("objective/kl_coef")
     assert scores[-6:].mean() - scores[:6].mean() > SCORE_RISE, scores
-    assert abs(kl[-8:].mean() - 3.0) < KL_TOLERANCE, kl
+    assert abs(kl[-8:].mean() - TARGET_KL) < KL_TOLERANCE, kl
     assert coef.max() > coef[0], coef  # the controller had to push back
 
 
