@@ -159,10 +159,10 @@ def worst_case_workload(cfg: TrainConfig, mesh_sizes: Mapping[str, int], kind: s
     a single example is longer.
     """
     data = cfg.data
-    paired = kind in ("preference", "unpaired")  # unpaired rows carry KTO's mismatched second branch
+    paired = kind in ("preference", "reward", "unpaired")  # unpaired rows carry KTO's mismatched second branch
     shards = mesh_sizes["data"] * mesh_sizes["fsdp"]
     rows = 1 << (max(1, -(-data.batch_size // shards)) - 1).bit_length()
-    pack_length = data.resolved_pack_length(paired=kind == "preference")
+    pack_length = data.resolved_pack_length(paired=kind in ("preference", "reward"))
     longest_example = 2 * data.max_length if paired else data.max_length
     length = pack_length if pack_length >= longest_example else round_up(longest_example, data.pad_to_multiple)
     return Workload(rows=rows, length=length, targets=round_up(length, data.pad_to_multiple))
@@ -255,6 +255,8 @@ def _head(algo: str) -> str:
 def _data_kind(cfg: TrainConfig) -> str:
     if cfg.algo == "sft":
         return "sft"
+    if cfg.algo == "rm":
+        return "reward"
     return "unpaired" if cfg.algo == "dpo" and cfg.loss.kind == "unpaired" else "preference"
 
 

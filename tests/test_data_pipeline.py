@@ -210,3 +210,13 @@ def test_hh_rlhf_pass_throughput(capsys):
         print(f"\nHH-RLHF pipeline: read+format {stats['rows_read'] / (built - start):.0f} rows/s; "
               f"tokenize+pack {stats['examples_packed'] / elapsed:.0f} pairs/s (2 reader threads); "
               f"{stats['truncated']} truncated; {stats['tokens'] / stats['token_slots']:.1%} of slots real tokens")
+
+
+def test_reward_batches_are_preference_batches_without_targets():
+    """A reward model reads only end_index, so its batches drop the target arrays
+    (and with them the target-slot count from the shapes the step compiles for)."""
+    preference = next(build_pipeline(config(), builtin_tokenizer(), kind="preference").iterator())
+    reward = next(build_pipeline(config(), builtin_tokenizer(), kind="reward").iterator())
+    assert sorted(reward) == sorted(key for key in preference if not key.startswith("target_"))
+    for key, value in reward.items():
+        np.testing.assert_array_equal(value, preference[key])

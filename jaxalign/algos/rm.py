@@ -16,7 +16,7 @@ from jaxalign.train_state import AlgoRun, Batch, TrainState
 
 
 def data_kind(cfg: TrainConfig) -> str:
-    return "preference"
+    return "reward"
 
 
 def pair_rewards(graphdef: nnx.GraphDef, params, batch: Batch) -> jax.Array:

@@ -9,6 +9,8 @@ so everything downstream sees text. Which formats feed which kind of batch:
 kind                formats
 =================== =====================================================
 preference          preference, implicit_preference, ratings, ranking
+reward              the same as preference (batches without target arrays:
+                    a reward model reads only the last token of each reply)
 unpaired            unpaired; preference, implicit_preference (each pair ->
                     one desirable + one undesirable example)
 sft                 prompt_completion, messages, text; preference,
@@ -29,10 +31,11 @@ from jaxalign.data.chat import ChatRenderer, Piece
 from jaxalign.data.errors import Counter, DataError
 from jaxalign.data.sources import RawRow
 
-KINDS = ("preference", "unpaired", "sft", "prompt")
+KINDS = ("preference", "reward", "unpaired", "sft", "prompt")
 PAIRED_FORMATS = ("preference", "implicit_preference")
 FORMATS_FOR_KIND = {
     "preference": ("preference", "implicit_preference", "ratings", "ranking"),
+    "reward": ("preference", "implicit_preference", "ratings", "ranking"),
     "unpaired": ("unpaired", *PAIRED_FORMATS),
     "sft": ("prompt_completion", "messages", "text", *PAIRED_FORMATS),
     "prompt": ("prompt_only", "preference", "implicit_preference", "ratings", "ranking", "unpaired",

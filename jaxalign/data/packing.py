@@ -92,6 +92,7 @@ def pack_examples(
     pad_to_multiple: int = 64,
     row_multiple: int = 1,
     attention_tile: int | None = None,
+    targets: bool = True,
 ) -> dict[str, np.ndarray]:
     """Packs up to ``slots`` examples into the batch layout of ``jaxalign/batch.py``.
 
@@ -102,7 +103,9 @@ def pack_examples(
     float32 ``margin``/``label`` ``[R, K]`` when any example has one, and
     int32 ``tile_pairs`` ``[R, P, 2]`` (see ``attention_tile_pairs``) when
     ``attention_tile`` is given and divides L. Padding is zeros everywhere
-    except in ``tile_pairs`` (-1).
+    except in ``tile_pairs`` (-1). ``targets=False`` leaves out the ``target_*``
+    arrays (reward models read only ``end_index``), so batches that differ
+    only in C share one shape.
     """
     if len(examples) > slots:
         raise ValueError(f"{len(examples)} examples do not fit {slots} example slots")
@@ -137,6 +140,9 @@ def pack_examples(
             batch["target_branch"][r, span] = branch
             filled += len(ids)
             start += example.length
+    if not targets:
+        for key in TARGET_KEYS:
+            del batch[key]
     if attention_tile and length % attention_tile == 0:
         batch["tile_pairs"] = attention_tile_pairs(batch["segment_ids"], batch["branch_ids"], attention_tile)
     return batch
@@ -298,12 +304,14 @@ def pack_prompts(
 
 
 def batch_shape(batch: dict[str, np.ndarray]) -> tuple[int, int, int, int]:
-    """``(R, L, C, P)`` of a packed batch (P = 0 without ``tile_pairs``); ``(B, Lp, 0, 0)`` of a prompt batch."""
+    """``(R, L, C, P)`` of a packed batch (C = 0 without targets, P = 0 without
+    ``tile_pairs``); ``(B, Lp, 0, 0)`` of a prompt batch."""
     if "prompt_ids" in batch:
         return (*batch["prompt_ids"].shape, 0, 0)  # type: ignore[return-value]
     rows, length = batch["input_ids"].shape
     pairs = batch["tile_pairs"].shape[1] if "tile_pairs" in batch else 0
-    return rows, length, batch["target_index"].shape[1], pairs
+    width = batch["target_index"].shape[1] if "target_index" in batch else 0
+    return rows, length, width, pairs
 
 
 def pad_batch(batch: dict[str, np.ndarray], shape: tuple[int, int, int, int]) -> dict[str, np.ndarray]:

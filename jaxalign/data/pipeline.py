@@ -37,7 +37,7 @@ from jaxalign.data.packing import batch_shape, pack_examples, pack_prompts, pad_
 from jaxalign.data.sources import carve_eval, read_rows
 from jaxalign.data.tokenize import Dropped, ExampleTokenizer, TokenizedExample
 
-ShapeAgreement = Callable[[tuple[int, int, int]], tuple[int, int, int]]
+ShapeAgreement = Callable[[tuple[int, int, int, int]], tuple[int, int, int, int]]
 
 
 @dataclasses.dataclass
@@ -100,12 +100,13 @@ def build_pipeline(
     ordered: bool = False,
 ) -> DataPipeline | None:
     """Builds the ``split`` ("train" or "eval") pipeline for ``kind`` batches
-    ("preference", "unpaired", "sft", "prompt").
+    ("preference", "reward", "unpaired", "sft", "prompt"; "reward" is
+    "preference" without the target arrays, which a reward model never reads).
 
     Returns None for "eval" when the config names no eval data. ``row_multiple``
     is the number of data-parallel shards this process feeds (rows of every
     batch are a multiple of it). ``shape_agreement``, called on every process in
-    step with the batch's ``(R, L, C)``, returns the shape to pad to, e.g. the
+    step with the batch's ``(R, L, C, P)``, returns the shape to pad to, e.g. the
     maximum over processes, which multi-process runs need. ``ordered`` reads
     the split once in order with every example kept (the last batch padded),
     as the eval split always is: for one pass over all training examples.
@@ -138,7 +139,8 @@ def build_pipeline(
     else:
         steps = math.ceil(len(examples) / batch_size)
 
-    pack_length = cfg.resolved_pack_length(paired=kind == "preference")
+    paired = kind in ("preference", "reward")
+    pack_length = cfg.resolved_pack_length(paired=paired)
     to_tokens = ExampleTokenizer(
         tokenizer, cfg.max_length, cfg.resolved_max_prompt_length(), cfg.on_overlong,
         loss_on_prompt=kind == "sft" and not cfg.completion_only_loss,
@@ -147,7 +149,7 @@ def build_pipeline(
     pack = functools.partial(
         _pack_batch, kind=kind, slots=local_batch, pack_length=pack_length,
         pad_to_multiple=cfg.pad_to_multiple, row_multiple=row_multiple,
-        attention_tile=cfg.attention_tile(paired=kind == "preference"),
+        attention_tile=cfg.attention_tile(paired=paired),
     )
     consume = functools.partial(_consume, stats=run_stats, shape_agreement=shape_agreement)
 
@@ -226,7 +228,7 @@ def _pack_batch(
         counts["tokens"], counts["token_slots"] = int(batch["prompt_mask"].sum()), batch["prompt_mask"].size
     else:
         batch = pack_examples(examples, slots=slots, pack_length=pack_length, pad_to_multiple=pad_to_multiple,
-                              row_multiple=row_multiple, attention_tile=attention_tile)
+                              row_multiple=row_multiple, attention_tile=attention_tile, targets=kind != "reward")
         counts["tokens"], counts["token_slots"] = int(np.count_nonzero(batch["segment_ids"])), batch["segment_ids"].size
     return batch, counts
 
