@@ -215,12 +215,13 @@ def batch_census(batch: dict) -> dict[str, int]:
     import numpy as np
 
     rows, length = batch["input_ids"].shape
-    width = batch["target_index"].shape[1]
+    width = batch["target_index"].shape[1] if "target_index" in batch else 0  # reward batches have no targets
     return {
         "rows": rows, "length": length, "target_slots": width,
+        "tile_pairs": batch["tile_pairs"].shape[1] if "tile_pairs" in batch else 0,
         "slots": rows * length,  # token positions pushed through the decoder
         "tokens": int(np.count_nonzero(batch["segment_ids"])),  # real tokens, prompt once per pair
-        "completion_tokens": int(np.count_nonzero(batch["target_segment"])),
+        "completion_tokens": int(np.count_nonzero(batch["target_segment"])) if width else 0,
         "lm_head_slots": rows * width,  # positions the vocab projection runs on
         "pairs": int(batch["example_mask"].sum()),
     }
@@ -298,7 +299,7 @@ class JaxalignStepper:
         seconds = time.perf_counter() - start
         compile_s = compile_clock() - compile_before
         census = self._census[-1]
-        shape = (census["rows"], census["length"], census["target_slots"])
+        shape = (census["rows"], census["length"], census["target_slots"], census["tile_pairs"])
         record = {"seconds": seconds, "compile_seconds": compile_s, "run_seconds": seconds - compile_s,
                   "compiled": shape not in self._shapes, **census}
         self._shapes.add(shape)
@@ -434,7 +435,7 @@ def run_side_by_side(jax_trainer, trl_trainer, warmup: int, steps: int) -> dict:
 
 def epoch_shapes(pipeline) -> dict:
     """Host-only pass over a whole epoch of a jaxalign pipeline: how many distinct
-    ``(R, L, C)`` batch shapes (= compiles of the train step) it produces."""
+    ``(R, L, C, P)`` batch shapes (= compiles of the train step) it produces."""
     from collections import Counter
 
     shapes: Counter = Counter()
@@ -442,7 +443,7 @@ def epoch_shapes(pipeline) -> dict:
     start = time.perf_counter()
     for batch in pipeline.iterator():
         census = batch_census(batch)
-        shapes[(census["rows"], census["length"], census["target_slots"])] += 1
+        shapes[(census["rows"], census["length"], census["target_slots"], census["tile_pairs"])] += 1
         tokens += census["tokens"]
         slots += census["slots"]
     return {"batches": sum(shapes.values()), "distinct_shapes": len(shapes),
@@ -546,7 +547,7 @@ def report_side_by_side(name: str, headline: Sequence[str], result: dict, warmup
           f"in both; jaxalign packs [prompt|chosen|rejected] rows, the prompt stored once.")
     print(f"matmul probe (2048^2 float32, best of 7, before and after the run): jax {jax_rate / 1e9:.1f} GFLOP/s, "
           f"torch {torch_rate / 1e9:.1f} GFLOP/s")
-    print(f"jaxalign batch shapes over one epoch of this data: {epoch['distinct_shapes']} distinct (R, L, C) "
+    print(f"jaxalign batch shapes over one epoch of this data: {epoch['distinct_shapes']} distinct (R, L, C, P) "
           f"({epoch['distinct_row_shapes']} distinct (R, L)) in {epoch['batches']} batches = "
           f"{epoch['distinct_shapes']} train-step compiles per epoch; packed fill {epoch['fill']:.2f}")
     emit_json(name, {"machine": machine(), **extra, "setup_seconds": setup, "epoch_shapes": epoch, **summary,

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxalign.models.config import ModelConfig
-from jaxalign.models.layers import Linear, to_dtype
+from jaxalign.models.layers import Linear, matmul, to_dtype
 from jaxalign.models.transformer import Decoder, resolve_layout
 
 
@@ -42,7 +42,7 @@ class ScoreModel(nnx.Module):
     def scores_from_hidden(self, hidden: jax.Array) -> jax.Array:
         """``[..., hidden]`` -> ``[...]`` float32 scores."""
         kernel = self.score.kernel[...].astype(hidden.dtype)
-        return jnp.einsum("...h,ho->...o", hidden, kernel, preferred_element_type=jnp.float32)[..., 0]
+        return matmul(hidden, kernel, preferred_element_type=jnp.float32)[..., 0]
 
     def scores(
         self, input_ids: jax.Array, positions: jax.Array, segment_ids: jax.Array, branch_ids: jax.Array | None = None

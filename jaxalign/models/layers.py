@@ -18,6 +18,18 @@ from flax import nnx
 Axes = tuple[str | None, ...]
 
 
+def matmul(x: jax.Array, kernel: jax.Array, preferred_element_type: jnp.dtype | None = None) -> jax.Array:
+    """``x [..., k] @ kernel [k, n] -> [..., n]`` as one 2-D matmul.
+
+    With several leading axes, XLA's CPU backward transposes activations for the
+    weight gradient, costing as much as the matmuls themselves (measured: a
+    SwiGLU MLP's gradient ran 2x faster once flattened).
+    """
+    flat = x.reshape(-1, x.shape[-1])
+    out = jax.lax.dot(flat, kernel, preferred_element_type=preferred_element_type)
+    return out.reshape(*x.shape[:-1], kernel.shape[-1])
+
+
 def to_dtype(name: str) -> jnp.dtype:
     return jnp.dtype(name)
 
@@ -68,8 +80,10 @@ class Linear(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.kernel[...].astype(self.dtype)
-        contract = (tuple(range(x.ndim - self.num_in, x.ndim)), tuple(range(self.num_in)))
-        y = jax.lax.dot_general(x.astype(self.dtype), kernel, (contract, ((), ())))
+        in_shape, out_shape = kernel.shape[: self.num_in], kernel.shape[self.num_in:]
+        lead = x.shape[: x.ndim - self.num_in]
+        flat = x.astype(self.dtype).reshape(*lead, math.prod(in_shape))
+        y = matmul(flat, kernel.reshape(math.prod(in_shape), math.prod(out_shape))).reshape(*lead, *out_shape)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y

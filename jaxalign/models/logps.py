@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxalign.models.layers import matmul
 from jaxalign.models.transformer import layout_from_attention_mask
 
 DEFAULT_CHUNK_SIZE = 256
@@ -23,7 +24,7 @@ DEFAULT_CHUNK_SIZE = 256
 def _chunk_logps(weights: jax.Array, hidden: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
     """weights ``[hidden, vocab]``, hidden ``[b, k, hidden]``, targets ``[b, k]`` ->
     (log-probs ``[b, k]`` float32, whether the target is the argmax ``[b, k]`` bool)."""
-    logits = jnp.einsum("bkh,hv->bkv", hidden, weights, preferred_element_type=jnp.float32)
+    logits = matmul(hidden, weights, preferred_element_type=jnp.float32)
     picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     hits = picked >= jnp.max(logits, axis=-1)
     return picked - jax.nn.logsumexp(logits, axis=-1), hits

@@ -14,7 +14,7 @@ from flax import nnx
 from jaxalign.batch import ATTENTION_TILE
 from jaxalign.models.attention import Attention, packed_mask
 from jaxalign.models.config import ModelConfig
-from jaxalign.models.layers import ACTIVATION_FNS, Embed, LayerNorm, Linear, RMSNorm, residual_std, to_dtype
+from jaxalign.models.layers import ACTIVATION_FNS, Embed, LayerNorm, Linear, RMSNorm, matmul, residual_std, to_dtype
 from jaxalign.models.rope import inverse_frequencies, rope_tables
 from jaxalign.models.tiled_attention import tile_layout
 
@@ -203,7 +203,7 @@ class CausalLM(nnx.Module):
     def logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
         """``[..., hidden]`` -> float32 logits ``[..., vocab]``."""
         weights = self.output_embedding().astype(hidden.dtype)
-        return jnp.einsum("...h,hv->...v", hidden, weights, preferred_element_type=jnp.float32)
+        return matmul(hidden, weights, preferred_element_type=jnp.float32)
 
     def __call__(
         self,
