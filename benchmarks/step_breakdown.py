@@ -5,15 +5,15 @@ For the first batch of the (unshuffled) data it prints, for the RM and DPO
 train steps built by ``jaxalign.trainer.Trainer``:
 
 * XLA's own cost analysis of the compiled step (FLOPs, bytes accessed) with the
-  model's attention as it is, and with attention replaced by ``v`` (the step
+  default block-sparse (tiled) attention, with the dense ``[L, L]`` mask (the
+  batch without ``tile_pairs``), and with attention replaced by ``v`` (the step
   minus attention and the q/k projections; monkeypatched here, never in the
   library), and their step times, alternated over ``--rounds`` rounds (best of);
 * the density of the packed attention mask (share of the ``[L, L]`` score
-  matrix a token may attend to) and of 128 x 128 tiles holding any visible
-  entry, over ``--batches`` batches: what a segment-aware block-sparse
-  attention would compute;
-* over one epoch: distinct batch shapes ``(R, L, C)`` (each compiles the train
-  step) against distinct ``(R, L)`` (all a reward model reads), and the vocab
+  matrix a real token may attend to) and the share of 64 x 64 tiles the tiled
+  attention computes, over ``--batches`` batches;
+* over one epoch, per algorithm: distinct batch shapes ``(R, L, C, P)`` (each
+  compiles the train step) against distinct ``(R, L)``, and the vocab
   projection's positions (``R * C``) against completion tokens.
 
 Usage::
@@ -46,7 +46,7 @@ def main() -> None:
     import numpy as np
 
     import jaxalign.models.attention as attention
-    from jaxalign.batch import attention_mask
+    from jaxalign.batch import ATTENTION_TILE, attention_mask
     from jaxalign.sharding import shard_batch
 
     tokenizer = common.gpt2_tokenizer(paths[common.GPT2_TOKENIZER])
@@ -71,23 +71,34 @@ def main() -> None:
             })
             for algo in ("rm", "dpo")
         }
-        host_batch = next(trainers["rm"].train_data.iterator())
-        census = common.batch_census(host_batch)
+        host_batches = {algo: next(trainer.train_data.iterator()) for algo, trainer in trainers.items()}
+        census = common.batch_census(host_batches["dpo"])
         print(f"first batch: {census['pairs']} pairs, R x L = {census['rows']} x {census['length']}, "
-              f"{census['tokens']} real tokens, {census['completion_tokens']} completion tokens")
+              f"{census['tokens']} real tokens, {census['completion_tokens']} completion tokens, "
+              f"{census['tile_pairs']} attention tile pairs a row")
 
-        dense = attention.dot_product_attention
-        variants = {"attention as is": dense, "attention removed (out = v)": lambda q, k, v, mask, scale: v}
+        dense, tiled = attention.dot_product_attention, attention.tiled_attention
+
+        def without_tiles(batch):
+            return {key: value for key, value in batch.items() if key != "tile_pairs"}
+
+        # (name, batch transform, attention replacement or None)
+        variants = [
+            ("tiled attention (default)", lambda batch: batch, None),
+            ("dense [L, L] mask", without_tiles, None),
+            ("attention removed (out = v)", lambda batch: batch, lambda q, k, v, mask, scale: v),
+        ]
         compiled, rows = {}, []
         for algo, trainer in trainers.items():
-            batch = shard_batch(host_batch, trainer.mesh)
-            for name, fn in variants.items():
-                attention.dot_product_attention = fn
+            for name, transform, replacement in variants:
+                batch = shard_batch(transform(host_batches[algo]), trainer.mesh)
+                if replacement is not None:
+                    attention.dot_product_attention = attention.tiled_attention = replacement
                 try:  # a fresh function object, so jax traces again instead of reusing the cached trace
                     step = jax.jit(lambda s, b, f, _step=trainer.algo.train_step: _step(s, b, f))
                     exe = step.lower(trainer.state, batch, trainer.algo.frozen).compile()
                 finally:
-                    attention.dot_product_attention = dense
+                    attention.dot_product_attention, attention.tiled_attention = dense, tiled
                 cost = exe.cost_analysis()
                 cost = cost[0] if isinstance(cost, list) else cost
                 compiled[(algo, name)] = (exe, batch)
@@ -108,27 +119,29 @@ def main() -> None:
         densities, tiles = [], []
         for _, batch in zip(range(args.batches), trainers["rm"].train_data.iterator()):
             mask = np.asarray(attention_mask(jnp.asarray(batch["segment_ids"]), jnp.asarray(batch["branch_ids"])))
+            mask = mask & (batch["segment_ids"] != 0)[:, :, None]
             r, length, _ = mask.shape
             densities.append(mask.mean())
-            if length % 128 == 0:
-                tiles.append(mask.reshape(r, length // 128, 128, length // 128, 128).any(axis=(2, 4)).mean())
+            if "tile_pairs" in batch:
+                tiles.append((batch["tile_pairs"][..., 0] >= 0).sum() / (r * (length // ATTENTION_TILE) ** 2))
         print(f"\npacked attention mask over {len(densities)} batches: {np.mean(densities):.3f} of the [L, L] "
-              f"scores are visible (min {np.min(densities):.3f}, max {np.max(densities):.3f}); "
-              f"{np.mean(tiles):.3f} of 128x128 tiles hold any visible score")
+              f"scores are visible (min {np.min(densities):.3f}, max {np.max(densities):.3f}); tiled attention "
+              f"computes {np.mean(tiles):.3f} of the {ATTENTION_TILE}x{ATTENTION_TILE} tiles")
 
-        shapes, row_shapes, slots, completions = set(), set(), 0, 0
-        batches = 0
-        for batch in trainers["rm"].train_data.iterator():
-            c = common.batch_census(batch)
-            shapes.add((c["rows"], c["length"], c["target_slots"]))
-            row_shapes.add((c["rows"], c["length"]))
-            slots += c["lm_head_slots"]
-            completions += c["completion_tokens"]
-            batches += 1
-        print(f"one epoch: {batches} batches, {len(shapes)} distinct (R, L, C) = train-step compiles "
-              f"(DPO and RM alike), {len(row_shapes)} distinct (R, L)")
-        print(f"vocab projection positions R*C over the epoch: {slots} for {completions} completion tokens "
-              f"({slots / completions:.2f}x)")
+        for algo, trainer in trainers.items():
+            shapes, row_shapes, slots, completions, batches = set(), set(), 0, 0, 0
+            for batch in trainer.train_data.iterator():
+                c = common.batch_census(batch)
+                shapes.add((c["rows"], c["length"], c["target_slots"], c["tile_pairs"]))
+                row_shapes.add((c["rows"], c["length"]))
+                slots += c["lm_head_slots"]
+                completions += c["completion_tokens"]
+                batches += 1
+            print(f"{algo}, one epoch: {batches} batches, {len(shapes)} distinct (R, L, C, P) = train-step compiles, "
+                  f"{len(row_shapes)} distinct (R, L)")
+            if completions:
+                print(f"{algo}: vocab projection positions R*C over the epoch: {slots} for {completions} completion "
+                      f"tokens ({slots / completions:.2f}x)")
         print(f"matmul probe: jax {common.matmul_rate() / 1e9:.1f} GFLOP/s")
 
 
