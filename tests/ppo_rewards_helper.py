@@ -28,3 +28,16 @@ def sees_columns(prompts, completions, category, chosen, **columns):
 def brevity(prompts, completions, **columns):
     """A strong, easy signal for the learning test: shorter replies score higher."""
     return [-min(len(text.split()), 12) / 12.0 for text in completions]
+
+
+def vowel_words(prompts, completions, **columns):
+    """A dense content reward for the learning test: the share of a reply's words that start
+    with a vowel, over at least 6 words (so ending the reply early never pays).
+
+    A random tiny policy scores about 0.1-0.2 and can raise it by shifting probability
+    mass toward the many vowel-initial tokens, one token at a time."""
+    scores = []
+    for text in completions:
+        words = text.split()
+        scores.append(sum(word[0].lower() in "aeiou" for word in words) / max(len(words), 6))
+    return scores

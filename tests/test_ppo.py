@@ -19,10 +19,17 @@ from jaxalign.trainer import Trainer, train
 from tests.train_fixtures import TINY_LLAMA, read_metrics, tiny_run_config, write_config
 
 HELPER = str(Path(__file__).with_name("ppo_rewards_helper.py"))
-TARGET_KL = 2.0
-# Measured on a 2-core CPU (deterministic for this seed): scores -0.48 (first 6 steps) -> -0.40 (last 6),
-# KL over the last 8 steps 2.96 for a target of 2.0, kl_coef 0.05 -> 0.013 (KL under target) -> 0.31.
-SCORE_RISE, KL_TOLERANCE = 0.04, 1.5
+TARGET_KL = 6.0
+# The learning test: reward = share of vowel-initial words (tests/ppo_rewards_helper.py:vowel_words; dense,
+# and ending early never pays), 40 steps x 16 prompts, target_kl 6 with kl_horizon 32 (the coefficient moves
+# at most 10% per step), kl_coef 0.1. Measured on a 2-core CPU (deterministic per seed; ~45 s alone):
+#   seed  score first 6 -> last 8   step-to-step noise (std of diffs)   KL last 8   kl_coef min -> last
+#   0     0.18 -> 0.42 (peak 0.61)  0.074                               7.4         0.02 -> 0.076
+#   1     0.21 -> 0.44 (peak 0.59)  0.056                               5.8         0.02 -> 0.061
+#   2     0.19 -> 0.36 (peak 0.60)  0.067                               6.6         0.02 -> 0.059
+# The controller lowers kl_coef while KL is under target, the score climbs with KL, then once KL passes
+# the target the controller raises kl_coef and pulls KL back into the band (scores give back part of the peak).
+SCORE_RISE, KL_BAND = 0.1, 0.5  # rise > ~2x the step noise; KL within +-50% of target
 TRL_METRICS = ("objective/kl", "objective/entropy", "objective/rlhf_reward", "objective/scores",
                "objective/non_score_reward", "policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg",
                "loss/value_avg", "val/clipfrac_avg", "val/ratio", "val/num_eos_tokens")
@@ -168,9 +175,9 @@ def test_reward_model_checkpoint_scores_and_starts_the_value_model(tmp_path):
 def test_score_rises_while_adaptive_kl_holds_its_target(tmp_path):
     run_dir = tmp_path / "run"
     cfg = from_dict(TrainConfig, ppo_config(
-        run_dir, max_steps=28, eval_batches=0, export=False, data={"batch_size": 16, "eval": None},
-        optim={"lr": 3e-3}, ppo={"num_ppo_epochs": 4, "target_kl": TARGET_KL, "kl_horizon": 16, "kl_coef": 0.05,
-                                 "reward_function": f"{HELPER}:brevity", "missing_eos_penalty": None},
+        run_dir, max_steps=40, eval_batches=0, export=False, data={"batch_size": 16, "eval": None},
+        optim={"lr": 3e-3}, ppo={"num_ppo_epochs": 4, "target_kl": TARGET_KL, "kl_horizon": 32, "kl_coef": 0.1,
+                                 "reward_function": f"{HELPER}:vowel_words", "missing_eos_penalty": None},
         log={"every_steps": 1, "tensorboard": False}))
     train(cfg)
     metrics = read_metrics(run_dir)
@@ -180,9 +187,12 @@ def test_score_rises_while_adaptive_kl_holds_its_target(tmp_path):
         assert f"train/{name}" in metrics[steps[-1]], name
     series = lambda name: np.array([metrics[s][f"train/{name}"] for s in steps])  # noqa: E731
     scores, kl, coef = series("objective/scores"), series("objective/kl"), series("objective/kl_coef")
-    assert scores[-6:].mean() - scores[:6].mean() > SCORE_RISE, scores
-    assert abs(kl[-8:].mean() - TARGET_KL) < KL_TOLERANCE, kl
-    assert coef.max() > coef[0], coef  # the controller had to push back
+    length = series("reply_length")
+    assert scores[-8:].mean() - scores[:6].mean() > SCORE_RISE, scores
+    assert abs(kl[-8:].mean() - TARGET_KL) < KL_BAND * TARGET_KL, kl
+    assert coef.min() < 0.5 * coef[0], coef  # the controller let the policy move while KL was under target
+    assert coef[-1] > 2 * coef.min(), coef  # and pushed back once KL passed it
+    assert length[-8:].mean() > 0.9 * length[:6].mean(), length  # the rise is content, not shorter replies
 
 
 @pytest.mark.slow
