@@ -22,7 +22,7 @@ HELPER = str(Path(__file__).with_name("ppo_rewards_helper.py"))
 TARGET_KL = 6.0
 # The learning test: reward = share of vowel-initial words (tests/ppo_rewards_helper.py:vowel_words; dense,
 # and ending early never pays), 40 steps x 16 prompts, target_kl 6 with kl_horizon 32 (the coefficient moves
-# at most 10% per step), kl_coef 0.1. Measured on a 2-core CPU (deterministic per seed; ~45 s alone):
+# at most 10% per step), kl_coef 0.1. Measured on a 2-core CPU (deterministic per seed; the test takes ~56 s alone):
 #   seed  score first 6 -> last 8   step-to-step noise (std of diffs)   KL last 8   kl_coef min -> last
 #   0     0.18 -> 0.42 (peak 0.61)  0.074                               7.4         0.02 -> 0.076
 #   1     0.21 -> 0.44 (peak 0.59)  0.056                               5.8         0.02 -> 0.061
