@@ -56,13 +56,14 @@ def main() -> None:
 
     if not results:
         return
-    print("\nsummary (s/step and pairs/s over the timed steps; ratio = TRL s / jaxalign s)")
-    header = f"{'benchmark':20s} {'jaxalign s/step':>16s} {'TRL s/step':>11s} {'ratio':>6s} " \
+    print("\nsummary (s/step and pairs/s over the timed steps; ratio = TRL s / jaxalign s; steady = the ratio "
+          "over steps that met no new batch shape)")
+    header = f"{'benchmark':20s} {'jaxalign s/step':>16s} {'TRL s/step':>11s} {'ratio':>6s} {'steady':>7s} " \
              f"{'jaxalign pairs/s':>17s} {'TRL pairs/s':>12s} {'useful FLOP share':>18s}"
     print(header)
     for r in results:
         print(f"{r['benchmark']:20s} {r['jaxalign_s_per_step']:16.3f} {r['trl_s_per_step']:11.3f} "
-              f"{r['speedup']:6.2f} {r['jaxalign_pairs_per_s']:17.3f} {r['trl_pairs_per_s']:12.3f} "
+              f"{r['speedup']:6.2f} {r['speedup_steady']:7.2f} {r['jaxalign_pairs_per_s']:17.3f} {r['trl_pairs_per_s']:12.3f} "
               f"{r['jaxalign_useful_share_of_matmul_rate']:18.3f}")
     if args.out:
         args.out.write_text("".join(json.dumps(r) + "\n" for r in results))

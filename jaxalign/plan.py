@@ -35,7 +35,7 @@ from typing import Any, Mapping
 from jax.sharding import AbstractMesh
 
 from jaxalign.config import ModelSpec, TrainConfig
-from jaxalign.data.packing import round_up
+from jaxalign.data.packing import bucket_rows, round_up
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.logps import DEFAULT_CHUNK_SIZE
 from jaxalign.sharding import MESH_AXES, _resolve_axis_sizes, logical_to_spec, rules_from
@@ -154,14 +154,13 @@ def split(size: int, logical: str, mesh: AbstractMesh, rules: Mapping[str, Any])
 def worst_case_workload(cfg: TrainConfig, mesh_sizes: Mapping[str, int], kind: str) -> Workload:
     """Rows, row length and target slots per device when every example fills a row.
 
-    Rows per device follow the packer's bucketing (a power of two times the
-    data-parallel shards); a row is ``pack_length`` tokens, or one example if
+    Rows per device follow the packer's bucketing (``bucket_rows``); a row is ``pack_length`` tokens, or one example if
     a single example is longer.
     """
     data = cfg.data
     paired = kind in ("preference", "reward", "unpaired")  # unpaired rows carry KTO's mismatched second branch
     shards = mesh_sizes["data"] * mesh_sizes["fsdp"]
-    rows = 1 << (max(1, -(-data.batch_size // shards)) - 1).bit_length()
+    rows = bucket_rows(-(-data.batch_size // shards), 1)
     pack_length = data.resolved_pack_length(paired=kind in ("preference", "reward"))
     longest_example = 2 * data.max_length if paired else data.max_length
     length = pack_length if pack_length >= longest_example else round_up(longest_example, data.pad_to_multiple)

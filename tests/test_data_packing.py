@@ -89,7 +89,7 @@ def test_shapes_are_bucketed_and_padding_is_zero():
     assert pairs == 0 and "tile_pairs" not in batch  # no attention_tile asked for
     assert length % 64 == 0 or length == 200
     assert length <= 200 and width % 64 == 0
-    assert rows % 3 == 0 and (rows // 3) & (rows // 3 - 1) == 0  # row_multiple * 2**k
+    assert rows % 3 == 0 and bucket_rows(rows, 3) == rows  # a bucket size of row_multiple 3
     assert batch["example_mask"].shape == (rows, 16) and batch["end_index"].shape == (rows, 16, 2)
     assert batch["example_mask"].sum() == 11
     pad = batch["segment_ids"] == 0
@@ -101,8 +101,12 @@ def test_shapes_are_bucketed_and_padding_is_zero():
 
 
 def test_bucket_rows_and_first_fit_decreasing():
-    assert [bucket_rows(n, 1) for n in (0, 1, 2, 3, 5, 8, 9)] == [1, 1, 2, 4, 8, 8, 16]
-    assert [bucket_rows(n, 4) for n in (1, 4, 5, 9, 17)] == [4, 4, 8, 16, 32]
+    assert [bucket_rows(n, 1) for n in range(10)] == [1, 1, 2, 3, 4, 5, 6, 7, 8, 10]
+    assert [bucket_rows(n, 1) for n in (11, 13, 16, 17, 21, 25, 33, 65)] == [12, 14, 16, 20, 24, 28, 40, 80]
+    assert [bucket_rows(n, 4) for n in (1, 4, 5, 9, 17, 33)] == [4, 4, 8, 12, 20, 40]
+    # Never more than 25% padding rows; few sizes (4 an octave) so few compiled shapes.
+    assert all(bucket_rows(n, 1) <= 1.25 * n for n in range(1, 2000))
+    assert len({bucket_rows(n, 1) for n in range(257, 513)}) == 4
     assert first_fit_decreasing([5, 3, 8, 2, 6], capacity=10) == [[2, 3], [4, 1], [0]]
     assert first_fit_decreasing([15, 4], capacity=10) == [[0], [1]]  # too long: a row of its own
 
