@@ -55,6 +55,23 @@ def test_chunked_logps_values_and_gradients():
             np.testing.assert_allclose(np.asarray(g), np.asarray(e), atol=1e-5)
 
 
+def test_chunked_logps_with_hits_and_entropy():
+    rng = np.random.RandomState(1)
+    hidden = jnp.asarray(rng.randn(2, 11, 16), jnp.float32)
+    weights = jnp.asarray(rng.randn(16, 50) * 0.3, jnp.float32)
+    targets = jnp.asarray(rng.randint(0, 50, (2, 11)))
+    logits = np.asarray(jnp.einsum("bch,hv->bcv", hidden, weights), np.float64)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    for chunk in (4, 64):
+        logps, hits, entropy = logps_from_hidden(hidden, weights, targets, chunk, return_hits=True, return_entropy=True)
+        np.testing.assert_allclose(np.asarray(logps), np.asarray(_naive_logps(hidden, weights, targets)), atol=1e-5)
+        np.testing.assert_array_equal(np.asarray(hits), logits.argmax(-1) == np.asarray(targets))
+        np.testing.assert_allclose(np.asarray(entropy), -(probs * np.log(probs)).sum(-1), atol=1e-5)
+    only_entropy = logps_from_hidden(hidden, weights, targets, 4, return_entropy=True)
+    assert len(only_entropy) == 2
+
+
 def test_chunked_logps_backward_never_holds_all_logits():
     batch, targets, features, vocab = 2, 1024, 16, 32768
     full_logits_bytes = batch * targets * vocab * 4

@@ -10,14 +10,14 @@ Everything here is a pure function of arrays; ``ppo.py`` jits it.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from jaxalign.losses import ppo as ppo_losses
-from jaxalign.models import layout_from_attention_mask
+from jaxalign.models import layout_from_attention_mask, logps_from_hidden
+from jaxalign.models.layers import matmul
 
 Batch = dict[str, jax.Array]
 LOGPS_CHUNK = 128
@@ -41,40 +41,18 @@ def reply_hidden(hidden: jax.Array, prompt_length: int) -> jax.Array:
     return hidden[:, prompt_length - 1:-1]
 
 
-@jax.checkpoint
-def _chunk_logps_entropy(weights: jax.Array, hidden: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """weights ``[H, V]``, hidden ``[B, k, H]``, targets ``[B, k]`` -> (log-probs, entropies) ``[B, k]`` float32.
-    Under ``jax.checkpoint``: the backward pass recomputes one chunk's logits at a time."""
-    logits = jnp.einsum("bkh,hv->bkv", hidden, weights, preferred_element_type=jnp.float32)
-    normaliser = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    probs = jnp.exp(logits - normaliser[..., None])
-    entropy = normaliser - jnp.sum(probs * logits, axis=-1)
-    return picked - normaliser, entropy
-
-
 def reply_logps(weights: jax.Array, hidden: jax.Array, tokens: jax.Array, temperature: float) -> tuple[jax.Array, jax.Array]:
     """Log-probs and entropies ``[B, N]`` of the reply tokens under softmax(logits / temperature),
     the distribution they were sampled from (as TRL does), without holding ``[B, N, V]`` logits.
 
     weights ``[H, V]`` (the output embedding), hidden ``[B, N, H]``, tokens ``[B, N]``."""
-    batch, length, features = hidden.shape
     hidden = hidden / jnp.asarray(temperature, hidden.dtype)  # logits / T = (hidden / T) @ W
-    chunk = min(LOGPS_CHUNK, length)
-    chunks = math.ceil(length / chunk)
-    pad = chunks * chunk - length
-    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(batch, chunks, chunk, features).swapaxes(0, 1)
-    targets = jnp.pad(tokens, ((0, 0), (0, pad))).reshape(batch, chunks, chunk).swapaxes(0, 1)
-    weights = weights.astype(hidden.dtype)
-    logps, entropy = jax.lax.map(lambda xs: _chunk_logps_entropy(weights, *xs), (hidden, targets))
-    unchunk = lambda x: x.swapaxes(0, 1).reshape(batch, chunks * chunk)[:, :length]  # noqa: E731
-    return unchunk(logps), unchunk(entropy)
+    return logps_from_hidden(hidden, weights, tokens, LOGPS_CHUNK, return_entropy=True)
 
 
 def head_values(hidden: jax.Array, head: dict) -> jax.Array:
     """A scalar value head on the policy's hidden states: ``[B, N, H]`` -> ``[B, N]`` float32."""
-    kernel = head["kernel"].astype(hidden.dtype)
-    return jnp.einsum("bnh,ho->bno", hidden, kernel, preferred_element_type=jnp.float32)[..., 0]
+    return matmul(hidden, head["kernel"].astype(hidden.dtype), preferred_element_type=jnp.float32)[..., 0]
 
 
 def last_token_scores(per_position: jax.Array, batch: Batch) -> jax.Array:

@@ -8,6 +8,7 @@ at a time and keeps only the chunk inputs, so peak memory is
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -20,31 +21,40 @@ from jaxalign.models.transformer import layout_from_attention_mask
 DEFAULT_CHUNK_SIZE = 256
 
 
-@jax.checkpoint
-def _chunk_logps(weights: jax.Array, hidden: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _chunk_stats(
+    weights: jax.Array, hidden: jax.Array, targets: jax.Array, with_entropy: bool
+) -> tuple[jax.Array, ...]:
     """weights ``[hidden, vocab]``, hidden ``[b, k, hidden]``, targets ``[b, k]`` ->
-    (log-probs ``[b, k]`` float32, whether the target is the argmax ``[b, k]`` bool)."""
+    (log-probs ``[b, k]`` float32, whether the target is the argmax ``[b, k]`` bool
+    [, entropy of the distribution ``[b, k]`` float32])."""
     logits = matmul(hidden, weights, preferred_element_type=jnp.float32)
+    normaliser = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    hits = picked >= jnp.max(logits, axis=-1)
-    return picked - jax.nn.logsumexp(logits, axis=-1), hits
+    out = (picked - normaliser, picked >= jnp.max(logits, axis=-1))
+    if with_entropy:
+        probs = jnp.exp(logits - normaliser[..., None])
+        out += (normaliser - jnp.sum(probs * logits, axis=-1),)
+    return out
 
 
 def logps_from_hidden(
     hidden: jax.Array, weights: jax.Array, target_ids: jax.Array, chunk_size: int = DEFAULT_CHUNK_SIZE,
-    *, return_hits: bool = False,
-) -> jax.Array | tuple[jax.Array, jax.Array]:
+    *, return_hits: bool = False, return_entropy: bool = False,
+) -> jax.Array | tuple[jax.Array, ...]:
     """log p(target | context) ``[b, c]`` float32.
 
     hidden ``[b, c, h]`` (the outputs that predict each target), weights
     ``[h, vocab]``, target_ids ``[b, c]``. The matmul runs in hidden's dtype
     with float32 accumulation. With ``return_hits`` also ``[b, c]`` bool:
-    whether the target is the model's top-1 token (for token accuracy).
+    whether the target is the model's top-1 token (for token accuracy); with
+    ``return_entropy`` also ``[b, c]`` float32: the entropy of each position's
+    distribution (PPO). Extras follow the log-probs in that order.
     """
     batch, length, features = hidden.shape
     if length == 0:
         empty = jnp.zeros((batch, 0), jnp.float32)
-        return (empty, empty.astype(bool)) if return_hits else empty
+        extras = (empty.astype(bool),) * return_hits + (empty,) * return_entropy
+        return (empty, *extras) if extras else empty
     chunk = max(1, min(chunk_size, length))
     num_chunks = math.ceil(length / chunk)
     pad = num_chunks * chunk - length
@@ -54,9 +64,11 @@ def logps_from_hidden(
     hidden_chunks = hidden.reshape(batch, num_chunks, chunk, features).swapaxes(0, 1)
     target_chunks = targets.reshape(batch, num_chunks, chunk).swapaxes(0, 1)
     weights = weights.astype(hidden.dtype)
-    chunked = jax.lax.map(lambda xs: _chunk_logps(weights, *xs), (hidden_chunks, target_chunks))
-    logps, hits = (out.swapaxes(0, 1).reshape(batch, num_chunks * chunk)[:, :length] for out in chunked)
-    return (logps, hits) if return_hits else logps
+    chunk_stats = jax.checkpoint(functools.partial(_chunk_stats, with_entropy=return_entropy))
+    chunked = jax.lax.map(lambda xs: chunk_stats(weights, *xs), (hidden_chunks, target_chunks))
+    logps, hits, *entropy = (out.swapaxes(0, 1).reshape(batch, num_chunks * chunk)[:, :length] for out in chunked)
+    extras = (hits,) * return_hits + tuple(entropy)
+    return (logps, *extras) if extras else logps
 
 
 def token_logps(
