@@ -76,7 +76,8 @@ def test_config_errors(tmp_path, overrides, message):
 
 
 def test_reward_output_checks_name_the_function():
-    assert check_scores([1, 2.5, np.float32(3)], 3, "m:f").tolist() == [1.0, 2.5, 3.0]
+    scores, valid = check_scores([1, 2.5, np.float32(3), None], 4, "m:f")
+    assert scores.tolist() == [1.0, 2.5, 3.0, 0.0] and valid.tolist() == [True, True, True, False]
     for scores, message in [([1.0], "returned 1 scores for 2 completions"), ([1.0, math.nan], "score 1 is nan"),
                             (["a", 1.0], "score 0 is 'a'"), (3.0, "must return a sequence of 2 floats"),
                             ([True, 1.0], "not a number")]:

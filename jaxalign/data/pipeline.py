@@ -29,12 +29,11 @@ from typing import Any, Callable, Sequence
 import grain
 import numpy as np
 
-from jaxalign.data.chat import ChatRenderer
 from jaxalign.data.config import DataConfig
 from jaxalign.data.errors import Counter
-from jaxalign.data.formats import TextExample, detect_format, format_rows
+from jaxalign.data.formats import TextExample
 from jaxalign.data.packing import batch_shape, pack_examples, pack_prompts, pad_batch
-from jaxalign.data.sources import carve_eval, read_rows
+from jaxalign.data.rows import split_examples
 from jaxalign.data.tokenize import Dropped, ExampleTokenizer, TokenizedExample
 
 ShapeAgreement = Callable[[tuple[int, int, int, int]], tuple[int, int, int, int]]
@@ -117,13 +116,10 @@ def build_pipeline(
         raise ValueError("data.train is required: a local file, builtin:NAME, or a hub dataset name")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
-    rows = _split_rows(cfg, split)
-    if rows is None:
+    loaded = split_examples(cfg, split, tokenizer, kind)
+    if loaded is None:
         return None
-    fmt = detect_format(rows) if cfg.format == "auto" else cfg.format
-    load_stats = Counter()
-    renderer = functools.cache(lambda: ChatRenderer(tokenizer))
-    examples = format_rows(rows, fmt, kind, renderer, cfg.on_bad_row, load_stats)
+    fmt, examples, load_stats = loaded.format, loaded.examples, loaded.stats
     if not examples:
         raise ValueError(f"data: the {split} split has no usable examples ({load_stats.snapshot()})")
 
@@ -196,17 +192,6 @@ def _with_mismatched_completions(examples: list[TokenizedExample]) -> list[Token
     ]
 
 
-def _split_rows(cfg: DataConfig, split: str):
-    if split == "train":
-        rows = read_rows(cfg.train, "train")
-        return carve_eval(rows, cfg.eval_fraction)[0]
-    if cfg.eval is not None:
-        return read_rows(cfg.eval, "eval")
-    if cfg.eval_fraction > 0:
-        return carve_eval(read_rows(cfg.train, "train"), cfg.eval_fraction)[1]
-    return None
-
-
 def _pack_batch(
     items: Sequence[TokenizedExample | Dropped | None], *, kind: str, slots: int, pack_length: int,
     pad_to_multiple: int, row_multiple: int, attention_tile: int | None,
@@ -222,7 +207,7 @@ def _pack_batch(
     counts["truncated"] = sum(example.truncated for example in examples)
     if kind == "prompt":
         batch = pack_prompts(examples, slots=slots, pad_to_multiple=pad_to_multiple, row_multiple=row_multiple)
-        # Which example each row holds (0 in padding rows): RL reward functions look up the row's columns.
+        # Which example each row holds (0 in padding rows): RL reward sources look up the row (data.rows.ExampleRows).
         batch["example_id"] = np.zeros(batch["example_mask"].shape, np.int32)
         batch["example_id"][:len(examples)] = [example.example_id for example in examples]
         counts["tokens"], counts["token_slots"] = int(batch["prompt_mask"].sum()), batch["prompt_mask"].size
