@@ -4,6 +4,7 @@ tokenizer, verifiers, and reward-function errors that name the row."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -13,8 +14,6 @@ import pytest
 from flax import nnx
 
 from jaxalign.data import load_tokenizer
-from jaxalign.data.packing import pack_prompts
-from jaxalign.data.tokenize import TokenizedExample
 from jaxalign.generation import SamplingConfig
 from jaxalign.models import ModelConfig, init_model, layout_from_attention_mask, save_pretrained
 from jaxalign.rewards import RewardFunctionError, call_reward_function
@@ -30,6 +29,7 @@ from jaxalign.rl import (
     parse_reward_specs,
     sequences,
 )
+from jaxalign.rl import prompt_batch as rl_prompt_batch
 from jaxalign.rl.reward_model import RewardModelError
 
 N, NEW = 3, 6
@@ -52,12 +52,8 @@ def policy(tokenizer):
 
 
 def prompt_batch(tokenizer, texts=PROMPTS, padding_rows: int = 1) -> dict:
-    """Left-padded prompts plus ``padding_rows`` empty rows; example ids 0..P-1."""
-    examples = [TokenizedExample(np.asarray(tokenizer(t)["input_ids"], np.int32), (), (), example_id=i)
-                for i, t in enumerate(texts)]
-    batch = pack_prompts(examples, slots=len(texts) + padding_rows, pad_to_multiple=16)
-    batch["example_id"] = np.arange(len(batch["example_mask"]), dtype=np.int32)
-    return {name: jnp.asarray(value) for name, value in batch.items()}
+    """Left-padded prompts plus ``padding_rows`` empty rows."""
+    return rl_prompt_batch(tokenizer, texts, slots=len(texts) + padding_rows)
 
 
 def word_count(prompts, completions, **kwargs):
@@ -123,9 +119,14 @@ def test_rollout_record_n_samples_weighted_none_aware_rewards(tokenizer, policy)
     kept = rollout.select_groups([2, 0])
     assert kept.prompts[0] == PROMPTS[2] and kept.num_prompts == 2
     np.testing.assert_array_equal(np.asarray(kept.batch.group), np.arange(2 * N) // N)
-    both = concatenate([kept, engine(params, prompt_batch(tokenizer, PROMPTS[:1], 0), jax.random.key(1))])
-    assert both.num_prompts == 3 and both.prompts[-1] == PROMPTS[0] and len(both.completion_token_ids) == 3 * N
+    wider = rollout.select_groups([1])
+    wider = dataclasses.replace(wider, batch=wider.batch.replace(
+        prompt_ids=jnp.pad(wider.batch.prompt_ids, ((0, 0), (16, 0))), prompt_mask=jnp.pad(wider.batch.prompt_mask, ((0, 0), (16, 0)))))
+    both = concatenate([kept, wider])
+    assert both.num_prompts == 3 and both.prompts[-1] == PROMPTS[1] and len(both.completion_token_ids) == 3 * N
     np.testing.assert_array_equal(np.asarray(both.batch.group), np.arange(3 * N) // N)
+    assert both.batch.prompt_ids.shape[1] == rollout.batch.prompt_ids.shape[1] + 16
+    np.testing.assert_array_equal(np.asarray(both.batch.prompt_ids)[:N, 16:], host["prompt_ids"][2 * N:3 * N])
 
 
 def test_reward_function_errors_name_function_row_and_exception():
@@ -195,12 +196,18 @@ def _bpe_tokenizer(texts):
     return PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", eos_token="<eos>")
 
 
-def _direct_scores(folder, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def _per_position_scores(folder, ids, positions, segments) -> np.ndarray:
+    """A reward-model folder's per-position scores ``[R, L]`` (one jitted forward)."""
     from jaxalign.models import load_pretrained
 
-    model = load_pretrained(folder, head="score")
+    graphdef, state = nnx.split(load_pretrained(folder, head="score"))
+    forward = jax.jit(lambda state, *rows: nnx.merge(graphdef, state).scores(*rows))
+    return np.asarray(forward(state, jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(segments)))
+
+
+def _direct_scores(folder, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     positions, segments = layout_from_attention_mask(jnp.asarray(mask))
-    per_position = np.asarray(model.scores(jnp.asarray(ids), positions, segments))
+    per_position = _per_position_scores(folder, ids, positions, segments)
     return per_position[np.arange(len(ids)), np.maximum(mask.sum(1) - 1, 0)]
 
 
@@ -215,17 +222,14 @@ def test_reward_models_share_tokens_or_retokenize_the_text(tokenizer, policy, tm
     same, own = rewards.sources
     assert same.shares_tokens and not own.shares_tokens and rewards.names == ("same", "own")
     engine = RolloutEngine(policy, tokenizer, sampling, rewards=rewards, num_generations=2)
-    rollout = engine(nnx.split(policy)[1], prompt_batch(tokenizer), jax.random.key(3))
+    rollout = engine.score(engine.sample(nnx.split(policy)[1], prompt_batch(tokenizer), jax.random.key(3)))
     host = rollout.host()
     real = host["row_mask"] > 0
 
     # Shared tokens: the rollout's [prompt | completion] rows as they are.
-    ids, positions, segments = (np.asarray(x) for x in sequences(
-        rollout.batch.prompt_ids, rollout.batch.prompt_mask, rollout.batch.completion_ids, rollout.batch.completion_mask))
-    from jaxalign.models import load_pretrained
-
-    per_position = np.asarray(load_pretrained(tmp_path / "same", head="score").scores(
-        jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(segments)))
+    ids, positions, segments = sequences(
+        rollout.batch.prompt_ids, rollout.batch.prompt_mask, rollout.batch.completion_ids, rollout.batch.completion_mask)
+    per_position = _per_position_scores(tmp_path / "same", ids, positions, segments)
     last = host["prompt_ids"].shape[1] + host["lengths"] - 1
     np.testing.assert_allclose(host["scores"][real, 0], per_position[np.arange(len(ids)), last][real], atol=1e-5)
 
@@ -252,3 +256,17 @@ def test_reward_model_tokenizer_that_cannot_encode_the_text_fails_at_setup(token
     _save_reward_model(tmp_path / "small", 16)  # no tokenizer of its own, vocabulary smaller than the policy's
     with pytest.raises(RewardModelError, match="vocabulary of 16 tokens, fewer than the policy's tokenizer"):
         RewardSet.build([RewardSpec("model", str(tmp_path / "small"))], context)
+
+
+def test_docs_rl_example_runs():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "rl.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "RolloutEngine(policy" in b)
+    namespace: dict = {}
+    exec(compile(block, "docs/rl.md", "exec"), namespace)
+    rollout = namespace["rollout"]
+    assert rollout.batch.completion_ids.shape == (8, 12) and rollout.sources == ("helpful_harmless", "format")
+    np.testing.assert_allclose(np.asarray(namespace["kl"]), 0.0, atol=1e-5)
+    assert np.asarray(rollout.batch.example_id).tolist() == [0, 0, 0, 0, 1, 1, 1, 1]

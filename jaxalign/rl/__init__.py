@@ -4,6 +4,7 @@ reward sources -> one teacher-forced pass (policy / reference log-probs, values,
 PPO uses it today; GRPO, ``jaxalign eval`` and Constitutional AI are meant to (see docs/rl.md).
 """
 
+from jaxalign.rl.prompts import prompt_batch
 from jaxalign.rl.record import Rollout, RolloutBatch, concatenate
 from jaxalign.rl.rollout import RolloutEngine, ValueFn
 from jaxalign.rl.sources import (
@@ -39,6 +40,7 @@ __all__ = [
     "parse_reward_spec",
     "parse_reward_specs",
     "policy_pass",
+    "prompt_batch",
     "register_reward_source",
     "register_verifier",
     "reward_source_kinds",
