@@ -262,3 +262,23 @@ def test_sigkill_resume_matches_uninterrupted_run(tmp_path):
             assert resumed[step][name] == reference[step][name], (step, name)
     assert (resumed_dir / "export" / "model.safetensors").read_bytes() == \
         (reference_dir / "export" / "model.safetensors").read_bytes()
+
+
+def test_several_weighted_reward_sources_from_the_docs(tmp_path):
+    """docs/rl.md's first YAML example (a function and a weighted verifier) trains; each source's
+    mean is logged under TRL's name and the score PPO trains on is their weighted sum."""
+    import re
+
+    import yaml
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "rl.md").read_text()
+    example = yaml.safe_load(re.findall(r"```yaml\n(.*?)```", docs, flags=re.S)[0])
+    run_dir = tmp_path / "run"
+    cfg = from_dict(TrainConfig, ppo_config(run_dir, max_steps=1, eval_batches=0, export=False, ppo={
+        "reward_function": None, "missing_eos_penalty": None, **example["ppo"]}))
+    train(cfg)
+    metrics = read_metrics(run_dir)[1]
+    words, capitalised = metrics["train/rewards/helpful_harmless/mean"], metrics["train/rewards/capitalised/mean"]
+    assert 0.0 <= capitalised <= 1.0 and "train/rewards/capitalised/std" in metrics
+    assert metrics["train/objective/scores"] == pytest.approx(words + 0.2 * capitalised, abs=1e-5)
+    assert metrics["train/rewards/unscored_rows"] == 0.0
