@@ -19,11 +19,9 @@ from jaxalign.trainer import Trainer, train
 from tests.train_fixtures import (
     TINY_LLAMA,
     finished_checkpoints,
+    kill_and_resume,
     read_metrics,
-    run_cli,
-    start_cli,
     tiny_run_config,
-    wait_for_checkpoint,
     write_config,
 )
 
@@ -235,25 +233,13 @@ def test_resume_gives_the_same_metrics(tmp_path):
 def test_sigkill_resume_matches_uninterrupted_run(tmp_path):
     """Killed with SIGKILL after a checkpoint, the rerun samples the same replies: same metrics at
     every later step and the same exported policy, byte for byte."""
-    import signal
-
     config = ppo_config(tmp_path / "placeholder", max_steps=6, eval_batches=0,
                         ppo={"target_kl": 1.0, "kl_horizon": 16}, checkpoint={"every_steps": 2},
                         log={"every_steps": 1, "tensorboard": False})
     reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
     reference_cfg = write_config(tmp_path / "reference.yaml", {**config, "run_dir": str(reference_dir)})
     resumed_cfg = write_config(tmp_path / "resumed.yaml", {**config, "run_dir": str(resumed_dir)})
-    assert run_cli("train", str(reference_cfg)).returncode == 0
-
-    victim = start_cli("train", str(resumed_cfg))
-    killed_after = wait_for_checkpoint(victim, resumed_dir)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    assert killed_after < 6
-    finished = run_cli("train", str(resumed_cfg))
-    assert finished.returncode == 0, finished.stderr
-    assert "resumed from checkpoint" in finished.stderr
-
+    killed_after = kill_and_resume(reference_cfg, resumed_cfg, resumed_dir, 6)
     reference, resumed = read_metrics(reference_dir), read_metrics(resumed_dir)
     later = [step for step in resumed if step > killed_after]
     assert later and max(later) == 6
