@@ -317,3 +317,18 @@ def test_several_weighted_reward_sources_from_the_docs(tmp_path):
     assert 0.0 <= capitalised <= 1.0 and "train/rewards/capitalised/std" in metrics
     assert metrics["train/objective/scores"] == pytest.approx(words + 0.2 * capitalised, abs=1e-5)
     assert metrics["train/rewards/unscored_rows"] == 0.0
+
+
+def test_reward_model_whose_tokenizer_cannot_encode_the_prompts_is_one_clear_cli_error(tmp_path, capsys):
+    from tests.rl_fixtures import narrow_tokenizer, save_reward_model
+
+    narrow = narrow_tokenizer()
+    save_reward_model(tmp_path / "rm", len(narrow), narrow)
+    config = ppo_config(tmp_path / "run", max_steps=1, ppo={"reward_function": None, "reward_model": str(tmp_path / "rm")})
+    code, err = _cli_train(config, tmp_path, capsys)
+    assert code == 1 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("jaxalign: error")]
+    assert len(lines) == 1, err
+    assert f"reward model {tmp_path / 'rm'}: the reward model's tokenizer cannot encode the policy's text" in lines[0]
+    assert "sample prompts are its unknown token '[UNK]'" in lines[0]
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())

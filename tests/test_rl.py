@@ -15,7 +15,7 @@ from flax import nnx
 
 from jaxalign.data import load_tokenizer
 from jaxalign.generation import SamplingConfig
-from jaxalign.models import ModelConfig, init_model, layout_from_attention_mask, save_pretrained
+from jaxalign.models import init_model, layout_from_attention_mask
 from jaxalign.rewards import RewardFunctionError, call_reward_function
 from jaxalign.rl import (
     FunctionSource,
@@ -31,14 +31,10 @@ from jaxalign.rl import (
 )
 from jaxalign.rl import prompt_batch as rl_prompt_batch
 from jaxalign.rl.reward_model import RewardModelError
+from tests.rl_fixtures import bpe_tokenizer, narrow_tokenizer, save_reward_model, tiny_config
 
 N, NEW = 3, 6
 PROMPTS = ["Hello there, how are you?", "Tell me a joke.", "What is 2 + 3?"]
-
-
-def tiny_config(vocab: int, **extra) -> ModelConfig:
-    return ModelConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
-                       num_kv_heads=1, max_position_embeddings=128, **extra)
 
 
 @pytest.fixture(scope="module")
@@ -178,24 +174,6 @@ def test_verifiers_and_specs():
         parse_reward_spec("no_such_folder")
 
 
-def _save_reward_model(folder, vocab: int, tokenizer=None) -> None:
-    save_pretrained(init_model(tiny_config(vocab), head="score", seed=2), folder)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
-
-
-def _bpe_tokenizer(texts):
-    """A byte-level BPE of 300 tokens trained on ``texts``: it can encode anything, differently."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<eos>"],
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", eos_token="<eos>")
-
-
 def _per_position_scores(folder, ids, positions, segments) -> np.ndarray:
     """A reward-model folder's per-position scores ``[R, L]`` (one jitted forward)."""
     from jaxalign.models import load_pretrained
@@ -214,9 +192,9 @@ def _direct_scores(folder, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def test_reward_models_share_tokens_or_retokenize_the_text(tokenizer, policy, tmp_path):
     sampling = SamplingConfig(NEW, temperature=1.0, stop_at_eos=False)
     context = SourceContext(tokenizer=tokenizer, sample_texts=lambda: PROMPTS)
-    _save_reward_model(tmp_path / "same", len(tokenizer), tokenizer)
-    bpe = _bpe_tokenizer(PROMPTS * 20 + ["a b c d e f g h i j k l m n o p q r s t u v w x y z"])
-    _save_reward_model(tmp_path / "own", len(bpe), bpe)
+    save_reward_model(tmp_path / "same", len(tokenizer), tokenizer)
+    bpe = bpe_tokenizer(PROMPTS * 20 + ["a b c d e f g h i j k l m n o p q r s t u v w x y z"])
+    save_reward_model(tmp_path / "own", len(bpe), bpe)
     rewards = RewardSet.build([RewardSpec("model", str(tmp_path / "same")), RewardSpec("model", str(tmp_path / "own"))],
                               context)
     same, own = rewards.sources
@@ -242,18 +220,13 @@ def test_reward_models_share_tokens_or_retokenize_the_text(tokenizer, policy, tm
 
 
 def test_reward_model_tokenizer_that_cannot_encode_the_text_fails_at_setup(tokenizer, tmp_path):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = Tokenizer(models.WordLevel({"[UNK]": 0, "[PAD]": 1, "hello": 2}, unk_token="[UNK]"))
-    words.pre_tokenizer = pre_tokenizers.Whitespace()
-    narrow = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]", pad_token="[PAD]")
-    _save_reward_model(tmp_path / "rm", 3, narrow)
+    narrow = narrow_tokenizer()
+    save_reward_model(tmp_path / "rm", len(narrow), narrow)
     context = SourceContext(tokenizer=tokenizer, sample_texts=lambda: PROMPTS)
     with pytest.raises(RewardModelError, match=r"reward model .*rm: the reward model's tokenizer cannot encode the "
                                                 r"policy's text: \d+% of the tokens of 3 sample prompts are its unknown"):
         RewardSet.build([RewardSpec("model", str(tmp_path / "rm"))], context)
-    _save_reward_model(tmp_path / "small", 16)  # no tokenizer of its own, vocabulary smaller than the policy's
+    save_reward_model(tmp_path / "small", 16)  # no tokenizer of its own, vocabulary smaller than the policy's
     with pytest.raises(RewardModelError, match="vocabulary of 16 tokens, fewer than the policy's tokenizer"):
         RewardSet.build([RewardSpec("model", str(tmp_path / "small"))], context)
 
