@@ -92,9 +92,8 @@ class RolloutEngine:
             example_id = jnp.arange(prompts["prompt_ids"].shape[0], dtype=jnp.int32)
         batch = self._assemble(prompts["prompt_ids"], prompts["prompt_mask"], example_mask, example_id,
                                out.tokens, out.mask)
-        ids, mask, real, examples, prompt_ids, prompt_mask = (host_array(x) for x in (
-            batch.completion_ids, batch.completion_mask, batch.row_mask, batch.example_id, batch.prompt_ids,
-            batch.prompt_mask))
+        ids, mask, real, examples = (host_array(x) for x in (
+            batch.completion_ids, batch.completion_mask, batch.row_mask, batch.example_id))
         generated = int(np.sum(mask))
         sampled = time.monotonic()
         count = len(real)
@@ -103,6 +102,7 @@ class RolloutEngine:
         if rows is not None:
             texts, places, columns = rows.prompts(real_ids), rows.where(real_ids), rows.columns(real_ids)
         else:
+            prompt_ids, prompt_mask = host_array(batch.prompt_ids), host_array(batch.prompt_mask)
             texts = [self.tokenizer.decode(prompt_ids[r][prompt_mask[r] > 0], skip_special_tokens=True) for r in real_rows]
             places, columns = [f"example {i}" for i in real_ids], {}
         completion_ids = [ids[r][mask[r] > 0].tolist() for r in real_rows]
