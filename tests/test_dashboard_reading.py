@@ -121,14 +121,18 @@ def _table(run):
     return table
 
 
-def test_events_draw_checkpoint_ticks_and_resume_lines(tmp_path):
+def test_events_draw_checkpoint_and_eval_markers_and_resume_lines(tmp_path):
     lines = [{"step": s, "train/objective/scores": 0.1, "train/objective/kl": 0.1, "train/loss": 1.0} for s in range(1, 50)]
     events = [{"step": 20, "kind": "checkpoint"}, {"step": 20, "kind": "resume", "from_step": 20},
               {"step": 30, "kind": "eval"}, {"step": 40, "kind": "error", "message": "NaN loss"}]
     figures = _figures(chart_sections([_run_data(tmp_path, lines, events)]))
-    overview = {(s["x0"], s["y1"]) for s in figures["reward_kl"]["figure"]["layout"]["shapes"]}
-    assert {(20, 0.035), (20, 1.0), (30, 1.0), (40, 1.0)} <= overview
-    assert {s["x0"] for s in figures["loss"]["figure"]["layout"]["shapes"]} == {20, 40}  # no ticks on small panels
+    overview = figures["reward_kl"]["figure"]
+    track = {t["name"]: t["x"] for t in overview["data"] if t.get("yaxis") == "y9"}
+    assert track == {"checkpoint": [20], "eval": [30]}
+    assert overview["layout"]["xaxis"]["anchor"] == "y9"  # the step labels sit under the event strip
+    lines_at = {(s["x0"], s["line"]["dash"]) for s in overview["layout"]["shapes"]}
+    assert lines_at == {(20, "dash"), (40, "solid")}  # resume and error, full height
+    assert {s["x0"] for s in figures["loss"]["figure"]["layout"]["shapes"]} == {20, 40}
 
 
 def test_downsampling_keeps_extremes_and_ends():

@@ -56,7 +56,7 @@ def reliability_figure(evaluations: list[tuple[str, int, dict[str, Any]]], color
         return None
     layout = base_layout(legend=True, hovermode="closest", height=380,
                          xaxis=axis("predicted P(chosen preferred)", range=[0, 1]),
-                         yaxis=axis("observed share chosen", range=[0, 1], scaleanchor="x"))
+                         yaxis=axis("observed share chosen", range=[0, 1]))
     return {"id": "reliability", "title": "Reliability diagram", "wide": False, "figure": {"data": data, "layout": layout},
             "help": "Points on the diagonal: the reward model's probabilities mean what they say. Below it: over-confident."}
 

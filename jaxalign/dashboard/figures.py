@@ -17,7 +17,7 @@ import pandas as pd
 from jaxalign.dashboard import names as metric_names
 from jaxalign.dashboard.downsample import bucket_means, downsample
 from jaxalign.dashboard.plotting import (
-    DASHES, axis, base_layout, event_shapes, line_trace, stacked_domains, step_axis,
+    DASHES, as_json_floats, axis, base_layout, event_shapes, event_track, line_trace, stacked_domains, step_axis,
 )
 from jaxalign.dashboard.views import GOLD, KL, REWARD, SECTIONS, Panel
 
@@ -64,17 +64,24 @@ def _curves(runs: list[RunData], quantities: tuple[str, ...], points: int, **tra
                 shown = label if split == "train" else f"{label} (eval)"
                 if shown not in labels:
                     labels.append(shown)
-                x, y = downsample(*run.curve(split, name), points)
+                steps, values = run.curve(split, name)
+                x, y = downsample(steps, values, points)
                 first_of_label = not any(t["name"] == shown for t in traces)
-                traces.append(line_trace(
+                trace = line_trace(
                     x, y, run=run.index, label=shown, hover_name=f"{run.name} · {shown}", color=run.color,
                     dash=DASHES[labels.index(shown) % len(DASHES)], eval_split=split == "eval",
-                    showlegend=first_of_label, **trace_options))
+                    showlegend=first_of_label, **trace_options)
+                if len(x) < len(steps) and split == "train":
+                    # Smoothing the min/max points would smooth the noise's envelope: the page
+                    # smooths bucket means instead (the faint raw curve keeps the extremes).
+                    mean_x, mean_y = bucket_means([steps, values], points)
+                    trace["meta"]["mean"] = {"x": mean_x, "y": as_json_floats(mean_y)}
+                traces.append(trace)
     return traces
 
 
-def _events(runs: list[RunData], *, ticks: bool) -> list[dict]:
-    return [shape for run in runs for shape in event_shapes(run.events, run.color, ticks=ticks)]
+def _events(runs: list[RunData]) -> list[dict]:
+    return [shape for run in runs for shape in event_shapes(run.events, run.color)]
 
 
 def _spec(key: str, title: str, figure: dict, help: str = "", wide: bool = False) -> dict[str, Any]:
@@ -82,18 +89,27 @@ def _spec(key: str, title: str, figure: dict, help: str = "", wide: bool = False
 
 
 def reward_kl_figure(runs: list[RunData]) -> dict[str, Any] | None:
-    """Reward (and gold reward) above KL, one step axis: hovering one panel shows all of them."""
+    """Reward (and gold reward) above KL, one step axis: hovering one panel shows all of them.
+    Under them a strip with a lane per run marks its checkpoints and evals."""
     rows = [(q, t) for q, t in ((REWARD, "reward"), (GOLD, "gold reward"), (KL, "KL to reference"))
             if any(_series(runs, q, s) for s in metric_names.SPLITS)]
     if not any(q == REWARD for q, _ in rows) or not any(q == KL for q, _ in rows):
         return None
-    layout = base_layout(legend=False, hoversubplots="axis", xaxis=step_axis(anchor=f"y{len(rows)}"),
-                         shapes=_events(runs, ticks=True), height=170 * len(rows) + 60)
+    events = [(run, trace) for run in runs
+              for trace in event_track(run.events, run=run.index, lane=run.index, color=run.color, yaxis="y9")]
+    track = min(0.03 + 0.008 * len(runs), 0.12) if events else 0.0
+    layout = base_layout(legend=False, hoversubplots="axis", shapes=_events(runs), height=170 * len(rows) + 60)
     data = []
     for row, ((quantity, title), domain) in enumerate(zip(rows, stacked_domains(len(rows)))):
         yname = "y" if row == 0 else f"y{row + 1}"
-        layout["yaxis" if row == 0 else f"yaxis{row + 1}"] = axis(title, domain=domain)
+        layout["yaxis" if row == 0 else f"yaxis{row + 1}"] = axis(title, domain=[track * 1.6 + domain[0] * (
+            1 - track * 1.6), track * 1.6 + domain[1] * (1 - track * 1.6)])
         data += _curves(runs, (quantity,), WIDE_POINTS, yaxis=yname)
+    if events:
+        layout["yaxis9"] = axis(domain=[0, track], range=[-0.7, len(runs) - 0.3], showticklabels=False,
+                                showgrid=False, ticks="", fixedrange=True)
+        data += [trace for _, trace in events]
+    layout["xaxis"] = step_axis(anchor="y9" if events else f"y{len(rows)}")
     return _spec("reward_kl", "Reward and KL", {"data": data, "layout": layout}, wide=True, help=(
         "Reward rising while KL grows modestly is learning; KL running away while the reward flattens "
         "(or the gold reward falls) is the policy exploiting the reward: read its replies in Completions."))
@@ -124,7 +140,7 @@ def trajectory_figure(runs: list[RunData]) -> dict[str, Any] | None:
     has_gold = any(metric_names.resolve(GOLD, run.names("train")) for run in runs)
     panels = [(REWARD, "reward")] + ([(GOLD, "gold reward")] if has_gold else [])
     data = []
-    layout = base_layout(legend=False, hovermode="closest")
+    layout = base_layout(legend=False, hovermode="closest", height=420)
     for column, (quantity, label) in enumerate(panels):
         suffix = "" if column == 0 else str(column + 1)
         domain = [0, 1] if len(panels) == 1 else ([0, 0.47] if column == 0 else [0.53, 1])
@@ -145,9 +161,12 @@ def panel_figure(panel: Panel, runs: list[RunData]) -> dict[str, Any] | None:
     data = _curves(runs, panel.quantities, SMALL_POINTS)
     if not data:
         return None
+    if not panel.smooth:
+        for trace in data:
+            trace["meta"]["smooth"] = ""
     legend = len({t["name"] for t in data}) > 1
     yaxis = axis(type="log") if panel.log_y else axis()
-    layout = base_layout(legend=legend, xaxis=step_axis(), yaxis=yaxis, shapes=_events(runs, ticks=False),
+    layout = base_layout(legend=legend, xaxis=step_axis(), yaxis=yaxis, shapes=_events(runs),
                          height=300)
     return _spec(panel.key, panel.title, {"data": data, "layout": layout}, help=panel.help)
 

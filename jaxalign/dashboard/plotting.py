@@ -2,8 +2,9 @@
 
 Plain dicts, not ``plotly.graph_objects``: the server rebuilds figures on every data change
 and graph_objects' validation costs more than the rest of the work; the schema is the same.
-Every trace carries ``meta``: ``run`` (index, so the page can hide a run) and ``smooth``
-(``"y"`` or ``"xy"``: which coordinates the page's smoothing control applies to).
+Every trace carries ``meta``: ``run`` (index, so the page can hide a run), ``smooth``
+(``"y"`` or ``"xy"``: which coordinates the page's smoothing control applies to) and, for a
+downsampled curve, ``mean`` (``{"x", "y"}`` bucket means: what smoothing starts from).
 """
 
 from __future__ import annotations
@@ -75,28 +76,34 @@ def stacked_domains(rows: int, gap: float = 0.07) -> list[list[float]]:
     return [[1 - (i + 1) * height - i * gap, 1 - i * height - i * gap] for i in range(rows)]
 
 
-_EVENT_STYLE = {
-    # kind: (dash, width, y0, y1 in paper units): resumes and ends full height, the frequent
-    # checkpoints and evals as short ticks at the bottom and the top so curves stay readable.
-    "resume": ("dash", 1.2, 0.0, 1.0),
-    "stop": ("dot", 1.2, 0.0, 1.0),
-    "error": ("solid", 1.6, 0.0, 1.0),
-    "checkpoint": ("solid", 1.5, 0.0, 0.035),
-    "eval": ("solid", 1.5, 0.965, 1.0),
-}
-MAX_TICKS_PER_KIND = 100
+_EVENT_LINES = {"resume": ("dash", 1.2), "stop": ("dot", 1.2), "error": ("solid", 1.6)}
+_EVENT_MARKERS = {"checkpoint": "line-ns", "eval": "diamond"}
+MAX_MARKERS_PER_KIND = 300
 
 
-def event_shapes(events: list[dict[str, Any]], color: str, *, ticks: bool) -> list[dict[str, Any]]:
-    """Vertical markers at the steps of a run's events (``ticks``: also checkpoints and evals)."""
-    shapes = []
-    for kind, (dash, width, y0, y1) in _EVENT_STYLE.items():
-        if kind in ("checkpoint", "eval") and not ticks:
-            continue
-        steps = [e["step"] for e in events if e.get("kind") == kind and isinstance(e.get("step"), (int, float))]
-        stride = max(1, len(steps) // MAX_TICKS_PER_KIND)
-        line_color = "#dc2626" if kind == "error" else color
-        shapes += [{"type": "line", "xref": "x", "yref": "paper", "x0": s, "x1": s, "y0": y0, "y1": y1,
-                    "line": {"color": line_color, "width": width, "dash": dash}, "opacity": 0.75, "layer": "above"}
-                   for s in steps[::stride]]
-    return shapes
+def _event_steps(events: list[dict[str, Any]], kind: str) -> list[float]:
+    return [e["step"] for e in events if e.get("kind") == kind and isinstance(e.get("step"), (int, float))]
+
+
+def event_shapes(events: list[dict[str, Any]], color: str) -> list[dict[str, Any]]:
+    """Full-height lines where a run resumed, stopped or failed (rare, so shapes are cheap)."""
+    return [{"type": "line", "xref": "x", "yref": "paper", "x0": step, "x1": step, "y0": 0, "y1": 1,
+             "line": {"color": "#dc2626" if kind == "error" else color, "width": width, "dash": dash},
+             "opacity": 0.8, "layer": "above"}
+            for kind, (dash, width) in _EVENT_LINES.items() for step in _event_steps(events, kind)]
+
+
+def event_track(events: list[dict[str, Any]], *, run: int, lane: int, color: str, yaxis: str) -> list[dict[str, Any]]:
+    """Checkpoints (ticks) and evals (diamonds) of one run on its lane of a thin strip under a
+    chart: frequent events as markers of one trace, not one shape each (hundreds of shapes
+    cost plotly seconds to draw)."""
+    traces = []
+    for kind, symbol in _EVENT_MARKERS.items():
+        steps = _event_steps(events, kind)
+        steps = steps[:: max(1, len(steps) // MAX_MARKERS_PER_KIND)]
+        if steps:
+            traces.append({"type": "scatter", "mode": "markers", "x": steps, "y": [lane] * len(steps), "yaxis": yaxis,
+                           "name": kind, "showlegend": False, "hoverinfo": "skip", "meta": {"run": run},
+                           "marker": {"symbol": symbol, "size": 9 if kind == "checkpoint" else 6, "color": color,
+                                      "line": {"color": color, "width": 1.5}}})
+    return traces

@@ -26,12 +26,13 @@ ROWS_PER_STEP = 100
 LAST_STEPS = 3
 
 
-def _completions_sample(runset: RunSet) -> dict[int, list[dict[str, Any]]]:
-    sample: dict[int, list[dict[str, Any]]] = {}
+def _completions_sample(runset: RunSet) -> dict[str, list[dict[str, Any]]]:
+    """Rows by run index (a string: JSON object keys are)."""
+    sample: dict[str, list[dict[str, Any]]] = {}
     for index, run in enumerate(runset.runs):
         steps = run.completion_steps()
         for step in sorted(set(steps[:1] + steps[-LAST_STEPS:])):
-            sample.setdefault(index, []).extend(completion_rows(run, step, limit=ROWS_PER_STEP)["rows"])
+            sample.setdefault(str(index), []).extend(completion_rows(run, step, limit=ROWS_PER_STEP)["rows"])
     return sample
 
 
@@ -42,6 +43,9 @@ def _write_atomically(path: Path, text: str) -> None:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # as open() would have made it, not mkstemp's 0600
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -63,7 +67,9 @@ def smoothed_figure(figure: dict[str, Any], weight: float) -> dict[str, Any]:
     for trace in figure["data"]:
         smooth = (trace.get("meta") or {}).get("smooth")
         if weight > 0 and smooth == "y":
-            data += [{**trace, "opacity": 0.22, "showlegend": False}, {**trace, "y": ema(trace["y"], weight)}]
+            base = trace["meta"].get("mean") or trace
+            data += [{**trace, "opacity": 0.22, "showlegend": False},
+                     {**trace, "x": base["x"], "y": ema(base["y"], weight)}]
         elif weight > 0 and smooth == "xy":
             path = {**trace, "x": ema(trace["x"], weight), "y": ema(trace["y"], weight)}
             data += [{**trace, "mode": "lines", "opacity": 0.18}, path]
@@ -74,17 +80,24 @@ def smoothed_figure(figure: dict[str, Any], weight: float) -> dict[str, Any]:
     return {"data": data, "layout": figure["layout"]}
 
 
-def _png_figure(spec: dict[str, Any], weight: float) -> tuple[dict[str, Any], int, int]:
+def _png_figure(spec: dict[str, Any], weight: float, runs: list[dict[str, Any]]) -> tuple[dict[str, Any], int, int]:
     figure = smoothed_figure(copy.deepcopy(spec["figure"]), weight)
+    shown = sorted({t["meta"]["run"] for t in figure["data"] if "run" in (t.get("meta") or {})})
+    series_legend = figure["layout"].get("showlegend")
     for trace in figure["data"]:
         trace.pop("meta", None)
+        trace["showlegend"] = bool(series_legend and trace.get("showlegend"))
+    if len(shown) > 1 or not series_legend:
+        # A picture has no run chips above it: the legend names the runs' colours.
+        figure["data"] += [{"type": "scatter", "x": [None], "y": [None], "mode": "lines", "name": runs[i]["name"],
+                            "line": {"color": runs[i]["color"], "width": 3}, "showlegend": True} for i in shown]
     layout = figure["layout"]
-    layout.update(paper_bgcolor="#ffffff", title={"text": spec["title"], "x": 0.01, "font": {"size": 15}})
-    layout["margin"] = {**layout["margin"], "t": 70 if layout.get("showlegend") else 44}
-    if layout.get("showlegend"):
-        layout["legend"] = {**layout["legend"], "y": 1.0}
+    layout.update(paper_bgcolor="#ffffff", showlegend=True,
+                  title={"text": spec["title"], "x": 0.01, "y": 0.98, "yanchor": "top", "font": {"size": 15}})
+    layout["margin"] = {**layout["margin"], "t": 78}
+    layout["legend"] = {**layout["legend"], "y": 1.0}
     width = 1200 if spec.get("wide") else 720
-    return figure, width, int(layout.get("height", 320)) + 40
+    return figure, width, int(layout.get("height", 320)) + 70
 
 
 def write_pngs(payload: dict[str, Any], directory: str | Path, *, smoothing: float) -> list[Path]:
@@ -96,7 +109,7 @@ def write_pngs(payload: dict[str, Any], directory: str | Path, *, smoothing: flo
     specs = [f for s in payload["sections"] for f in s["figures"]] + payload["evals"]["figures"]
     figures, paths, widths, heights = [], [], [], []
     for spec in specs:
-        figure, width, height = _png_figure(spec, smoothing)
+        figure, width, height = _png_figure(spec, smoothing, payload["runs"])
         figures.append(figure)
         widths.append(width)
         heights.append(height)

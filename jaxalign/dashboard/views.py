@@ -16,6 +16,7 @@ class Panel:
     quantities: tuple[str, ...]
     help: str = ""
     log_y: bool = False
+    smooth: bool = True  # False for schedules (learning rate, KL coefficient): smoothing only lags them
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ SECTIONS: tuple[Section, ...] = (
         Panel("reward_spread", "Reward spread", ("reward std", "groups with zero reward std"),
               "GRPO: groups whose replies all score the same give no gradient."),
         Panel("kl_coef", "KL coefficient", ("kl coefficient",),
-              "Fixed, or moved by the adaptive controller toward target_kl."),
+              "Fixed, or moved by the adaptive controller toward target_kl.", smooth=False),
     )),
     Section("RL: policy", (
         Panel("length", "Reply length (tokens)", ("reply length",),
@@ -60,11 +61,14 @@ SECTIONS: tuple[Section, ...] = (
         Panel("margin", "Margin (chosen - rejected)", ("margin",)),
         Panel("chosen_rejected", "Chosen and rejected rewards", ("chosen", "rejected"),
               "DPO: both falling while the margin grows is common; chosen falling fast can hurt quality."),
+        Panel("reward_scale", "Reward scale (mean, min, max over a batch)", ("mean reward", "min reward", "max reward"),
+              "A reward model's scores drifting far from zero: consider reward centring (center_rewards_coefficient)."),
         Panel("logps", "Log-probs of chosen and rejected replies", ("log-prob chosen", "log-prob rejected")),
+        Panel("logits", "Mean logits of chosen and rejected replies", ("logit chosen", "logit rejected")),
     )),
     Section("Training", (
         Panel("loss", "Loss", ("loss", "perplexity")),
-        Panel("learning_rate", "Learning rate", ("learning rate",)),
+        Panel("learning_rate", "Learning rate", ("learning rate",), smooth=False),
         Panel("grad_norm", "Gradient norm (before clipping)", ("grad norm",), log_y=True),
         Panel("throughput", "Throughput (tokens/s)", ("tokens/s", "tokens/s by phase")),
         Panel("step_time", "Seconds per step, by phase", ("seconds by phase",), log_y=True),

@@ -52,7 +52,8 @@
       if (meta.run !== undefined && state.hidden.has(meta.run)) continue;
       if (weight > 0 && meta.smooth === "y") {
         out.push({...trace, opacity: 0.22, hoverinfo: "skip", hovertemplate: null, showlegend: false});
-        out.push({...trace, y: smoothed(trace.y, weight)});
+        const base = meta.mean || trace; // downsampled curves carry bucket means to smooth
+        out.push({...trace, x: base.x, y: smoothed(base.y, weight)});
       } else if (weight > 0 && meta.smooth === "xy") {
         path = {...trace, x: smoothed(trace.x, weight), y: smoothed(trace.y, weight)};
         out.push({...trace, mode: "lines", opacity: 0.18, hoverinfo: "skip", hovertemplate: null});
@@ -74,13 +75,29 @@
       const card = state.cards.get(entry.target.dataset.id);
       if (!card) continue;
       card.visible = entry.isIntersecting;
-      if (card.visible && card.dirty) draw(card);
+      if (card.visible && card.dirty) schedule(card);
     }
-  }, {rootMargin: "300px"});
+  }, {rootMargin: "200px"});
+
+  // Charts are drawn one per task, top first, so the first appears at once and the page
+  // stays responsive while the rest follow.
+  const queue = [];
+  function schedule(card) {
+    if (!queue.includes(card)) queue.push(card);
+    if (queue.length === 1) setTimeout(drawNext, 0);
+  }
+  function drawNext() {
+    const card = queue.shift();
+    if (card && card.dirty && card.visible && state.cards.get(card.spec.id) === card) draw(card);
+    if (queue.length) setTimeout(drawNext, 0);
+  }
 
   function draw(card) {
     card.dirty = false;
+    card.plot.style.height = "";
+    const started = performance.now();
     Plotly.react(card.plot, tracesToDraw(card.spec), card.spec.figure.layout, plotConfig);
+    card.el.dataset.drawMs = Math.round(performance.now() - started);
     if (!card.hooked) {
       card.hooked = true;
       card.plot.on("plotly_hover", (event) => shareCursor(card, event));
@@ -103,13 +120,14 @@
     } finally { sharing = false; }
   }
   const isStepChart = (spec) => ((spec.figure.layout.xaxis || {}).title || {}).text === "step";
-  const subplotsOf = (spec) => Object.keys(spec.figure.layout).filter((k) => /^yaxis\d*$/.test(k))
+  const subplotsOf = (spec) => Object.keys(spec.figure.layout).filter((k) => /^yaxis\d*$/.test(k) && k !== "yaxis9")
     .map((k) => "x" + k.replace("axis", ""));
 
   function card(spec) {
     let entry = state.cards.get(spec.id);
     if (!entry) {
-      const plot = el("div", {class: "plot"});
+      // Sized as it will be drawn, so only the charts really in view are drawn first.
+      const plot = el("div", {class: "plot", style: `height: ${spec.figure.layout.height || 300}px`});
       const title = el("h3", {}, spec.title);
       if (spec.help) title.append(el("span", {class: "help"}, spec.help));
       const node = el("div", {class: "card" + (spec.wide ? " wide" : ""), "data-id": spec.id}, title, plot);
@@ -119,7 +137,7 @@
     }
     entry.spec = spec;
     entry.dirty = true;
-    if (entry.visible) draw(entry);
+    if (entry.visible) schedule(entry);
     return entry.el;
   }
 
@@ -131,7 +149,7 @@
         el("summary", {}, `${section.title}`), grid);
       details.open = open.has(section.title) ? open.get(section.title) : !section.collapsed;
       details.addEventListener("toggle", () => {
-        for (const node of grid.children) { const c = state.cards.get(node.dataset.id); if (c && details.open && c.dirty) draw(c); }
+        for (const node of grid.children) { const c = state.cards.get(node.dataset.id); if (c && details.open && c.dirty && c.visible) schedule(c); }
       });
       return details;
     });
@@ -142,7 +160,7 @@
     container.replaceChildren(...nodes);
   }
 
-  function redrawAll() { for (const c of state.cards.values()) { c.dirty = true; if (c.visible) draw(c); } }
+  function redrawAll() { for (const c of state.cards.values()) { c.dirty = true; if (c.visible) schedule(c); } }
 
   // ------------------------------------------------------------------ runs header
   function renderRuns(runs) {
@@ -168,7 +186,7 @@
   }
 
   // ------------------------------------------------------------------ completions
-  const fmt = (v) => (v === null || v === undefined ? "" : typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toPrecision(4)) : String(v));
+  const fmt = (v) => (v === null || v === undefined ? "" : typeof v === "number" ? (Number.isInteger(v) ? String(v) : String(Number(v.toPrecision(4)))) : String(v));
 
   async function loadCompletions() {
     const c = state.completions, runs = state.payload ? state.payload.runs : [];
