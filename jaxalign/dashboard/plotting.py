@@ -54,7 +54,7 @@ def axis(title: str = "", **extra: Any) -> dict[str, Any]:
 def step_axis(**extra: Any) -> dict[str, Any]:
     """The x axis of every chart over steps: a spike line is the cursor shared by its panels."""
     return axis("step", showspikes=True, spikemode="across", spikesnap="cursor", spikethickness=1,
-                spikecolor="#6b7280", spikedash="dot", **extra)
+                spikecolor="#6b7280", spikedash="dot", unifiedhovertitle={"text": "step %{x}"}, **extra)
 
 
 def base_layout(*, legend: bool, hovermode: str = "x unified", **extra: Any) -> dict[str, Any]:
