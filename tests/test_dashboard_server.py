@@ -108,6 +108,16 @@ def test_cli_missing_run_dir_is_one_line_exit_2(tmp_path, capsys):
         assert err.strip() == f"jaxalign: error: run dir not found: {tmp_path / 'nope'}"
 
 
+def test_cli_bad_smoothing_and_unwritable_report_are_one_line(tmp_path, capsys):
+    run_dir = write_run(tmp_path / "run", range(1, 3))
+    assert main(["report", str(run_dir), "--smoothing", "1.5"]) == 2
+    assert capsys.readouterr().err.strip() == "jaxalign: error: --smoothing must be in [0, 1), got 1.5"
+    (tmp_path / "file").write_text("")
+    assert main(["report", str(run_dir), "-o", str(tmp_path / "file" / "report.html")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"jaxalign: error: cannot write {tmp_path / 'file' / 'report.html'}: ") and "\n" not in err
+
+
 def test_cli_port_in_use_is_one_line(tmp_path, capsys):
     run_dir = write_run(tmp_path / "run", range(1, 3))
     with socket.socket() as taken:
@@ -142,3 +152,13 @@ def test_report_is_one_self_contained_file(tmp_path, capsys):
     assert {row["step"] for row in config["payload"]["completions"]["0"]} == {10, 20, 30}
     assert "written to" in capsys.readouterr().err
     assert list((tmp_path / "out").iterdir()) == [output]  # no temporary file left behind
+
+
+def test_report_png_without_a_browser_is_one_line(tmp_path, monkeypatch, capsys):
+    chromium = pytest.importorskip("choreographer.browsers.chromium")
+    monkeypatch.setattr(chromium.Chromium, "find_browser", classmethod(lambda cls, **options: None))
+    run_dir = write_run(tmp_path / "run", range(1, 5))
+    assert main(["report", str(run_dir), "--png", str(tmp_path / "png")]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "jaxalign: error: --png draws with kaleido, which needs Chrome or Chromium and found neither: "
+        "apt-get install chromium (or plotly_get_chrome where the internet is reachable)")

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         return _error(f"{args.command} needs packages that are not installed ({', '.join(missing)}): {EXTRA}")
     if not 0 <= args.smoothing < 1:
-        return _error(f"--smoothing must be in [0, 1), got {args.smoothing}")
+        return _error(f"error: --smoothing must be in [0, 1), got {args.smoothing}")
     from jaxalign.dashboard.runs import RunDirError, RunSet
 
     started = time.monotonic()
@@ -86,16 +86,19 @@ def _report(args: argparse.Namespace, runset) -> int:
     from jaxalign.dashboard.payload import build_payload
 
     output = args.output or (None if args.png else "report.html")
-    payload = write_html(runset, output, smoothing=args.smoothing) if output else build_payload(runset)
+    try:
+        payload = write_html(runset, output, smoothing=args.smoothing) if output else build_payload(runset)
+    except OSError as err:
+        return _error(f"error: cannot write {output}: {err.strerror or err}", 1)
     if output:
         print(f"jaxalign: report of {len(runset.runs)} runs written to {output}", file=sys.stderr)
     if args.png:
         try:
             paths = write_pngs(payload, args.png, smoothing=args.smoothing)
-        except Exception as err:  # kaleido's errors name no common base class
-            if "chrome" in str(err).lower() or "browser" in str(err).lower():
-                return _error("error: --png renders with kaleido, which needs Chrome or Chromium installed "
-                              f"(e.g. apt-get install chromium): {str(err).splitlines()[0]}", 1)
-            raise
+        except RuntimeError as err:  # plotly re-raises kaleido's ChromeNotFoundError as a RuntimeError
+            if "chrome" not in str(err).lower():
+                raise
+            return _error("error: --png draws with kaleido, which needs Chrome or Chromium and found neither: "
+                          "apt-get install chromium (or plotly_get_chrome where the internet is reachable)", 1)
         print(f"jaxalign: {len(paths)} PNG figures written to {args.png}", file=sys.stderr)
     return 0

@@ -64,9 +64,12 @@ class JsonlTail:
         if stat.st_size == self.offset:
             self.pending_bytes = 0
             return [], restarted
-        with open(self.path, "rb") as handle:
-            handle.seek(self.offset)
-            data = handle.read(stat.st_size - self.offset)
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read(stat.st_size - self.offset)
+        except OSError:  # unreadable for now (permissions, a network filesystem): try again next poll
+            return [], restarted
         end = data.rfind(b"\n") + 1
         self.pending_bytes = len(data) - end
         if end == 0:
