@@ -162,3 +162,24 @@ def test_report_png_without_a_browser_is_one_line(tmp_path, monkeypatch, capsys)
     assert capsys.readouterr().err.strip() == (
         "jaxalign: error: --png draws with kaleido, which needs Chrome or Chromium and found neither: "
         "apt-get install chromium (or plotly_get_chrome where the internet is reachable)")
+
+
+def test_cli_dashboard_serves_until_interrupted(tmp_path):
+    """The real command: prints its URL, serves the page and data, stops cleanly on Ctrl-C."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    run_dir = write_run(tmp_path / "run", range(1, 11))
+    process = subprocess.Popen([sys.executable, "-m", "jaxalign.cli", "dashboard", str(run_dir), "--port", "0"],
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    try:
+        line = process.stderr.readline()
+        url = re.search(r"at (http://127\.0\.0\.1:\d+) ", line).group(1)
+        status, body = _get(url, "/api/data")
+        assert status == 200 and json.loads(body)["runs"][0]["step"] == 10
+        assert _get(url, "/")[0] == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0

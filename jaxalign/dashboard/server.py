@@ -94,6 +94,7 @@ def bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(128)  # connections queue from here on, before uvicorn starts accepting
     except OSError:
         sock.close()
         raise
