@@ -136,22 +136,21 @@ def _trajectory(run: RunData, y_quantity: str, xaxis: str, yaxis: str, label: st
 
 def trajectory_figure(runs: list[RunData]) -> dict[str, Any] | None:
     """Reward against KL, one path per run (open circle: start, filled: latest); with a gold
-    reward a second panel draws gold against KL, where over-optimisation bends down."""
+    reward a second panel below draws gold against KL, where over-optimisation bends down."""
     has_gold = any(metric_names.resolve(GOLD, run.names("train")) for run in runs)
     panels = [(REWARD, "reward")] + ([(GOLD, "gold reward")] if has_gold else [])
     data = []
-    layout = base_layout(legend=False, hovermode="closest", height=420)
-    for column, (quantity, label) in enumerate(panels):
-        suffix = "" if column == 0 else str(column + 1)
-        domain = [0, 1] if len(panels) == 1 else ([0, 0.47] if column == 0 else [0.53, 1])
-        layout[f"xaxis{suffix}"] = axis("KL to reference", domain=domain, anchor=f"y{suffix}")
-        layout[f"yaxis{suffix}"] = axis(label, anchor=f"x{suffix}")
+    layout = base_layout(legend=False, hovermode="closest", height=570 if has_gold else 420)
+    for row, ((quantity, label), domain) in enumerate(zip(panels, stacked_domains(len(panels), gap=0.12))):
+        suffix = "" if row == 0 else str(row + 1)
+        layout[f"xaxis{suffix}"] = axis("KL to reference", anchor=f"y{suffix}", **({"matches": "x"} if row else {}))
+        layout[f"yaxis{suffix}"] = axis(label, anchor=f"x{suffix}", domain=domain)
         for run in runs:
             data += _trajectory(run, quantity, f"x{suffix}", f"y{suffix}", label)
     if not data:
         return None
     return _spec("trajectory", "Reward against KL" + (": proxy and gold" if has_gold else ""),
-                 {"data": data, "layout": layout}, wide=has_gold, help=(
+                 {"data": data, "layout": layout}, help=(
                      "Each run's path from its start (open circle) to now (filled). Runs of a kl_coef sweep "
                      "trace the frontier of reward bought per unit of KL; a gold curve that turns down while "
                      "the proxy still climbs is reward over-optimisation."))
