@@ -182,4 +182,9 @@ def test_cli_dashboard_serves_until_interrupted(tmp_path):
         assert _get(url, "/")[0] == 200
     finally:
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=30) == 0
+        try:
+            code = process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()  # never leave a server behind
+            raise
+    assert code == 0

@@ -54,9 +54,11 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         runset = RunSet(args.run_dirs)
+        return _dashboard(args, runset, started) if args.command == "dashboard" else _report(args, runset)
     except RunDirError as err:
         return _error(f"error: {err}")
-    return _dashboard(args, runset, started) if args.command == "dashboard" else _report(args, runset)
+    except KeyboardInterrupt:  # Ctrl-C while reading big runs: no traceback
+        return 130
 
 
 def _dashboard(args: argparse.Namespace, runset, started: float) -> int:
@@ -68,16 +70,16 @@ def _dashboard(args: argparse.Namespace, runset, started: float) -> int:
         return _error(f"error: cannot listen on {args.host}:{args.port} ({err.strerror}): pass another --port")
     app = create_app(runset, poll_ms=int(args.poll * 1000), smoothing=args.smoothing)
     app.state.payload.get()  # read and lay out everything now, so the first page load is quick
-    runs = len(runset.runs)
-    print(f"jaxalign: dashboard of {runs} run{'s' * (runs != 1)} at {url_of(sock)} "
-          f"(read in {time.monotonic() - started:.1f} s; Ctrl-C stops)", file=sys.stderr, flush=True)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"jaxalign: warning: listening on {args.host}: anyone who can reach this port can read the runs",
-              file=sys.stderr)
-    try:
-        serve(app, sock)
-    except KeyboardInterrupt:
-        pass
+
+    def ready() -> None:
+        runs = len(runset.runs)
+        print(f"jaxalign: dashboard of {runs} run{'s' * (runs != 1)} at {url_of(sock)} "
+              f"(read in {time.monotonic() - started:.1f} s; Ctrl-C stops)", file=sys.stderr, flush=True)
+        if args.host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"jaxalign: warning: listening on {args.host}: anyone who can reach this port can read the runs",
+                  file=sys.stderr)
+
+    serve(app, sock, ready)
     return 0
 
 

@@ -9,9 +9,10 @@ by index: no request ever carries a file path, so nothing outside the run dirs c
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 import uvicorn
@@ -106,9 +107,19 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def serve(app: Starlette, sock: socket.socket) -> None:
-    """Serves until Ctrl-C."""
-    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+def serve(app: Starlette, sock: socket.socket, on_ready: Callable[[], None] = lambda: None) -> None:
+    """Serves until Ctrl-C or SIGTERM; ``on_ready`` runs once stopping is handled (print the URL there)."""
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+
+    def stop(signum: int, frame: object) -> None:
+        # A flag, not KeyboardInterrupt: an interrupt raised inside a garbage-collection
+        # callback (jax installs one) is swallowed, and the server would then never stop.
+        server.should_exit = True
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+    on_ready()
+    server.run(sockets=[sock])
 
 
 class BackgroundServer:
