@@ -299,6 +299,7 @@ def test_sigkill_resume_matches_uninterrupted_run(tmp_path):
         (reference_dir / "export" / "model.safetensors").read_bytes()
 
 
+@pytest.mark.slow  # ~35 s; test_rl.py parses every YAML example of docs/rl.md without training
 def test_several_weighted_reward_sources_from_the_docs(tmp_path):
     """docs/rl.md's first YAML example (a function and a weighted verifier) trains; each source's
     mean is logged under TRL's name and the score PPO trains on is their weighted sum."""

@@ -240,6 +240,11 @@ def test_docs_rl_example_runs():
     namespace: dict = {}
     exec(compile(block, "docs/rl.md", "exec"), namespace)
     rollout = namespace["rollout"]
+    import yaml
+
+    for example in re.findall(r"```yaml\n(.*?)```", text, flags=re.S):  # every YAML example names valid sources
+        specs = parse_reward_specs(yaml.safe_load(example)["ppo"]["rewards"])
+        assert {spec.kind for spec in specs} <= {"function", "model", "verifier"}
     assert rollout.batch.completion_ids.shape == (8, 12) and rollout.sources == ("helpful_harmless", "format")
     np.testing.assert_allclose(np.asarray(namespace["kl"]), 0.0, atol=1e-5)
     assert np.asarray(rollout.batch.example_id).tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
