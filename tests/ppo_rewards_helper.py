@@ -44,13 +44,12 @@ def vowel_words(prompts, completions, **columns):
 
 
 # The same failures from the third call on (the third iteration's rollout), after two good steps.
-_calls = {"count": 0}
-
-
 def _third_call(bad):
+    calls = {"count": 0}  # per function: a loaded module may be reused by later runs in the same process
+
     def reward(prompts, completions, **columns):
-        _calls["count"] += 1
-        return bad(prompts, completions, **columns) if _calls["count"] >= 3 else [0.1] * len(completions)
+        calls["count"] += 1
+        return bad(prompts, completions, **columns) if calls["count"] >= 3 else [0.1] * len(completions)
     reward.__name__ = f"{bad.__name__}_on_third_call"
     return reward
 
