@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import yaml
 
-from jaxalign import distributed
+from jaxalign import distributed, health, run_events
 from jaxalign.checkpoint import Checkpointer
 from jaxalign.config import TrainConfig, config_to_dict
 from jaxalign.data import build_pipeline, load_tokenizer
@@ -31,8 +31,7 @@ from jaxalign.train_state import AlgoRun
 log = get_logger()
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf; the run stops before saving anything."""
+NonFiniteLossError = health.NonFiniteStateError  # the loss or the updated weights became NaN or inf
 
 
 def _algorithm(name: str):
@@ -101,7 +100,7 @@ class Trainer:
         frozen_shardings = _shardings(self.algo.frozen)
         rows = batch_sharding(self.mesh)
         self.train_step = jax.jit(
-            self.algo.train_step,
+            health.with_state_check(self.algo.train_step),
             in_shardings=(state_shardings, rows, frozen_shardings),
             out_shardings=(state_shardings, replicated(self.mesh)),
             donate_argnums=(0,),
@@ -144,13 +143,14 @@ class Trainer:
         reduced = {name: _reduce_eval(name, values, weights) for name, values in collected.items()}
         return self.algo.summarize_eval(reduced) if self.algo.summarize_eval else reduced
 
-    def _check_finite(self, finite: jax.Array | None, step: int) -> None:
-        if finite is not None and not bool(jax.device_get(finite)):
-            raise NonFiniteLossError(
-                f"loss became NaN or inf before optimizer step {step}; stopping without saving. "
-                f"The last good checkpoint in {self.checkpointer.directory} is intact. "
-                "Try a lower optim.lr, optim.max_grad_norm > 0, or float32 parameters."
-            )
+    def _check_finite(self, window: "_MetricsWindow", step: int) -> None:
+        """Raises before anything non-finite (loss or updated state) can be saved."""
+        if window.finite is not None and not bool(jax.device_get(window.finite)):
+            loss_finite = bool(jax.device_get(window.loss_finite))
+            message = health.non_finite_message(step, loss_finite, self.checkpointer.latest_step(),
+                                                self.checkpointer.directory)
+            run_events.record(self.run_dir, "non_finite", message, step)
+            raise NonFiniteLossError(message)
 
     def run(self) -> dict[str, Any]:
         """Trains to ``total_steps`` (resuming from the latest checkpoint) and
@@ -173,6 +173,8 @@ class Trainer:
         step = self._resume(train_iterator)
         progress = ProgressBar(self.total_steps, start_step=step) if self.is_main else None
         window = _MetricsWindow()
+        divergence = health.DivergenceWatch(cfg.health, lambda *event, **fields: run_events.record(
+            self.run_dir, *event, **fields))
         last_train: dict[str, float] = {}
         last_eval: dict[str, float] = {}
         stopped_early = False
@@ -182,8 +184,9 @@ class Trainer:
                 break
             step += 1
             if step % cfg.log.every_steps == 0 or step == self.total_steps:
-                self._check_finite(window.finite, step)
+                self._check_finite(window, step)
                 last_train = window.read()
+                last_train.update(divergence.observe(step, last_train["loss"]))
                 last_train["learning_rate"] = float(self.learning_rate(step * self.algo.updates_per_step - 1))
                 logger.log(step, last_train, prefix="train")
                 if progress:
@@ -195,13 +198,13 @@ class Trainer:
                     progress.message(f"eval at step {step}: " + _summary(last_eval))
             stopped_early = stopper.should_stop()  # agreed across processes
             if stopped_early or self.checkpointer.should_save(step, time.time()):
-                self._check_finite(window.finite, step)
+                self._check_finite(window, step)
                 self.checkpointer.save(step, self.state, train_iterator, config_to_dict(cfg), force=True)
             if stopped_early:
                 log.info("stop requested: saved step %d, exiting", step)
                 break
         if not stopped_early:
-            last_eval = self._finish(step, train_iterator, logger, progress)
+            last_eval = self._finish(step, train_iterator, logger, progress, window)
         if progress:
             progress.close()
         return {"step": step, "train": last_train, "eval": last_eval, "stopped_early": stopped_early}
@@ -249,9 +252,10 @@ class Trainer:
                         "time/training_s": time.monotonic() - rolled_out}
         return batch, {**metrics, **{name: jnp.float32(value) for name, value in host_metrics.items()}}
 
-    def _finish(self, step: int, train_iterator, logger: MetricsLogger, progress: ProgressBar | None) -> dict:
+    def _finish(self, step: int, train_iterator, logger: MetricsLogger, progress: ProgressBar | None,
+                window: "_MetricsWindow") -> dict:
         """Final eval, final checkpoint, export."""
-        self._check_finite(None, step)
+        self._check_finite(window, step)
         last_eval = self.evaluate()
         logger.log(step, last_eval, prefix="eval")
         if progress:
@@ -273,7 +277,8 @@ class _MetricsWindow:
     them once per interval instead of blocking on every step."""
 
     def __init__(self) -> None:
-        self.finite: jax.Array | None = None
+        self.finite: jax.Array | None = None  # every step's loss and updated state finite so far
+        self.loss_finite: jax.Array | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -283,8 +288,10 @@ class _MetricsWindow:
         self._start = time.monotonic()
 
     def add(self, metrics: dict, tokens: int | jax.Array) -> None:
-        batch_finite = jnp.isfinite(metrics["loss"])
+        batch_finite, loss_finite = health.step_is_finite(metrics), jnp.isfinite(metrics["loss"])
+        metrics = {name: value for name, value in metrics.items() if name != health.FINITE_STATE_KEY}
         self.finite = batch_finite if self.finite is None else self.finite & batch_finite
+        self.loss_finite = loss_finite if self.loss_finite is None else self.loss_finite & loss_finite
         self._sums = metrics if self._sums is None else _accumulate(self._sums, metrics)
         self._count += 1
         self._tokens += tokens
