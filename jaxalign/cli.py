@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             train(cfg)
+        except ConfigError as err:  # found once the run starts: the run dir, the checkpoint's architecture
+            print(f"jaxalign: config error: {err}", file=sys.stderr)
+            return 2
         except (ValueError, RuntimeError, FileNotFoundError) as err:
             # Bad input (data rows, mesh, checkpoints, NaN loss) reads better as one
             # line; JAXALIGN_DEBUG=1 shows the traceback.

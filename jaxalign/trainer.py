@@ -24,6 +24,7 @@ from jaxalign.config import TrainConfig, config_to_dict
 from jaxalign.data import build_pipeline, load_tokenizer
 from jaxalign.metrics_log import MetricsLogger, ProgressBar, get_logger
 from jaxalign.optim import learning_rate_schedule
+from jaxalign.run_dir import RunDirLock
 from jaxalign.sharding import batch_divisor, batch_sharding, make_mesh, replicated, shard_batch
 from jaxalign.signals import GracefulStop
 from jaxalign.train_state import AlgoRun
@@ -73,6 +74,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
+        self.run_lock = RunDirLock(self.run_dir)  # first: nothing may touch another trainer's run dir
+        self.run_lock.acquire()
         self.mesh = make_mesh(cfg.mesh)
         self.is_main = distributed.is_main_process()
         algo_module = _algorithm(cfg.algo)
@@ -156,6 +159,7 @@ class Trainer:
         """Trains to ``total_steps`` (resuming from the latest checkpoint) and
         returns the last train and eval metrics. SIGTERM/SIGINT finish the
         current step, save a checkpoint and return."""
+        self.run_lock.acquire()  # no-op unless an earlier run() released it
         self._save_config()
         logger = MetricsLogger(self.run_dir, tensorboard=self.cfg.log.tensorboard, wandb=self.cfg.log.wandb,
                                is_main_process=self.is_main)
@@ -166,6 +170,7 @@ class Trainer:
             self.checkpointer.wait()
             self.checkpointer.close()
             logger.close()
+            self.run_lock.release()
 
     def _run(self, stopper: GracefulStop, logger: MetricsLogger) -> dict[str, Any]:
         cfg = self.cfg
