@@ -11,6 +11,11 @@ Saves are atomic: Orbax writes into ``<step>.orbax-checkpoint-tmp`` and renames
 it to ``<step>`` only once every item is written, so a crash mid-save leaves the
 previous step as the latest. Left-over temporary folders are removed the next
 time a ``Checkpointer`` opens the directory.
+
+A checkpoint damaged after it was written (a disk fault, a file deleted or
+truncated by hand, a copy interrupted) is found by ``verify`` before anything
+is restored; ``set_aside`` renames it ``<step>.damaged`` so it is neither
+restored nor overwritten (``jaxalign/resume.py`` decides what to resume from).
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ class CheckpointConfig:
     every_minutes: float = 30.0
     keep: int = 3  # keep the last K checkpoints; 0 = keep all
     async_save: bool = True  # write in the background; the loop blocks only for device->host copies
+    # On resume, a damaged latest checkpoint is set aside and the newest intact
+    # one restored (logged); false: stop with an error naming the damage.
+    fallback_to_intact: bool = True
 
     def __post_init__(self) -> None:
         for name in ("every_steps", "every_minutes", "keep"):
@@ -63,6 +71,10 @@ class DataIterator(Protocol):
 
 class DataStateMismatchError(ValueError):
     """The checkpoint's data iterator state was written by a different number of processes."""
+
+
+class CheckpointDamagedError(RuntimeError):
+    """No checkpoint could be restored: the ones there are damaged (or fallback is off)."""
 
 
 # ---------------------------------------------------------------- the data item
@@ -144,6 +156,82 @@ def _capture_data_state(data_iterator: DataIterator) -> str:
 def _jsonable(config: Any) -> Any:
     # Paths, enums and the like become strings: the saved config is for reading back, not for pickling.
     return json.loads(json.dumps(config, default=str))
+
+
+# ---------------------------------------------------------------- verification
+
+
+def _json_problem(path: epath.Path, what: str) -> str | None:
+    """Why ``path`` is not a readable JSON file, or None."""
+    if not path.exists():
+        return f"{what} ({path.name}) is missing"
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        return f"{what} ({path.name}) is unreadable: {err}"
+    return None
+
+
+def _state_problems(state_dir: epath.Path) -> list[str]:
+    if not state_dir.is_dir():
+        return ["its train state (state/) is missing"]
+    problem = _json_problem(state_dir / "_METADATA", "the train state's metadata")
+    if problem:
+        return [problem]
+    metadata = json.loads((state_dir / "_METADATA").read_text())
+    if not isinstance(metadata, dict) or "tree_metadata" not in metadata:
+        return ["the train state's metadata (_METADATA) lists no arrays"]
+    if metadata.get("use_ocdbt"):
+        manifests = [state_dir / "manifest.ocdbt", *(d / "manifest.ocdbt" for d in state_dir.glob("ocdbt.process_*"))]
+        missing = [str(m.relative_to(state_dir)) for m in manifests if not m.exists()]
+        if missing:
+            return [f"the train state's array index is missing ({', '.join(missing)})"]
+    return []
+
+
+def _data_problems(data_dir: epath.Path) -> list[str]:
+    """Damage of this process's data-iterator state; a file written by another
+    process count is not damage (``restore`` explains that case)."""
+    index, count = jax.process_index(), jax.process_count()
+    path = _data_state_file(data_dir, index, count)
+    if path.exists():
+        problem = _json_problem(path, "its data-iterator state")
+        return [problem] if problem else []
+    if data_dir.is_dir() and any(data_dir.glob("process_*-of-*.json")):
+        return []
+    return [f"its data-iterator state (data/{path.name}) is missing, so its position in the data is lost"]
+
+
+def _path_text(path: tuple) -> str:
+    names = []
+    for key in path:
+        for attribute in ("name", "key", "idx"):
+            if hasattr(key, attribute):
+                names.append(str(getattr(key, attribute)))
+                break
+        else:
+            names.append(str(key))
+    return "/".join(names)
+
+
+def shape_differences(saved: Any, abstract: Any) -> list[str]:
+    """``path: saved (a, b), now (c, d)`` for every array whose shape differs between
+    two pytrees of shaped leaves, plus arrays only one of them has."""
+    def stored_shape(leaf: Any) -> tuple:
+        if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+            return tuple(jax.eval_shape(jax.random.key_data, leaf).shape)  # keys are stored as their data
+        return tuple(leaf.shape)
+
+    def shapes(tree: Any) -> dict[str, tuple]:
+        return {_path_text(path): stored_shape(leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+                if hasattr(leaf, "shape")}
+
+    before, now = shapes(saved), shapes(abstract)
+    differences = [f"{name}: saved {before[name]}, now {now[name]}" for name in sorted(before.keys() & now.keys())
+                   if before[name] != now[name]]
+    differences += [f"{name}: only in the checkpoint" for name in sorted(before.keys() - now.keys())]
+    differences += [f"{name}: not in the checkpoint" for name in sorted(now.keys() - before.keys())]
+    return differences
 
 
 # ---------------------------------------------------------------- the checkpointer
@@ -236,6 +324,44 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
+    def verify(self, step: int, *, with_data: bool = True) -> list[str]:
+        """What is wrong with checkpoint ``step``, cheaply (metadata and file
+        presence; array bytes are checked when restored): [] when intact."""
+        step_dir = self.directory / str(step)
+        if not step_dir.is_dir():
+            return [f"{step_dir} is not a folder"]
+        problems = _state_problems(step_dir / "state")
+        if (step_dir / "config").exists():
+            problem = _json_problem(step_dir / "config" / "metadata", "its saved config")
+            problems += [problem] if problem else []
+        if with_data:
+            problems += _data_problems(step_dir / "data")
+        return problems
+
+    def saved_state_shapes(self, step: int) -> Any:
+        """The saved train state as a pytree of array metadata (``.shape``, ``.dtype``)."""
+        return ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")
+
+    def saved_config(self, step: int) -> dict[str, Any] | None:
+        """The run config saved with ``step`` (None for a checkpoint without one)."""
+        path = self.directory / str(step) / "config" / "metadata"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def set_aside(self, step: int) -> epath.Path:
+        """Renames a damaged checkpoint ``<step>.damaged`` (kept for inspection,
+        never restored or overwritten); process 0 renames, every process waits."""
+        self.wait()
+        target = self.directory / f"{step}.damaged"
+        suffix = 1
+        while target.exists():
+            suffix += 1
+            target = self.directory / f"{step}.damaged-{suffix}"
+        if jax.process_index() == 0:
+            (self.directory / str(step)).rename(target)
+        distributed.main_process_decides("checkpoint_set_aside", True)  # the others wait for the rename
+        self._manager.reload()
+        return target
+
     def restore(
         self,
         step: int | None = None,
@@ -260,8 +386,7 @@ class Checkpointer:
             raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}; have {self.all_steps()}")
         self.wait()
         step_dir = self.directory / str(step)
-        # Small items first: a data-state mismatch fails before the large state read,
-        # and the iterator can start prefetching while the state loads.
+        # Small items first: a data-state mismatch fails before the large state read.
         small: dict[str, ocp.args.CheckpointArgs] = {}
         if (step_dir / "config").exists():
             small["config"] = ocp.args.JsonRestore()
@@ -270,12 +395,12 @@ class Checkpointer:
                 raise _mismatch_error(step_dir / "data", jax.process_index(), jax.process_count())
             small["data"] = DataStateRestore()
         restored_small = self._manager.restore(step, args=ocp.args.Composite(**small)) if small else {}
-        if "data" in small:
+        restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+        if "data" in small:  # only once the state restored: a damaged state leaves the iterator untouched
             assert data_iterator is not None
             data_iterator.set_state(restored_small["data"])
             if hasattr(data_iterator, "start_prefetch"):  # grain DatasetIterator
                 data_iterator.start_prefetch()
-        restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
         self._last_save_time = time.time()
         self._decided = None
         return restored["state"], (restored_small.get("config") if small else None)

@@ -24,6 +24,7 @@ from jaxalign.config import TrainConfig, config_to_dict
 from jaxalign.data import build_pipeline, load_tokenizer
 from jaxalign.metrics_log import MetricsLogger, ProgressBar, get_logger
 from jaxalign.optim import learning_rate_schedule
+from jaxalign.resume import resume_latest
 from jaxalign.run_dir import RunDirLock
 from jaxalign.sharding import batch_divisor, batch_sharding, make_mesh, replicated, shard_batch
 from jaxalign.signals import GracefulStop
@@ -215,18 +216,15 @@ class Trainer:
         return {"step": step, "train": last_train, "eval": last_eval, "stopped_early": stopped_early}
 
     def _resume(self, train_iterator) -> int:
-        """Restores the latest checkpoint, if any; returns the step to continue from."""
-        latest = self.checkpointer.latest_step()
-        if latest is None:
+        """Restores the newest intact checkpoint, if any; returns the step to continue from."""
+        resumed = resume_latest(
+            self.checkpointer, abstract_state=_abstract(self.state), data_iterator=train_iterator,
+            restore_data=not self.cfg.data.reset_iterator_on_restore, current_config=config_to_dict(self.cfg),
+            run_dir=self.run_dir)
+        if resumed is None:
             return 0
-        self.state, saved_config = self.checkpointer.restore(
-            latest, abstract_state=_abstract(self.state), data_iterator=train_iterator,
-            restore_data=not self.cfg.data.reset_iterator_on_restore)
-        log.info("resumed from checkpoint at step %d in %s", latest, self.checkpointer.directory)
-        changed = _changed_keys(saved_config or {}, config_to_dict(self.cfg))
-        if changed:
-            log.warning("resuming with a config that differs from the checkpoint's: %s", "; ".join(changed))
-        return latest
+        self.state, step = resumed
+        return step
 
     def _optimizer_step(self, train_iterator, window: "_MetricsWindow") -> bool:
         """Runs ``grad_accum_steps`` micro-batches; False when the data ran out."""
@@ -314,18 +312,6 @@ class _MetricsWindow:
         means["tokens_per_s"] = float(jax.device_get(self._tokens)) / max(time.monotonic() - self._start, 1e-9)
         self._reset()
         return means
-
-
-def _changed_keys(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """``a.b: old -> new`` for every leaf that differs between two config dicts."""
-    changes = []
-    for key in sorted(set(saved) | set(current)):
-        old, new = saved.get(key), current.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            changes += _changed_keys(old, new, f"{prefix}{key}.")
-        elif old != new and not (isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)) and list(old) == list(new)):
-            changes.append(f"{prefix}{key}: {old!r} -> {new!r}")
-    return changes
 
 
 def _record_special_tokens(export_dir: Path, tokenizer) -> None:
