@@ -22,6 +22,7 @@ from jaxalign import distributed, health, run_events
 from jaxalign.checkpoint import Checkpointer
 from jaxalign.config import TrainConfig, config_to_dict
 from jaxalign.data import build_pipeline, load_tokenizer
+from jaxalign.data.report import DataReport
 from jaxalign.metrics_log import MetricsLogger, ProgressBar, get_logger
 from jaxalign.optim import learning_rate_schedule
 from jaxalign.resume import resume_latest
@@ -96,6 +97,7 @@ class Trainer:
             pipeline_args["shape_agreement"] = distributed.agree_on_shape
         self.train_data = build_pipeline(cfg.data, self.tokenizer, split="train", **pipeline_args)
         self.eval_data = build_pipeline(cfg.data, self.tokenizer, split="eval", **pipeline_args)
+        self.data_report = DataReport()  # skipped rows, truncated and dropped examples, as metrics
         self.total_steps = self._total_steps()
         self.algo: AlgoRun = algo_module.setup(cfg, self.mesh, self.tokenizer, self.total_steps)
         self.learning_rate = learning_rate_schedule(cfg.optim, self.total_steps * self.algo.updates_per_step)
@@ -134,6 +136,7 @@ class Trainer:
             return {}
         collected: dict[str, list[float]] = {}
         weights: list[float] = []
+        data_before = self.eval_data.stats
         for index, host_batch in enumerate(self.eval_data.iterator()):
             if self.cfg.eval_batches and index >= self.cfg.eval_batches:
                 break
@@ -145,7 +148,8 @@ class Trainer:
             for name, value in metrics.items():
                 collected.setdefault(name, []).append(float(value))
         reduced = {name: _reduce_eval(name, values, weights) for name, values in collected.items()}
-        return self.algo.summarize_eval(reduced) if self.algo.summarize_eval else reduced
+        reduced = self.algo.summarize_eval(reduced) if self.algo.summarize_eval else reduced
+        return {**reduced, **self.data_report.metrics(self.eval_data, since=data_before)}
 
     def _check_finite(self, window: "_MetricsWindow", step: int) -> None:
         """Raises before anything non-finite (loss or updated state) can be saved."""
@@ -166,7 +170,11 @@ class Trainer:
                                is_main_process=self.is_main)
         try:
             with GracefulStop() as stopper:
-                return self._run(stopper, logger)
+                try:
+                    return self._run(stopper, logger)
+                finally:  # a second Ctrl-C lets a background save finish first
+                    with stopper.protect("finishing the checkpoint save"):
+                        self.checkpointer.wait()
         finally:  # also on errors (NaN loss, bad data): finish pending async saves
             self.checkpointer.wait()
             self.checkpointer.close()
@@ -193,6 +201,7 @@ class Trainer:
                 self._check_finite(window, step)
                 last_train = window.read()
                 last_train.update(divergence.observe(step, last_train["loss"]))
+                last_train.update(self.data_report.metrics(self.train_data))
                 last_train["learning_rate"] = float(self.learning_rate(step * self.algo.updates_per_step - 1))
                 logger.log(step, last_train, prefix="train")
                 if progress:
@@ -205,12 +214,13 @@ class Trainer:
             stopped_early = stopper.should_stop()  # agreed across processes
             if stopped_early or self.checkpointer.should_save(step, time.time()):
                 self._check_finite(window, step)
-                self.checkpointer.save(step, self.state, train_iterator, config_to_dict(cfg), force=True)
+                with stopper.protect("saving the checkpoint"):
+                    self.checkpointer.save(step, self.state, train_iterator, config_to_dict(cfg), force=True)
             if stopped_early:
                 log.info("stop requested: saved step %d, exiting", step)
                 break
         if not stopped_early:
-            last_eval = self._finish(step, train_iterator, logger, progress, window)
+            last_eval = self._finish(step, train_iterator, logger, progress, window, stopper)
         if progress:
             progress.close()
         return {"step": step, "train": last_train, "eval": last_eval, "stopped_early": stopped_early}
@@ -256,7 +266,7 @@ class Trainer:
         return batch, {**metrics, **{name: jnp.float32(value) for name, value in host_metrics.items()}}
 
     def _finish(self, step: int, train_iterator, logger: MetricsLogger, progress: ProgressBar | None,
-                window: "_MetricsWindow") -> dict:
+                window: "_MetricsWindow", stopper: GracefulStop) -> dict:
         """Final eval, final checkpoint, export."""
         self._check_finite(window, step)
         last_eval = self.evaluate()
@@ -264,7 +274,8 @@ class Trainer:
         if progress:
             progress.message(f"final eval at step {step}: " + _summary(last_eval))
         if self.checkpointer.latest_step() != step:
-            self.checkpointer.save(step, self.state, train_iterator, config_to_dict(self.cfg), force=True)
+            with stopper.protect("saving the checkpoint"):
+                self.checkpointer.save(step, self.state, train_iterator, config_to_dict(self.cfg), force=True)
         if self.cfg.export:
             export_dir = self.run_dir / "export"
             self.algo.export(self.state, str(export_dir))

@@ -7,6 +7,7 @@ metrics of the loss's kind. Built-in and user losses go through it alike.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Sequence
 
 import jax
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 
 from jaxalign.losses.accounting import LossOutput, Stat, mean_stat
 from jaxalign.losses.config import LossConfig
-from jaxalign.losses.inputs import INPUTS_BY_KIND, LossInputs, with_safe_padding
+from jaxalign.losses.inputs import INPUTS_BY_KIND, BatchColumns, LossInputs, MissingColumnError, with_safe_padding
 from jaxalign.losses.metrics import (
     UNPAIRED_DIFFERENCES,
     implicit_pair_rewards,
@@ -54,13 +55,13 @@ def loss_from_terms(terms: Sequence[tuple[LossSpec, float]], cfg: LossConfig) ->
                     f"loss {spec.name!r} needs reference log-probs, but the inputs have none; "
                     "configure a reference model (or precomputed ref_logps), or pick a reference-free loss"
                 )
-        inputs = with_safe_padding(inputs)
+        inputs = dataclasses.replace(with_safe_padding(inputs), batch=BatchColumns(inputs.batch))
         mask = inputs.mask
         total = jnp.zeros_like(mask, dtype=jnp.float32)
         stats: dict[str, Stat] = {}
         rewards: tuple[Array, Array] | None = None
         for spec, weight in terms:
-            term = _as_terms(spec.fn(inputs, cfg), spec)
+            term = _as_terms(_call(spec, inputs, cfg), spec)
             if jnp.shape(term.per_example) not in ((), mask.shape):
                 raise ValueError(
                     f"loss {spec.name!r} returned per-example losses of shape {jnp.shape(term.per_example)}; "
@@ -83,6 +84,13 @@ def loss_from_terms(terms: Sequence[tuple[LossSpec, float]], cfg: LossConfig) ->
 def compute_loss(inputs: LossInputs, cfg: LossConfig) -> tuple[Array, dict[str, Array]]:
     """One-shot ``(mean loss, metrics)``; build the function once when calling often."""
     return build_loss(cfg)(inputs).result()
+
+
+def _call(spec: LossSpec, inputs: LossInputs, cfg: LossConfig) -> Array | LossTerms:
+    try:
+        return spec.fn(inputs, cfg)
+    except MissingColumnError as err:
+        raise MissingColumnError(f"loss {spec.name!r}: {err}") from None
 
 
 def _as_terms(result: Array | LossTerms, spec: LossSpec) -> LossTerms:
