@@ -32,13 +32,17 @@ class LossTerms:
     ``Stat``. ``chosen_rewards`` / ``rejected_rewards`` ``[N]``: the implicit
     rewards behind ``rewards/*`` when they are not the default
     ``beta * (policy - reference)`` log-ratios; an unpaired loss puts each
-    example's reward in ``chosen_rewards``.
+    example's reward in ``chosen_rewards``. ``chosen_logps`` /
+    ``rejected_logps`` ``[N]``: what ``logps/*`` report when not the summed
+    log-probs (SimPO and ORPO report per-token averages, as TRL does).
     """
 
     per_example: Array
     metrics: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     chosen_rewards: Array | None = None
     rejected_rewards: Array | None = None
+    chosen_logps: Array | None = None
+    rejected_logps: Array | None = None
 
 
 LossFn = Callable[..., "Array | LossTerms"]
