@@ -211,3 +211,17 @@ def test_a_second_ctrl_c_during_the_save_finishes_the_save_then_exits(tmp_path, 
     assert_one_line(code, err, 130, "interrupted (the last checkpoint written is complete)")
     assert "Ctrl-C again: saving the checkpoint first, then exiting" in err
     assert finished_checkpoints(tmp_path / "run") == [2]
+
+
+def test_the_reliability_table_has_a_test_for_every_row():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    rows = [line for line in (root / "docs" / "reliability.md").read_text().splitlines() if re.match(r"\| \d+ \|", line)]
+    assert len(rows) >= 25
+    for row in rows:
+        named = re.findall(r"`(tests/[\w/]+\.py)::(\w+)", row)
+        assert named, row
+        for path, name in named:
+            assert re.search(rf"^def {name}\(", (root / path).read_text(), flags=re.M), (path, name)
