@@ -161,10 +161,11 @@ def test_skipped_rows_and_truncation_are_counted_per_split_and_reported(tmp_path
     assert code == 0, err
     assert f"data (train): skipped 4 of 44 rows of {train} as bad (on_bad_row: skip; bad_json 2, missing_field 2)" in err
     assert f"e.g. {train}:21: undecodable JSON line" in err and f"{train}:22: field 'rejected': missing" in err
-    assert "data (train): " in err and "example(s) truncated so far" in err and "data (eval): 8 example(s) truncated" in err
+    assert "data (train): " in err and "example(s) truncated to fit" in err and "data (eval): 8 example(s) truncated" in err
     train_metrics = read_metrics(tmp_path / "run")
     eval_metrics = read_metrics(tmp_path / "run", prefix="eval/")
-    assert train_metrics[2]["train/data/skipped_rows"] == 4 and train_metrics[2]["train/data/truncated"] > 0
+    assert train_metrics[2]["train/data/skipped_rows"] == 4
+    assert train_metrics[1]["train/data/truncated"] + train_metrics[2]["train/data/truncated"] > 0
     assert eval_metrics[2]["eval/data/truncated"] == 8 and eval_metrics[2]["eval/data/dropped"] == 0
 
 
@@ -172,7 +173,7 @@ def test_skipped_rows_and_truncation_are_counted_per_split_and_reported(tmp_path
 
 
 def test_a_custom_loss_reading_a_missing_column_names_it(config, capsys):
-    line = assert_one_line(*_main(capsys, "train", config(algo="dpo", loss={"name": "tests.user_losses_helper:reads_missing_column"})),
+    line = assert_one_line(*_main(capsys, "train", config(algo="dpo", loss={"name": "tests.missing_column_loss_helper:reads_missing_column"})),
                            1, "loss 'test_reads_a_missing_column'", "batch column 'annotator_weight'",
                            "which the batch does not have; it has: ")
     assert "input_ids" in line and "example_mask" in line

@@ -3,7 +3,6 @@ a changed architecture is named, not answered with Orbax errors."""
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest

@@ -8,23 +8,13 @@ import os
 
 import jax
 import numpy as np
-import pytest
 
 from jaxalign.algos import common, dpo, reference_cache
 from jaxalign.config import load_config
-from jaxalign.data import build_pipeline, load_tokenizer
+from jaxalign.data import build_pipeline
 from jaxalign.sharding import MeshConfig, make_mesh
+from tests.test_train_dpo_sft import one_device, tokenizer  # noqa: F401  (shared fixtures)
 from tests.train_fixtures import tiny_run_config, write_config
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer("builtin")
-
-
-@pytest.fixture(scope="module")
-def one_device():
-    return make_mesh(MeshConfig(data=1), devices=jax.devices()[:1])
 
 
 def _rows(path, count, suffix=""):

@@ -25,9 +25,3 @@ def unregistered_loss(inputs: PreferenceInputs, cfg: LossConfig) -> jax.Array:
 
 
 NOT_CALLABLE = 3
-
-
-@jaxalign.register_loss("test_reads_a_missing_column", needs_reference=False)
-def reads_missing_column(inputs: PreferenceInputs, cfg: LossConfig) -> jax.Array:
-    """Reads a batch column no batch has: the error must name it and the columns there are."""
-    return inputs.policy_chosen_logps * inputs.batch["annotator_weight"]

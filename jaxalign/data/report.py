@@ -64,24 +64,44 @@ class SkippedRows:
 
 
 class DataReport:
-    """Counts of the data a run consumed, as metrics; warns once per split on truncation."""
+    """Counts of the data a run consumed, as metrics; warns once per split on truncation.
+
+    Every process must call ``metrics`` at the same points (the counts are
+    summed over processes, each of which reads its own shard)."""
 
     def __init__(self) -> None:
         self._warned: set[str] = set()
+        self._last: dict[str, dict[str, int]] = {}
 
     def metrics(self, pipeline: Any, since: dict[str, int] | None = None) -> dict[str, float]:
         """``data/skipped_rows`` (the split's rows left out when read), and
-        ``data/truncated`` / ``data/dropped`` (examples cut or dropped as
-        overlong in the batches consumed, since ``since``, a ``pipeline.stats``
-        snapshot, or from the start)."""
+        ``data/truncated`` / ``data/dropped``: examples cut or dropped as
+        overlong in the batches consumed since ``since`` (a ``pipeline.stats``
+        snapshot) or since the previous call for this split, over all
+        processes. Per interval, so a resumed run logs what an uninterrupted one does."""
         if pipeline is None:
             return {}
-        now, since = pipeline.stats, since or {}
-        consumed = {name: now.get(name, 0) - since.get(name, 0) for name in ("truncated", "dropped/overlong")}
-        if consumed["truncated"] and pipeline.split not in self._warned:
+        now = pipeline.stats
+        since = self._last.get(pipeline.split, {}) if since is None else since
+        self._last[pipeline.split] = now
+        names = ("truncated", "dropped/overlong")
+        truncated, dropped = _sum_over_processes([now.get(name, 0) - since.get(name, 0) for name in names])
+        if truncated and pipeline.split not in self._warned:
             self._warned.add(pipeline.split)
-            log.warning("data (%s): %d example(s) truncated so far to fit data.max_length / max_prompt_length "
+            log.warning("data (%s): %d example(s) truncated to fit data.max_length / max_prompt_length "
                         "(on_overlong: truncate); counted in metrics as data/truncated. Set data.on_overlong=drop "
-                        "to leave them out, or raise data.max_length", pipeline.split, consumed["truncated"])
-        return {"data/skipped_rows": float(now.get("rows_skipped", 0)),
-                "data/truncated": float(consumed["truncated"]), "data/dropped": float(consumed["dropped/overlong"])}
+                        "to leave them out, or raise data.max_length", pipeline.split, truncated)
+        return {"data/skipped_rows": float(now.get("rows_skipped", 0)), "data/truncated": float(truncated),
+                "data/dropped": float(dropped)}
+
+
+def _sum_over_processes(counts: list[int]) -> list[int]:
+    import jax
+
+    if jax.process_count() == 1:
+        return counts
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    gathered = multihost_utils.process_allgather(np.asarray(counts, dtype=np.int64))
+    return [int(v) for v in np.asarray(gathered).reshape(-1, len(counts)).sum(axis=0)]
