@@ -31,7 +31,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from jaxalign import distributed
+from jaxalign import checkpoint_verify, distributed
 from jaxalign.metrics_log import get_logger
 
 log = get_logger("checkpoint")
@@ -158,82 +158,6 @@ def _jsonable(config: Any) -> Any:
     return json.loads(json.dumps(config, default=str))
 
 
-# ---------------------------------------------------------------- verification
-
-
-def _json_problem(path: epath.Path, what: str) -> str | None:
-    """Why ``path`` is not a readable JSON file, or None."""
-    if not path.exists():
-        return f"{what} ({path.name}) is missing"
-    try:
-        json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        return f"{what} ({path.name}) is unreadable: {err}"
-    return None
-
-
-def _state_problems(state_dir: epath.Path) -> list[str]:
-    if not state_dir.is_dir():
-        return ["its train state (state/) is missing"]
-    problem = _json_problem(state_dir / "_METADATA", "the train state's metadata")
-    if problem:
-        return [problem]
-    metadata = json.loads((state_dir / "_METADATA").read_text())
-    if not isinstance(metadata, dict) or "tree_metadata" not in metadata:
-        return ["the train state's metadata (_METADATA) lists no arrays"]
-    if metadata.get("use_ocdbt"):
-        manifests = [state_dir / "manifest.ocdbt", *(d / "manifest.ocdbt" for d in state_dir.glob("ocdbt.process_*"))]
-        missing = [str(m.relative_to(state_dir)) for m in manifests if not m.exists()]
-        if missing:
-            return [f"the train state's array index is missing ({', '.join(missing)})"]
-    return []
-
-
-def _data_problems(data_dir: epath.Path) -> list[str]:
-    """Damage of this process's data-iterator state; a file written by another
-    process count is not damage (``restore`` explains that case)."""
-    index, count = jax.process_index(), jax.process_count()
-    path = _data_state_file(data_dir, index, count)
-    if path.exists():
-        problem = _json_problem(path, "its data-iterator state")
-        return [problem] if problem else []
-    if data_dir.is_dir() and any(data_dir.glob("process_*-of-*.json")):
-        return []
-    return [f"its data-iterator state (data/{path.name}) is missing, so its position in the data is lost"]
-
-
-def _path_text(path: tuple) -> str:
-    names = []
-    for key in path:
-        for attribute in ("name", "key", "idx"):
-            if hasattr(key, attribute):
-                names.append(str(getattr(key, attribute)))
-                break
-        else:
-            names.append(str(key))
-    return "/".join(names)
-
-
-def shape_differences(saved: Any, abstract: Any) -> list[str]:
-    """``path: saved (a, b), now (c, d)`` for every array whose shape differs between
-    two pytrees of shaped leaves, plus arrays only one of them has."""
-    def stored_shape(leaf: Any) -> tuple:
-        if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
-            return tuple(jax.eval_shape(jax.random.key_data, leaf).shape)  # keys are stored as their data
-        return tuple(leaf.shape)
-
-    def shapes(tree: Any) -> dict[str, tuple]:
-        return {_path_text(path): stored_shape(leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
-                if hasattr(leaf, "shape")}
-
-    before, now = shapes(saved), shapes(abstract)
-    differences = [f"{name}: saved {before[name]}, now {now[name]}" for name in sorted(before.keys() & now.keys())
-                   if before[name] != now[name]]
-    differences += [f"{name}: only in the checkpoint" for name in sorted(before.keys() - now.keys())]
-    differences += [f"{name}: not in the checkpoint" for name in sorted(now.keys() - before.keys())]
-    return differences
-
-
 # ---------------------------------------------------------------- the checkpointer
 
 
@@ -330,12 +254,14 @@ class Checkpointer:
         step_dir = self.directory / str(step)
         if not step_dir.is_dir():
             return [f"{step_dir} is not a folder"]
-        problems = _state_problems(step_dir / "state")
+        problems = checkpoint_verify.state_problems(step_dir / "state")
         if (step_dir / "config").exists():
-            problem = _json_problem(step_dir / "config" / "metadata", "its saved config")
+            problem = checkpoint_verify.json_problem(step_dir / "config" / "metadata", "its saved config")
             problems += [problem] if problem else []
         if with_data:
-            problems += _data_problems(step_dir / "data")
+            data_dir = step_dir / "data"
+            problems += checkpoint_verify.data_problems(
+                data_dir, _data_state_file(data_dir, jax.process_index(), jax.process_count()))
         return problems
 
     def saved_state_shapes(self, step: int) -> Any:

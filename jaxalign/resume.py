@@ -22,8 +22,8 @@ from jaxalign.checkpoint import (
     Checkpointer,
     DataIterator,
     DataStateMismatchError,
-    shape_differences,
 )
+from jaxalign.checkpoint_verify import shape_differences
 from jaxalign.configlib import ConfigError
 from jaxalign.metrics_log import get_logger
 
