@@ -123,7 +123,8 @@ def build_pipeline(
     fmt = detect_format(rows) if cfg.format == "auto" else cfg.format
     load_stats = Counter()
     renderer = functools.cache(lambda: ChatRenderer(tokenizer))
-    examples = format_rows(rows, fmt, kind, renderer, cfg.on_bad_row, load_stats)
+    examples = format_rows(rows, fmt, kind, renderer, cfg.on_bad_row, load_stats,
+                           max_skipped_fraction=cfg.max_skipped_fraction, split=split)
     if not examples:
         raise ValueError(f"data: the {split} split has no usable examples ({load_stats.snapshot()})")
 
