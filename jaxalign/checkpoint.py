@@ -11,6 +11,11 @@ Saves are atomic: Orbax writes into ``<step>.orbax-checkpoint-tmp`` and renames
 it to ``<step>`` only once every item is written, so a crash mid-save leaves the
 previous step as the latest. Left-over temporary folders are removed the next
 time a ``Checkpointer`` opens the directory.
+
+A checkpoint damaged after it was written (a disk fault, a file deleted or
+truncated by hand, a copy interrupted) is found by ``verify`` before anything
+is restored; ``set_aside`` renames it ``<step>.damaged`` so it is neither
+restored nor overwritten (``jaxalign/resume.py`` decides what to resume from).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from jaxalign import distributed
+from jaxalign import checkpoint_verify, distributed
 from jaxalign.metrics_log import get_logger
 
 log = get_logger("checkpoint")
@@ -48,6 +53,9 @@ class CheckpointConfig:
     every_minutes: float = 30.0
     keep: int = 3  # keep the last K checkpoints; 0 = keep all
     async_save: bool = True  # write in the background; the loop blocks only for device->host copies
+    # On resume, a damaged latest checkpoint is set aside and the newest intact
+    # one restored (logged); false: stop with an error naming the damage.
+    fallback_to_intact: bool = True
 
     def __post_init__(self) -> None:
         for name in ("every_steps", "every_minutes", "keep"):
@@ -63,6 +71,10 @@ class DataIterator(Protocol):
 
 class DataStateMismatchError(ValueError):
     """The checkpoint's data iterator state was written by a different number of processes."""
+
+
+class CheckpointDamagedError(RuntimeError):
+    """No checkpoint could be restored: the ones there are damaged (or fallback is off)."""
 
 
 # ---------------------------------------------------------------- the data item
@@ -236,6 +248,46 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
+    def verify(self, step: int, *, with_data: bool = True) -> list[str]:
+        """What is wrong with checkpoint ``step``, cheaply (metadata and file
+        presence; array bytes are checked when restored): [] when intact."""
+        step_dir = self.directory / str(step)
+        if not step_dir.is_dir():
+            return [f"{step_dir} is not a folder"]
+        problems = checkpoint_verify.state_problems(step_dir / "state")
+        if (step_dir / "config").exists():
+            problem = checkpoint_verify.json_problem(step_dir / "config" / "metadata", "its saved config")
+            problems += [problem] if problem else []
+        if with_data:
+            data_dir = step_dir / "data"
+            problems += checkpoint_verify.data_problems(
+                data_dir, _data_state_file(data_dir, jax.process_index(), jax.process_count()))
+        return problems
+
+    def saved_state_shapes(self, step: int) -> Any:
+        """The saved train state as a pytree of array metadata (``.shape``, ``.dtype``)."""
+        return ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")
+
+    def saved_config(self, step: int) -> dict[str, Any] | None:
+        """The run config saved with ``step`` (None for a checkpoint without one)."""
+        path = self.directory / str(step) / "config" / "metadata"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def set_aside(self, step: int) -> epath.Path:
+        """Renames a damaged checkpoint ``<step>.damaged`` (kept for inspection,
+        never restored or overwritten); process 0 renames, every process waits."""
+        self.wait()
+        target = self.directory / f"{step}.damaged"
+        suffix = 1
+        while target.exists():
+            suffix += 1
+            target = self.directory / f"{step}.damaged-{suffix}"
+        if jax.process_index() == 0:
+            (self.directory / str(step)).rename(target)
+        distributed.main_process_decides("checkpoint_set_aside", True)  # the others wait for the rename
+        self._manager.reload()
+        return target
+
     def restore(
         self,
         step: int | None = None,
@@ -260,8 +312,7 @@ class Checkpointer:
             raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}; have {self.all_steps()}")
         self.wait()
         step_dir = self.directory / str(step)
-        # Small items first: a data-state mismatch fails before the large state read,
-        # and the iterator can start prefetching while the state loads.
+        # Small items first: a data-state mismatch fails before the large state read.
         small: dict[str, ocp.args.CheckpointArgs] = {}
         if (step_dir / "config").exists():
             small["config"] = ocp.args.JsonRestore()
@@ -270,12 +321,12 @@ class Checkpointer:
                 raise _mismatch_error(step_dir / "data", jax.process_index(), jax.process_count())
             small["data"] = DataStateRestore()
         restored_small = self._manager.restore(step, args=ocp.args.Composite(**small)) if small else {}
-        if "data" in small:
+        restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+        if "data" in small:  # only once the state restored: a damaged state leaves the iterator untouched
             assert data_iterator is not None
             data_iterator.set_state(restored_small["data"])
             if hasattr(data_iterator, "start_prefetch"):  # grain DatasetIterator
                 data_iterator.start_prefetch()
-        restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
         self._last_save_time = time.time()
         self._decided = None
         return restored["state"], (restored_small.get("config") if small else None)

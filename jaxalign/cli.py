@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -26,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="config.json to read the architecture from (default: model.path's)")
     plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config value, as for train (repeatable)")
+    plan.add_argument("--import-losses", action="store_true",
+                      help="import losses named as module:function (plan runs no user code without it)")
 
     generate = commands.add_parser("generate", help="sample completions for a JSONL file of prompts")
     generate.add_argument("--model", required=True, help="Hugging Face model folder (with its tokenizer)")
@@ -81,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             train(cfg)
+        except ConfigError as err:  # found once the run starts: the run dir, the checkpoint's architecture
+            print(f"jaxalign: config error: {err}", file=sys.stderr)
+            return 2
         except (ValueError, RuntimeError, FileNotFoundError) as err:
             # Bad input (data rows, mesh, checkpoints, NaN loss) reads better as one
             # line; JAXALIGN_DEBUG=1 shows the traceback.
@@ -88,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print(f"jaxalign: error: {err}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:  # a second Ctrl-C: any checkpoint being written was finished first
+            print("jaxalign: interrupted (the last checkpoint written is complete)", file=sys.stderr)
+            return 130
         return 0
     if args.command == "generate":
         return _generate(args)
@@ -119,6 +128,17 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    from jaxalign.losses.registry import user_losses_not_imported
+
+    with contextlib.nullcontext([]) if args.import_losses else user_losses_not_imported() as not_imported:
+        code = _estimate_and_print(args)
+    for name in not_imported:
+        print(f"jaxalign: note: loss {name!r} was not imported (plan runs no user code) and is counted as a pair "
+              "loss that needs a reference model; --import-losses imports it", file=sys.stderr)
+    return code
+
+
+def _estimate_and_print(args: argparse.Namespace) -> int:
     from jaxalign.config import load_config
     from jaxalign.configlib import ConfigError
     from jaxalign.plan import estimate, read_model_config

@@ -10,6 +10,7 @@ from jaxalign import configlib
 from jaxalign.algos.ppo_config import PPOConfig
 from jaxalign.checkpoint import CheckpointConfig
 from jaxalign.data import DataConfig
+from jaxalign.health import HealthConfig
 from jaxalign.losses import LossConfig
 from jaxalign.optim import OptimConfig
 from jaxalign.sharding import MeshConfig
@@ -41,6 +42,10 @@ class LogConfig:
     tensorboard: bool = True
     wandb: dict[str, Any] | None = None  # e.g. {project: my-project}; used only if wandb is installed
 
+    def __post_init__(self) -> None:
+        if self.every_steps < 1:
+            raise ValueError(f"log.every_steps must be >= 1 (log every N optimizer steps), got {self.every_steps}")
+
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -63,6 +68,7 @@ class TrainConfig:
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
+    health: HealthConfig = dataclasses.field(default_factory=HealthConfig)
 
     def __post_init__(self) -> None:
         if self.algo not in ALGORITHMS:

@@ -25,8 +25,8 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "linear", "constant"):
             raise ValueError(f"optim.schedule must be cosine, linear or constant, got '{self.schedule}'")
-        if self.lr <= 0:
-            raise ValueError(f"optim.lr must be positive, got {self.lr}")
+        if not self.lr > 0 or self.lr == float("inf"):  # also catches NaN
+            raise ValueError(f"optim.lr must be a positive finite number, got {self.lr}")
         if self.grad_accum_steps < 1:
             raise ValueError(f"optim.grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
         if not 0.0 <= self.warmup_ratio < 1.0:

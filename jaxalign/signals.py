@@ -3,15 +3,18 @@
 Inside ``with GracefulStop() as stop:`` the first SIGTERM or SIGINT only sets
 ``stop.stop_requested``; the loop finishes its step, saves a checkpoint and
 returns normally (exit code 0). A second Ctrl-C raises ``KeyboardInterrupt``
-at once for a user who really wants out. The previous handlers come back on exit.
+at once for a user who really wants out, except inside ``stop.protect(...)``
+(a checkpoint being written): there it is held until the block ends, so the
+save finishes before the run exits. The previous handlers come back on exit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from types import FrameType
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from jaxalign import distributed
 from jaxalign.metrics_log import get_logger
@@ -35,6 +38,8 @@ class GracefulStop:
         self.received: signal.Signals | None = None  # the first stop signal seen
         self.installed = False
         self._previous: dict[signal.Signals, Any] = {}
+        self._protecting: list[str] = []  # what the open protect() blocks are doing
+        self._abort_pending = False
 
     def __enter__(self) -> "GracefulStop":
         if threading.current_thread() is not threading.main_thread():
@@ -56,12 +61,32 @@ class GracefulStop:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         sig = signal.Signals(signum)
         if self.stop_requested and sig == signal.SIGINT:
+            if self._protecting:
+                if not self._abort_pending:
+                    log.warning("Ctrl-C again: %s first, then exiting (interrupting it would lose the checkpoint)",
+                                self._protecting[-1])
+                self._abort_pending = True
+                return
             raise KeyboardInterrupt
         if self.stop_requested:
             return  # repeated SIGTERMs (schedulers resend them) change nothing
         self.request_stop(sig)
         hint = " (Ctrl-C again to abort now)" if signal.SIGINT in self.signals else ""
         log.warning("received %s: finishing this step, saving a checkpoint, then exiting%s", sig.name, hint)
+
+    @contextlib.contextmanager
+    def protect(self, what: str) -> Iterator[None]:
+        """A block a second Ctrl-C must not interrupt (``what``: e.g. "finishing the
+        checkpoint save"): the abort is held and raised as ``KeyboardInterrupt``
+        when the outermost such block ends without an error."""
+        self._protecting.append(what)
+        try:
+            yield
+        finally:
+            self._protecting.pop()
+        if self._abort_pending and not self._protecting:
+            self._abort_pending = False
+            raise KeyboardInterrupt
 
     def request_stop(self, sig: signal.Signals | None = None) -> None:
         """Asks for a graceful stop as a signal would (for callers with their own triggers)."""

@@ -18,12 +18,15 @@ import jax
 import jax.numpy as jnp
 import yaml
 
-from jaxalign import distributed
+from jaxalign import distributed, health, run_events
 from jaxalign.checkpoint import Checkpointer
 from jaxalign.config import TrainConfig, config_to_dict
 from jaxalign.data import build_pipeline, load_tokenizer
+from jaxalign.data.report import DataReport
 from jaxalign.metrics_log import MetricsLogger, ProgressBar, get_logger
 from jaxalign.optim import learning_rate_schedule
+from jaxalign.resume import resume_latest
+from jaxalign.run_dir import RunDirLock
 from jaxalign.sharding import batch_divisor, batch_sharding, make_mesh, replicated, shard_batch
 from jaxalign.signals import GracefulStop
 from jaxalign.train_state import AlgoRun
@@ -31,8 +34,7 @@ from jaxalign.train_state import AlgoRun
 log = get_logger()
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf; the run stops before saving anything."""
+NonFiniteLossError = health.NonFiniteStateError  # the loss or the updated weights became NaN or inf
 
 
 def _algorithm(name: str):
@@ -74,6 +76,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
+        self.run_lock = RunDirLock(self.run_dir)  # first: nothing may touch another trainer's run dir
+        self.run_lock.acquire()
         self.mesh = make_mesh(cfg.mesh)
         self.is_main = distributed.is_main_process()
         algo_module = _algorithm(cfg.algo)
@@ -93,6 +97,7 @@ class Trainer:
             pipeline_args["shape_agreement"] = distributed.agree_on_shape
         self.train_data = build_pipeline(cfg.data, self.tokenizer, split="train", **pipeline_args)
         self.eval_data = build_pipeline(cfg.data, self.tokenizer, split="eval", **pipeline_args)
+        self.data_report = DataReport()  # skipped rows, truncated and dropped examples, as metrics
         self.total_steps = self._total_steps()
         self.algo: AlgoRun = algo_module.setup(cfg, self.mesh, self.tokenizer, self.total_steps)
         self.learning_rate = learning_rate_schedule(cfg.optim, self.total_steps * self.algo.updates_per_step)
@@ -101,7 +106,7 @@ class Trainer:
         frozen_shardings = _shardings(self.algo.frozen)
         rows = batch_sharding(self.mesh)
         self.train_step = jax.jit(
-            self.algo.train_step,
+            health.with_state_check(self.algo.train_step),
             in_shardings=(state_shardings, rows, frozen_shardings),
             out_shardings=(state_shardings, replicated(self.mesh)),
             donate_argnums=(0,),
@@ -131,6 +136,7 @@ class Trainer:
             return {}
         collected: dict[str, list[float]] = {}
         weights: list[float] = []
+        data_before = self.eval_data.stats
         for index, host_batch in enumerate(self.eval_data.iterator()):
             if self.cfg.eval_batches and index >= self.cfg.eval_batches:
                 break
@@ -142,30 +148,38 @@ class Trainer:
             for name, value in metrics.items():
                 collected.setdefault(name, []).append(float(value))
         reduced = {name: _reduce_eval(name, values, weights) for name, values in collected.items()}
-        return self.algo.summarize_eval(reduced) if self.algo.summarize_eval else reduced
+        reduced = self.algo.summarize_eval(reduced) if self.algo.summarize_eval else reduced
+        return {**reduced, **self.data_report.metrics(self.eval_data, since=data_before)}
 
-    def _check_finite(self, finite: jax.Array | None, step: int) -> None:
-        if finite is not None and not bool(jax.device_get(finite)):
-            raise NonFiniteLossError(
-                f"loss became NaN or inf before optimizer step {step}; stopping without saving. "
-                f"The last good checkpoint in {self.checkpointer.directory} is intact. "
-                "Try a lower optim.lr, optim.max_grad_norm > 0, or float32 parameters."
-            )
+    def _check_finite(self, window: "_MetricsWindow", step: int) -> None:
+        """Raises before anything non-finite (loss or updated state) can be saved."""
+        if window.finite is not None and not bool(jax.device_get(window.finite)):
+            loss_finite = bool(jax.device_get(window.loss_finite))
+            message = health.non_finite_message(step, loss_finite, self.checkpointer.latest_step(),
+                                                self.checkpointer.directory)
+            run_events.record(self.run_dir, "non_finite", message, step)
+            raise NonFiniteLossError(message)
 
     def run(self) -> dict[str, Any]:
         """Trains to ``total_steps`` (resuming from the latest checkpoint) and
         returns the last train and eval metrics. SIGTERM/SIGINT finish the
         current step, save a checkpoint and return."""
+        self.run_lock.acquire()  # no-op unless an earlier run() released it
         self._save_config()
         logger = MetricsLogger(self.run_dir, tensorboard=self.cfg.log.tensorboard, wandb=self.cfg.log.wandb,
                                is_main_process=self.is_main)
         try:
             with GracefulStop() as stopper:
-                return self._run(stopper, logger)
+                try:
+                    return self._run(stopper, logger)
+                finally:  # a second Ctrl-C lets a background save finish first
+                    with stopper.protect("finishing the checkpoint save"):
+                        self.checkpointer.wait()
         finally:  # also on errors (NaN loss, bad data): finish pending async saves
             self.checkpointer.wait()
             self.checkpointer.close()
             logger.close()
+            self.run_lock.release()
 
     def _run(self, stopper: GracefulStop, logger: MetricsLogger) -> dict[str, Any]:
         cfg = self.cfg
@@ -173,6 +187,8 @@ class Trainer:
         step = self._resume(train_iterator)
         progress = ProgressBar(self.total_steps, start_step=step) if self.is_main else None
         window = _MetricsWindow()
+        divergence = health.DivergenceWatch(cfg.health, lambda *event, **fields: run_events.record(
+            self.run_dir, *event, **fields))
         last_train: dict[str, float] = {}
         last_eval: dict[str, float] = {}
         stopped_early = False
@@ -182,8 +198,10 @@ class Trainer:
                 break
             step += 1
             if step % cfg.log.every_steps == 0 or step == self.total_steps:
-                self._check_finite(window.finite, step)
+                self._check_finite(window, step)
                 last_train = window.read()
+                last_train.update(divergence.observe(step, last_train["loss"]))
+                last_train.update(self.data_report.metrics(self.train_data))
                 last_train["learning_rate"] = float(self.learning_rate(step * self.algo.updates_per_step - 1))
                 logger.log(step, last_train, prefix="train")
                 if progress:
@@ -195,30 +213,28 @@ class Trainer:
                     progress.message(f"eval at step {step}: " + _summary(last_eval))
             stopped_early = stopper.should_stop()  # agreed across processes
             if stopped_early or self.checkpointer.should_save(step, time.time()):
-                self._check_finite(window.finite, step)
-                self.checkpointer.save(step, self.state, train_iterator, config_to_dict(cfg), force=True)
+                self._check_finite(window, step)
+                with stopper.protect("saving the checkpoint"):
+                    self.checkpointer.save(step, self.state, train_iterator, config_to_dict(cfg), force=True)
             if stopped_early:
                 log.info("stop requested: saved step %d, exiting", step)
                 break
         if not stopped_early:
-            last_eval = self._finish(step, train_iterator, logger, progress)
+            last_eval = self._finish(step, train_iterator, logger, progress, window, stopper)
         if progress:
             progress.close()
         return {"step": step, "train": last_train, "eval": last_eval, "stopped_early": stopped_early}
 
     def _resume(self, train_iterator) -> int:
-        """Restores the latest checkpoint, if any; returns the step to continue from."""
-        latest = self.checkpointer.latest_step()
-        if latest is None:
+        """Restores the newest intact checkpoint, if any; returns the step to continue from."""
+        resumed = resume_latest(
+            self.checkpointer, abstract_state=_abstract(self.state), data_iterator=train_iterator,
+            restore_data=not self.cfg.data.reset_iterator_on_restore, current_config=config_to_dict(self.cfg),
+            run_dir=self.run_dir)
+        if resumed is None:
             return 0
-        self.state, saved_config = self.checkpointer.restore(
-            latest, abstract_state=_abstract(self.state), data_iterator=train_iterator,
-            restore_data=not self.cfg.data.reset_iterator_on_restore)
-        log.info("resumed from checkpoint at step %d in %s", latest, self.checkpointer.directory)
-        changed = _changed_keys(saved_config or {}, config_to_dict(self.cfg))
-        if changed:
-            log.warning("resuming with a config that differs from the checkpoint's: %s", "; ".join(changed))
-        return latest
+        self.state, step = resumed
+        return step
 
     def _optimizer_step(self, train_iterator, window: "_MetricsWindow") -> bool:
         """Runs ``grad_accum_steps`` micro-batches; False when the data ran out."""
@@ -249,15 +265,17 @@ class Trainer:
                         "time/training_s": time.monotonic() - rolled_out}
         return batch, {**metrics, **{name: jnp.float32(value) for name, value in host_metrics.items()}}
 
-    def _finish(self, step: int, train_iterator, logger: MetricsLogger, progress: ProgressBar | None) -> dict:
+    def _finish(self, step: int, train_iterator, logger: MetricsLogger, progress: ProgressBar | None,
+                window: "_MetricsWindow", stopper: GracefulStop) -> dict:
         """Final eval, final checkpoint, export."""
-        self._check_finite(None, step)
+        self._check_finite(window, step)
         last_eval = self.evaluate()
         logger.log(step, last_eval, prefix="eval")
         if progress:
             progress.message(f"final eval at step {step}: " + _summary(last_eval))
         if self.checkpointer.latest_step() != step:
-            self.checkpointer.save(step, self.state, train_iterator, config_to_dict(self.cfg), force=True)
+            with stopper.protect("saving the checkpoint"):
+                self.checkpointer.save(step, self.state, train_iterator, config_to_dict(self.cfg), force=True)
         if self.cfg.export:
             export_dir = self.run_dir / "export"
             self.algo.export(self.state, str(export_dir))
@@ -273,7 +291,8 @@ class _MetricsWindow:
     them once per interval instead of blocking on every step."""
 
     def __init__(self) -> None:
-        self.finite: jax.Array | None = None
+        self.finite: jax.Array | None = None  # every step's loss and updated state finite so far
+        self.loss_finite: jax.Array | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -283,8 +302,10 @@ class _MetricsWindow:
         self._start = time.monotonic()
 
     def add(self, metrics: dict, tokens: int | jax.Array) -> None:
-        batch_finite = jnp.isfinite(metrics["loss"])
+        batch_finite, loss_finite = health.step_is_finite(metrics), jnp.isfinite(metrics["loss"])
+        metrics = {name: value for name, value in metrics.items() if name != health.FINITE_STATE_KEY}
         self.finite = batch_finite if self.finite is None else self.finite & batch_finite
+        self.loss_finite = loss_finite if self.loss_finite is None else self.loss_finite & loss_finite
         self._sums = metrics if self._sums is None else _accumulate(self._sums, metrics)
         self._count += 1
         self._tokens += tokens
@@ -302,18 +323,6 @@ class _MetricsWindow:
         means["tokens_per_s"] = float(jax.device_get(self._tokens)) / max(time.monotonic() - self._start, 1e-9)
         self._reset()
         return means
-
-
-def _changed_keys(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """``a.b: old -> new`` for every leaf that differs between two config dicts."""
-    changes = []
-    for key in sorted(set(saved) | set(current)):
-        old, new = saved.get(key), current.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            changes += _changed_keys(old, new, f"{prefix}{key}.")
-        elif old != new and not (isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)) and list(old) == list(new)):
-            changes.append(f"{prefix}{key}: {old!r} -> {new!r}")
-    return changes
 
 
 def _record_special_tokens(export_dir: Path, tokenizer) -> None:

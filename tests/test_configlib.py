@@ -31,7 +31,7 @@ def test_nested_yaml_and_overrides(tmp_path):
 def test_unknown_key_suggests_nearest(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("optim:\n  schedul: linear\n")
-    with pytest.raises(configlib.ConfigError, match=r"unknown config key 'optim.schedul'.*Did you mean 'schedule'"):
+    with pytest.raises(configlib.ConfigError, match=r"unknown config key 'optim.schedul'.*Did you mean 'optim.schedule'"):
         configlib.load(Outer, path)
 
 

@@ -151,7 +151,8 @@ def test_bad_rows_raise_at_build_time_or_are_counted(tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", rows)
     with pytest.raises(DataError, match=rf"{path}:10: undecodable JSON line"):
         build_pipeline(config(train=str(path), batch_size=4), builtin_tokenizer())
-    pipeline = build_pipeline(config(train=str(path), batch_size=4, on_bad_row="skip"), builtin_tokenizer())
+    pipeline = build_pipeline(config(train=str(path), batch_size=4, on_bad_row="skip", max_skipped_fraction=0.2),
+                              builtin_tokenizer())
     assert pipeline.num_examples == 9 and pipeline.steps_per_epoch == 2
     assert {k: v for k, v in pipeline.stats.items() if k.startswith(("rows", "skipped"))} == {
         "rows_read": 11, "rows_kept": 9, "rows_skipped": 2, "skipped/bad_json": 1, "skipped/wrong_type": 1}

@@ -215,8 +215,9 @@ def test_pair_loss_matches_numpy(name, options, reference):
         "rewards/rejected": masked_mean(rejected_r, mask),
         "rewards/margins": masked_mean(chosen_r - rejected_r, mask),
         "rewards/accuracies": masked_mean((chosen_r > rejected_r).astype(float), mask),
-        "logps/chosen": masked_mean(x64["pc"], mask),
-        "logps/rejected": masked_mean(x64["pr"], mask),
+        # SimPO and ORPO log per-token averages under TRL's names, as TRL's CPO/ORPO trainers do.
+        "logps/chosen": masked_mean(x64["pc"] / x64["lc"] if name in ("simpo", "orpo") else x64["pc"], mask),
+        "logps/rejected": masked_mean(x64["pr"] / x64["lr"] if name in ("simpo", "orpo") else x64["pr"], mask),
         # token-weighted, as TRL: sum of per-token logits / number of tokens
         "logits/chosen": np.sum((x64["gc"] * x64["lc"])[real]) / np.sum(x64["lc"][real]),
         "logits/rejected": np.sum((x64["gr"] * x64["lr"])[real]) / np.sum(x64["lr"][real]),

@@ -135,7 +135,7 @@ def test_bad_inputs_give_clear_messages_and_leave_checkpoints(tmp_path, capsys):
             assert "differs from the checkpoint's" in err and "data.train" in err
 
     code, err = _train_main(good, "optim.learning_rate=1", capsys=capsys)
-    assert code == 2 and "Did you mean 'lr'" in err
+    assert code == 2 and "Did you mean 'optim.lr'" in err
 
     code, err = _train_main(good, "mesh.data=3", "max_steps=4", capsys=capsys)
     assert code == 1 and "does not fit 8 device(s)" in err

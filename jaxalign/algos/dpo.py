@@ -22,7 +22,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxalign import distributed
-from jaxalign.algos import common
+from jaxalign.algos import common, reference_cache
 from jaxalign.batch import target_counts
 from jaxalign.config import TrainConfig
 from jaxalign.data import build_pipeline
@@ -109,8 +109,9 @@ def precomputed_reference(cfg: TrainConfig, mesh: Mesh, tokenizer, ref_graphdef,
     """Reference log-prob sums for every example of the train and eval splits,
     ``{"ref_train": [N_train, 2], "ref_eval": [N_eval, 2]}``, looked up in the
     step by ``example_id``. Saved as ``<run_dir>/ref_logps_<split>.npy`` (by
-    process 0) and reused when every process sees it (a resumed run skips the
-    pass). With several processes each reads its shard of the split and the
+    process 0) with a fingerprint of what determines it (``reference_cache``)
+    and reused when every process finds it with the current fingerprint (a
+    resumed run skips the pass; a changed model, tokenizer or data recomputes). With several processes each reads its shard of the split and the
     sums come back replicated, so every process fills the same whole table."""
     kind = data_kind(cfg)
     sums_fn = jax.jit(
@@ -129,16 +130,17 @@ def precomputed_reference(cfg: TrainConfig, mesh: Mesh, tokenizer, ref_graphdef,
         if pipeline is None:
             tables[f"ref_{split}"] = _replicated(np.zeros((1, 2), np.float32), mesh)
             continue
-        cached = cache.exists() and np.load(cache).shape == (pipeline.num_examples, 2)
+        fingerprint = reference_cache.fingerprint(cfg, tokenizer, pipeline, split)
+        table, stale = reference_cache.load(cache, fingerprint, pipeline.num_examples)
         # The pass is collective: all processes reuse the cache or none does.
-        if distributed.all_processes(cached):
-            table = np.load(cache)
+        if distributed.all_processes(table is not None):
             log.info("reference log-probs for %s: reusing %s", split, cache)
         else:
+            if cache.exists():
+                log.warning("reference log-probs for %s: recomputing %s: %s", split, cache, stale)
             table = _reference_pass(pipeline, sums_fn, ref_params, mesh)
             if jax.process_index() == 0:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                np.save(cache, table)
+                reference_cache.save(cache, table, fingerprint)
             log.info("reference log-probs for %s: %d examples -> %s", split, pipeline.num_examples, cache)
         tables[f"ref_{split}"] = _replicated(table, mesh)
     return tables

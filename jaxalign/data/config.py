@@ -51,7 +51,8 @@ class DataConfig:
     # entry (jaxalign.models.tiled_attention); needs pad_to_multiple and
     # pack_length to be multiples of jaxalign.batch.ATTENTION_TILE, else dense.
     sparse_attention: bool = True
-    on_bad_row: str = "raise"  # raise | skip (skipped rows are counted in stats)
+    on_bad_row: str = "raise"  # raise | skip (skipped rows are counted, logged per file and in data/skipped_rows)
+    max_skipped_fraction: float = 0.1  # on_bad_row: skip fails when more of a file's rows than this are bad
     on_overlong: str = "truncate"  # truncate | drop | raise
     completion_only_loss: bool = True  # SFT: False = loss on every token after the first
     shuffle: bool = True
@@ -76,6 +77,8 @@ class DataConfig:
             fail(f"on_bad_row must be one of {', '.join(BAD_ROW_POLICIES)}, got '{self.on_bad_row}'")
         if self.on_overlong not in OVERLONG_POLICIES:
             fail(f"on_overlong must be one of {', '.join(OVERLONG_POLICIES)}, got '{self.on_overlong}'")
+        if not 0.0 <= self.max_skipped_fraction <= 1.0:
+            fail(f"max_skipped_fraction must be in [0, 1], got {self.max_skipped_fraction}")
         if not 0.0 <= self.eval_fraction < 1.0:
             fail(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.eval is not None and self.eval_fraction > 0:

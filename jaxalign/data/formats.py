@@ -21,6 +21,7 @@ prompt              prompt_only and every format with a prompt
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import os
@@ -29,6 +30,7 @@ from typing import Any, Callable, Sequence
 
 from jaxalign.data.chat import ChatRenderer, Piece
 from jaxalign.data.errors import Counter, DataError
+from jaxalign.data.report import SkippedRows, source_of
 from jaxalign.data.sources import RawRow
 
 KINDS = ("preference", "reward", "unpaired", "sft", "prompt")
@@ -56,6 +58,7 @@ FORMAT_COLUMNS = (
 # A speaker tag at a line start ("\n\nAssistant:", "\nUser:"): implicit prompts end after the last one.
 SPEAKER_TAG = re.compile(r"\n\n?[A-Z][A-Za-z]{0,30}:")
 _FROM_ROW = object()  # "read the field from the row" (None is a value a list may hold)
+DETECT_ROWS = 100  # objects read to detect the format: a bad first row must not decide it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,37 +74,59 @@ class TextExample:
     chat: bool = False  # rendered by a chat template, which ends the reply itself: no EOS appended
 
 
+def _row_format(value: dict) -> str | None:
+    for name, columns in FORMAT_COLUMNS:
+        if all(column in value for column in columns):
+            return name
+    return None
+
+
 def detect_format(rows: Sequence[RawRow]) -> str:
-    """The format whose columns the first readable row has."""
-    for row in rows:
-        if isinstance(row.value, dict):
-            for name, columns in FORMAT_COLUMNS:
-                if all(column in row.value for column in columns):
-                    return name
-            known = "; ".join(f"{name}: {', '.join(cols)}" for name, cols in FORMAT_COLUMNS)
-            raise DataError(row.where, "unknown_format",
-                            f"cannot tell the format from columns {sorted(row.value)}; expected one of: {known}")
-    raise ValueError("data: no readable rows to detect the format from")
+    """The format most of the first ``DETECT_ROWS`` readable rows have the columns
+    of (ties go to the earlier format in ``FORMAT_COLUMNS``), so one odd row at
+    the top of a file does not decide it. Errors name the file."""
+    objects = [row for row in rows if isinstance(row.value, dict)][:DETECT_ROWS]
+    votes = collections.Counter(fmt for row in objects if (fmt := _row_format(row.value)) is not None)
+    if votes:
+        order = [name for name, _ in FORMAT_COLUMNS]
+        return max(votes, key=lambda fmt: (votes[fmt], -order.index(fmt)))
+    if objects:
+        known = "; ".join(f"{name}: {', '.join(cols)}" for name, cols in FORMAT_COLUMNS)
+        raise DataError(objects[0].where, "unknown_format",
+                        f"cannot tell the format from columns {sorted(objects[0].value)}; expected one of: {known}")
+    if not rows:
+        raise ValueError("data: no rows to detect the format from")
+    first = rows[0]
+    why = first.error or f"a row must be a JSON object with columns, got {type(first.value).__name__}"
+    raise ValueError(
+        f"data: {source_of(first.where)}: no row could be read as a JSON object with columns (line 1: {why}); "
+        "jaxalign reads JSON lines (.jsonl, .jsonl.gz), a JSON array (.json) or parquet, one example per row")
 
 
-def check_kind(fmt: str, kind: str) -> None:
+def check_kind(fmt: str, kind: str, source: str | None = None) -> None:
     if kind not in KINDS:
         raise ValueError(f"data: kind must be one of {', '.join(KINDS)}, got '{kind}'")
     if fmt not in FORMATS_FOR_KIND[kind]:
+        where = f"{source}: " if source else ""
         raise ValueError(
-            f"data: format '{fmt}' cannot feed {kind} training; it needs one of {', '.join(FORMATS_FOR_KIND[kind])}"
+            f"data: {where}format '{fmt}' cannot feed {kind} training; it needs one of {', '.join(FORMATS_FOR_KIND[kind])}"
         )
 
 
 def format_rows(
-    rows: Sequence[RawRow], fmt: str, kind: str, renderer: Callable[[], ChatRenderer], on_bad_row: str, stats: Counter
+    rows: Sequence[RawRow], fmt: str, kind: str, renderer: Callable[[], ChatRenderer], on_bad_row: str, stats: Counter,
+    *, max_skipped_fraction: float = 1.0, split: str | None = None,
 ) -> list[TextExample]:
     """Formats every row; bad rows raise ``DataError`` or, with ``on_bad_row ==
-    "skip"``, are counted in ``stats`` under ``skipped/<reason>``."""
-    check_kind(fmt, kind)
+    "skip"``, are counted in ``stats`` under ``skipped/<reason>`` and logged per
+    file with the first few reasons; more than ``max_skipped_fraction`` of a
+    file's rows skipped is an error."""
+    check_kind(fmt, kind, source_of(rows[0].where) if rows else None)
     examples: list[TextExample] = []
+    skipped = SkippedRows()
     for row in rows:
         stats.add("rows_read")
+        skipped.row_read(row.where)
         try:
             made = row_examples(row, fmt, kind, renderer, stats)
         except DataError as err:
@@ -109,10 +134,12 @@ def format_rows(
                 raise
             stats.add("rows_skipped")
             stats.add(f"skipped/{err.reason}")
+            skipped.row_skipped(err)
             continue
         stats.add("rows_kept")
         examples.extend(made)
     stats.add("examples", len(examples))
+    skipped.report(max_skipped_fraction, split)
     return examples
 
 

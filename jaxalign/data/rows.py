@@ -52,7 +52,9 @@ def split_examples(cfg: DataConfig, split: str, tokenizer: Any, kind: str) -> Sp
     fmt = detect_format(rows) if cfg.format == "auto" else cfg.format
     stats = Counter()
     renderer = functools.cache(lambda: ChatRenderer(tokenizer))
-    return SplitExamples(rows, fmt, format_rows(rows, fmt, kind, renderer, cfg.on_bad_row, stats), stats)
+    examples = format_rows(rows, fmt, kind, renderer, cfg.on_bad_row, stats,
+                           max_skipped_fraction=cfg.max_skipped_fraction, split=split)
+    return SplitExamples(rows, fmt, examples, stats)
 
 
 class ExampleRows:

@@ -18,6 +18,7 @@ import numpy as np
 from jaxalign.data.errors import DataError
 
 LOCAL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
+TABLE_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz")  # not read directly: a clear error says how to convert
 BUILTIN_PREFIX = "builtin:"
 # Fixed, so the held-out rows of ``eval_fraction`` never depend on the run seed.
 EVAL_SPLIT_SEED = 20240917
@@ -67,9 +68,15 @@ def read_rows(spec: str, split: str = "train") -> list[RawRow]:
         path = Path(name)
         if not path.is_file():
             raise FileNotFoundError(f"data: file not found: {path}")
-        if name.endswith(".parquet"):
-            return _read_parquet(path)
-        return _read_json(path)
+        if name.lower().endswith(TABLE_SUFFIXES):
+            raise ValueError(
+                f"data: {path}: CSV/TSV files are not read directly (their cells cannot hold chat messages or "
+                "lists); convert it to JSON lines, e.g. pandas.read_csv(path).to_json('data.jsonl', "
+                "orient='records', lines=True), or to parquet")
+        rows = _read_parquet(path) if name.endswith(".parquet") else _read_json(path)
+        if not rows:
+            raise ValueError(f"data: {path} is empty: it holds no rows")
+        return rows
     return _read_hub(name, chosen_split or split)
 
 
@@ -95,12 +102,14 @@ def _read_json_lines(path: Path) -> list[RawRow]:
             except UnicodeDecodeError as err:
                 rows.append(RawRow(where, None, f"line is not valid UTF-8 ({err.reason} at byte {err.start})"))
                 continue
+            text = text.rstrip("\r\n")  # else an error at the line's end reads as "line 2, column 1"
             if not text.strip():
                 continue
             try:
                 rows.append(RawRow(where, json.loads(text)))
             except json.JSONDecodeError as err:
-                rows.append(RawRow(where, None, f"undecodable JSON line: {err.msg} (column {err.colno})"))
+                at = "at the end of the line" if err.pos >= len(text) else f"column {err.colno}"
+                rows.append(RawRow(where, None, f"undecodable JSON line: {err.msg} ({at})"))
     return rows
 
 

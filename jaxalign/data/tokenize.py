@@ -157,6 +157,20 @@ def _bos_added_by(tokenizer: Any) -> int | None:
     return int(bos) if with_special[:1] == [bos] else None
 
 
+def _from_folder_or_hub(name: str, auto_tokenizer: Any) -> Any:
+    """A local folder's tokenizer, or a hub id's (when the hub is reachable); clear errors otherwise."""
+    from jaxalign import hub
+
+    if not Path(name).expanduser().is_dir() and (hub.looks_like_path(name) or Path(name).exists()):
+        raise hub.missing_folder_error(name, "tokenizer")
+    try:
+        return auto_tokenizer.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        if Path(name).expanduser().is_dir():  # a local folder without usable tokenizer files
+            raise ValueError(f"tokenizer: {name} holds no usable tokenizer files ({str(err).splitlines()[0]})") from err
+        raise hub.hub_unavailable_error(name, err, "model.path (or --model)") from err
+
+
 def load_tokenizer(path_or_name: str) -> Any:
     """A transformers tokenizer with a pad token.
 
@@ -177,7 +191,7 @@ def load_tokenizer(path_or_name: str) -> Any:
             vocab = tokenizer.get_vocab()
             tokenizer.eos_token = next((name for name in EOS_CANDIDATES if name in vocab), None)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(path_or_name)
+        tokenizer = _from_folder_or_hub(str(path_or_name), AutoTokenizer)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -7,6 +7,7 @@ The trainer's side::
     loss_fn = build_loss(cfg)                        # once, outside jit
     out = loss_fn(PreferenceInputs(...))             # LossOutput, inside jit
     loss, metrics = out.result()
+    per_example = build_per_example_loss(cfg)(PreferenceInputs(...))  # {name: [N]} before the mean
 
 A user's side::
 
@@ -16,7 +17,7 @@ A user's side::
 """
 
 from jaxalign.losses.accounting import LossOutput, Stat, max_stat, mean_stat, merge_outputs, min_stat
-from jaxalign.losses.build import build_loss, compute_loss
+from jaxalign.losses.build import build_loss, build_per_example_loss, compute_loss
 from jaxalign.losses.config import LossConfig
 from jaxalign.losses.inputs import (
     LossInputs,
@@ -29,8 +30,8 @@ from jaxalign.losses.inputs import (
 )
 from jaxalign.losses.registry import LossSpec, LossTerms, get_loss, list_losses, register_loss
 
-# Importing the catalogue registers the built-in losses.
-from jaxalign.losses import preference, reward, unpaired  # noqa: E402,F401  isort: skip
+# Importing the catalogue registers the built-in losses; ``ppo`` is PPO's math (public API).
+from jaxalign.losses import ppo, preference, reward, unpaired  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "LossConfig",
@@ -44,6 +45,7 @@ __all__ = [
     "UnpairedInputs",
     "batch_scalar",
     "build_loss",
+    "build_per_example_loss",
     "completion_lengths",
     "compute_loss",
     "example_column",
@@ -53,5 +55,6 @@ __all__ = [
     "mean_stat",
     "merge_outputs",
     "min_stat",
+    "ppo",
     "register_loss",
 ]

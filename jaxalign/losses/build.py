@@ -7,6 +7,7 @@ metrics of the loss's kind. Built-in and user losses go through it alike.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Sequence
 
 import jax
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 
 from jaxalign.losses.accounting import LossOutput, Stat, mean_stat
 from jaxalign.losses.config import LossConfig
-from jaxalign.losses.inputs import INPUTS_BY_KIND, LossInputs, with_safe_padding
+from jaxalign.losses.inputs import INPUTS_BY_KIND, BatchColumns, LossInputs, MissingColumnError, with_safe_padding
 from jaxalign.losses.metrics import (
     UNPAIRED_DIFFERENCES,
     implicit_pair_rewards,
@@ -40,49 +41,103 @@ def build_loss(cfg: LossConfig) -> Callable[[LossInputs], LossOutput]:
 def loss_from_terms(terms: Sequence[tuple[LossSpec, float]], cfg: LossConfig) -> Callable[[LossInputs], LossOutput]:
     """``inputs -> LossOutput`` for the weighted sum of ``terms`` (``(spec, weight)``)."""
     kind = terms[0][0].kind
-    expected_inputs = INPUTS_BY_KIND[kind]
     combined = len(terms) > 1
 
     def loss_fn(inputs: LossInputs) -> LossOutput:
-        if not isinstance(inputs, expected_inputs):
-            raise TypeError(
-                f"loss {_describe(terms)} takes {expected_inputs.__name__}, got {type(inputs).__name__}"
-            )
-        for spec, _ in terms:
-            if spec.needs_reference and not inputs.has_reference:
-                raise ValueError(
-                    f"loss {spec.name!r} needs reference log-probs, but the inputs have none; "
-                    "configure a reference model (or precomputed ref_logps), or pick a reference-free loss"
-                )
-        inputs = with_safe_padding(inputs)
+        inputs, total, evaluated = _evaluate(terms, cfg, inputs)
         mask = inputs.mask
-        total = jnp.zeros_like(mask, dtype=jnp.float32)
         stats: dict[str, Stat] = {}
-        rewards: tuple[Array, Array] | None = None
-        for spec, weight in terms:
-            term = _as_terms(spec.fn(inputs, cfg), spec)
-            if jnp.shape(term.per_example) not in ((), mask.shape):
-                raise ValueError(
-                    f"loss {spec.name!r} returned per-example losses of shape {jnp.shape(term.per_example)}; "
-                    f"expected {mask.shape}"
-                )
-            total = total + weight * term.per_example
+        for spec, term in evaluated:
             if combined:
                 stats[f"loss/{spec.name}"] = mean_stat(term.per_example, mask)
             for name, value in term.metrics.items():
                 stats.setdefault(name, value if isinstance(value, Stat) else mean_stat(value, mask))
-            if rewards is None and term.chosen_rewards is not None:
-                rewards = (term.chosen_rewards, term.rejected_rewards)
-        standard, differences = _standard_metrics(kind, inputs, cfg, rewards)
+        standard, differences = _standard_metrics(kind, inputs, cfg, _first(evaluated, "rewards"),
+                                                  _first(evaluated, "logps"))
         metrics = jax.lax.stop_gradient({**standard, **stats})  # only the loss trains
         return LossOutput(mean_stat(total, mask), metrics, differences)
 
     return loss_fn
 
 
+def build_per_example_loss(cfg: LossConfig) -> Callable[[LossInputs], dict[str, Array]]:
+    """``inputs -> {name: [N]}``: every number of each example before the mean.
+
+    ``loss`` (the weighted sum the trainer averages), ``loss/<name>`` for each
+    term (unweighted), the loss's own ``[N]`` metrics, and the standard
+    columns of its kind: pairs ``rewards/chosen``, ``rewards/rejected``,
+    ``rewards/margins``, ``logps/chosen``, ``logps/rejected``; unpaired
+    ``rewards``, ``logps``; reward models ``rewards/chosen``,
+    ``rewards/rejected``, ``margin``. ``mask`` says which slots are real;
+    every column is 0.0 in the others. ``mean(values[mask > 0])`` of a column
+    is the matching metric of ``build_loss`` (``rewards/accuracies`` is
+    ``mean(rewards/margins > 0)``).
+    """
+    terms = cfg.specs()
+    kind = terms[0][0].kind
+
+    def per_example_fn(inputs: LossInputs) -> dict[str, Array]:
+        inputs, total, evaluated = _evaluate(terms, cfg, inputs)
+        columns = {"loss": total}
+        for spec, term in evaluated:
+            columns[f"loss/{spec.name}"] = jnp.broadcast_to(term.per_example, total.shape)
+            for name, value in term.metrics.items():
+                if not isinstance(value, Stat):
+                    columns.setdefault(name, jnp.broadcast_to(value, total.shape))
+        columns.update(_standard_columns(kind, inputs, cfg, _first(evaluated, "rewards"), _first(evaluated, "logps")))
+        real = inputs.mask > 0
+        columns = {name: jnp.where(real, value, 0.0) for name, value in columns.items()}
+        return {**columns, "mask": inputs.mask}
+
+    return per_example_fn
+
+
+def _evaluate(terms: Sequence[tuple[LossSpec, float]], cfg: LossConfig, inputs: LossInputs):
+    """Checks the inputs, calls every term: ``(safe inputs, weighted total [N], [(spec, LossTerms)])``."""
+    expected_inputs = INPUTS_BY_KIND[terms[0][0].kind]
+    if not isinstance(inputs, expected_inputs):
+        raise TypeError(f"loss {_describe(terms)} takes {expected_inputs.__name__}, got {type(inputs).__name__}")
+    for spec, _ in terms:
+        if spec.needs_reference and not inputs.has_reference:
+            raise ValueError(
+                f"loss {spec.name!r} needs reference log-probs, but the inputs have none; "
+                "configure a reference model (or precomputed ref_logps), or pick a reference-free loss"
+            )
+    inputs = dataclasses.replace(with_safe_padding(inputs), batch=BatchColumns(inputs.batch))
+    mask = inputs.mask
+    total = jnp.zeros_like(mask, dtype=jnp.float32)
+    evaluated = []
+    for spec, weight in terms:
+        term = _as_terms(_call(spec, inputs, cfg), spec)
+        if jnp.shape(term.per_example) not in ((), mask.shape):
+            raise ValueError(
+                f"loss {spec.name!r} returned per-example losses of shape {jnp.shape(term.per_example)}; "
+                f"expected {mask.shape}"
+            )
+        total = total + weight * term.per_example
+        evaluated.append((spec, term))
+    return inputs, total, evaluated
+
+
+def _first(evaluated, what: str) -> tuple[Array, Array] | None:
+    """The first term's own ``(chosen, rejected)`` rewards or log-probs, if any term defines them."""
+    for _, term in evaluated:
+        chosen = getattr(term, f"chosen_{what}")
+        if chosen is not None:
+            return chosen, getattr(term, f"rejected_{what}")
+    return None
+
+
 def compute_loss(inputs: LossInputs, cfg: LossConfig) -> tuple[Array, dict[str, Array]]:
     """One-shot ``(mean loss, metrics)``; build the function once when calling often."""
     return build_loss(cfg)(inputs).result()
+
+
+def _call(spec: LossSpec, inputs: LossInputs, cfg: LossConfig) -> Array | LossTerms:
+    try:
+        return spec.fn(inputs, cfg)
+    except MissingColumnError as err:
+        raise MissingColumnError(f"loss {spec.name!r}: {err}") from None
 
 
 def _as_terms(result: Array | LossTerms, spec: LossSpec) -> LossTerms:
@@ -98,14 +153,31 @@ def _as_terms(result: Array | LossTerms, spec: LossSpec) -> LossTerms:
     return LossTerms(result)
 
 
-def _standard_metrics(kind: str, inputs: LossInputs, cfg: LossConfig, rewards: tuple[Array, Array] | None):
+def _standard_metrics(kind: str, inputs: LossInputs, cfg: LossConfig, rewards: tuple[Array, Array] | None,
+                      logps: tuple[Array, Array] | None = None):
     if kind == "pair":
         chosen, rejected = rewards if rewards is not None else implicit_pair_rewards(inputs, cfg.beta)
-        return pair_metrics(inputs, chosen, rejected), ()
+        return pair_metrics(inputs, chosen, rejected, logps), ()
     if kind == "unpaired":
         unpaired_rewards = rewards[0] if rewards is not None else implicit_unpaired_rewards(inputs, cfg.beta)
         return unpaired_metrics(inputs, unpaired_rewards), UNPAIRED_DIFFERENCES
     return reward_model_metrics(inputs), ()
+
+
+def _standard_columns(kind: str, inputs: LossInputs, cfg: LossConfig, rewards: tuple[Array, Array] | None,
+                      logps: tuple[Array, Array] | None) -> dict[str, Array]:
+    """The per-example values behind ``_standard_metrics``."""
+    if kind == "pair":
+        chosen, rejected = rewards if rewards is not None else implicit_pair_rewards(inputs, cfg.beta)
+        chosen_logps, rejected_logps = logps if logps is not None else (
+            inputs.policy_chosen_logps, inputs.policy_rejected_logps)
+        return {"rewards/chosen": chosen, "rewards/rejected": rejected, "rewards/margins": chosen - rejected,
+                "logps/chosen": chosen_logps, "logps/rejected": rejected_logps}
+    if kind == "unpaired":
+        return {"rewards": rewards[0] if rewards is not None else implicit_unpaired_rewards(inputs, cfg.beta),
+                "logps": inputs.policy_logps}
+    return {"rewards/chosen": inputs.chosen_rewards, "rewards/rejected": inputs.rejected_rewards,
+            "margin": inputs.chosen_rewards - inputs.rejected_rewards}
 
 
 def _describe(terms) -> str:

@@ -110,6 +110,30 @@ class RewardInputs:
 
 LossInputs = Union[PreferenceInputs, UnpairedInputs, RewardInputs]
 
+
+class MissingColumnError(KeyError, ValueError):
+    """A loss read a batch column the batch does not have (a KeyError, and a
+    ValueError so the command line reports it as one line)."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0]) if self.args else ""
+
+
+class BatchColumns(dict):
+    """The ``batch`` dict a loss sees: reading a missing column names the columns there are."""
+
+    def __missing__(self, name: str):
+        present = ", ".join(sorted(self)) or "none"
+        raise MissingColumnError(f"this loss reads the batch column {name!r}, which the batch does not have; "
+                                 f"it has: {present}")
+
+
+jax.tree_util.register_pytree_with_keys(
+    BatchColumns,
+    lambda columns: ([(jax.tree_util.DictKey(k), columns[k]) for k in sorted(columns)], tuple(sorted(columns))),
+    lambda keys, values: BatchColumns(zip(keys, values)),
+)
+
 INPUTS_BY_KIND: dict[str, type] = {
     "pair": PreferenceInputs,
     "unpaired": UnpairedInputs,
@@ -166,7 +190,7 @@ def example_column(inputs: LossInputs, name: str, default: float | None = None) 
     if name not in inputs.batch:
         if default is None:
             present = ", ".join(sorted(inputs.batch)) or "none"
-            raise KeyError(f"this loss needs the batch column {name!r}; the batch has: {present}")
+            raise MissingColumnError(f"this loss needs the batch column {name!r}; the batch has: {present}")
         return jnp.full((num_examples,), default, dtype=jnp.float32)
     column = jnp.asarray(inputs.batch[name], dtype=jnp.float32)
     if column.ndim == 0:

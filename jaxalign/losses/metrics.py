@@ -26,21 +26,25 @@ def implicit_pair_rewards(inputs: PreferenceInputs, beta: float) -> tuple[Array,
     return beta * chosen, beta * rejected
 
 
-def pair_metrics(inputs: PreferenceInputs, chosen_rewards: Array, rejected_rewards: Array) -> dict[str, Stat]:
+def pair_metrics(inputs: PreferenceInputs, chosen_rewards: Array, rejected_rewards: Array,
+                 logps: tuple[Array, Array] | None = None) -> dict[str, Stat]:
     """``rewards/*``, ``logps/*`` and (when given) ``logits/*`` for a pair loss.
 
-    ``logps/*`` are means of the summed log-probs. ``logits/*`` are weighted by
-    completion length, i.e. the mean raw logit over all completion tokens of
-    the batch, as TRL computes it.
+    ``logps/*`` are means of the summed log-probs, or of ``logps`` ``(chosen,
+    rejected)`` when the loss gives its own (per-token averages for SimPO and
+    ORPO, as TRL). ``logits/*`` are weighted by completion length, i.e. the
+    mean raw logit over all completion tokens of the batch, as TRL computes it.
     """
     mask = inputs.mask
+    chosen_logps, rejected_logps = logps if logps is not None else (
+        inputs.policy_chosen_logps, inputs.policy_rejected_logps)
     stats = {
         "rewards/chosen": mean_stat(chosen_rewards, mask),
         "rewards/rejected": mean_stat(rejected_rewards, mask),
         "rewards/accuracies": mean_stat((chosen_rewards > rejected_rewards).astype(jnp.float32), mask),
         "rewards/margins": mean_stat(chosen_rewards - rejected_rewards, mask),
-        "logps/chosen": mean_stat(inputs.policy_chosen_logps, mask),
-        "logps/rejected": mean_stat(inputs.policy_rejected_logps, mask),
+        "logps/chosen": mean_stat(chosen_logps, mask),
+        "logps/rejected": mean_stat(rejected_logps, mask),
     }
     if inputs.chosen_logits_mean is not None:
         stats["logits/chosen"] = mean_stat(inputs.chosen_logits_mean, mask * inputs.chosen_lengths)

@@ -3,7 +3,9 @@ clipped policy and value losses, and the adaptive KL controller.
 
 Arrays are ``[B, T]`` over response tokens with a 0/1 float ``mask`` (1 up to
 and including the stop token). Formulas follow Ziegler et al. 2019 and
-Ouyang et al. 2022; metric names follow TRL's PPO trainer.
+Ouyang et al. 2022; metric names follow TRL's PPO trainer. Masked-out entries
+never reach a result, even when they hold NaN or inf (``jnp.where``, not a
+multiplication by the mask). Public API: see docs/losses.md, "PPO's math".
 """
 
 from __future__ import annotations
@@ -15,10 +17,18 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
+__all__ = ["KLControl", "gae", "kl_estimate", "masked_mean", "masked_var", "policy_loss", "token_rewards",
+           "value_loss", "whiten"]
+
+
+def _masked(values: Array, mask: Array) -> Array:
+    """``values * mask`` where ``mask`` > 0, else 0: a NaN/inf in a padded slot stays out (0 * inf is NaN)."""
+    return jnp.where(mask > 0, values * mask, 0.0)
+
 
 def masked_mean(values: Array, mask: Array, axis: int | None = None) -> Array:
-    """Mean over entries where ``mask`` is 1 (0 when none)."""
-    total = jnp.sum(values * mask, axis=axis)
+    """Mean over entries where ``mask`` is 1 (0 when none); masked entries may hold anything."""
+    total = jnp.sum(_masked(values, mask), axis=axis)
     count = jnp.sum(mask, axis=axis)
     return total / jnp.maximum(count, 1.0)
 
@@ -37,7 +47,7 @@ def whiten(values: Array, mask: Array, shift_mean: bool = True, eps: float = 1e-
     whitened = (values - mean) * jax.lax.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
-    return whitened * mask
+    return _masked(whitened, mask)
 
 
 def kl_estimate(logps: Array, ref_logps: Array, estimator: str = "k1") -> Array:
@@ -57,7 +67,7 @@ def kl_estimate(logps: Array, ref_logps: Array, estimator: str = "k1") -> Array:
 def token_rewards(scores: Array, kl: Array, mask: Array, kl_coef: Array | float) -> tuple[Array, Array]:
     """RLHF reward per token ``[B, T]``: ``-kl_coef * kl`` on every response token,
     plus the sequence score ``[B]`` on its last token. Returns (rewards, non_score_rewards)."""
-    non_score = -kl_coef * kl * mask
+    non_score = _masked(-kl_coef * kl, mask)
     last = jnp.sum(mask, axis=1).astype(jnp.int32) - 1
     on_last = jax.nn.one_hot(jnp.maximum(last, 0), mask.shape[1], dtype=scores.dtype) * (last >= 0)[:, None]
     return non_score + scores[:, None] * on_last, non_score
@@ -69,9 +79,9 @@ def gae(rewards: Array, values: Array, mask: Array, gamma: float, lam: float) ->
     delta_t = r_t + gamma * V_{t+1} - V_t, A_t = delta_t + gamma * lam * A_{t+1},
     with V and A zero past the response's end (masked entries).
     """
-    values = values * mask
+    values = _masked(values, mask)
     next_values = jnp.concatenate([values[:, 1:], jnp.zeros_like(values[:, :1])], axis=1)
-    deltas = (rewards + gamma * next_values - values) * mask
+    deltas = _masked(rewards + gamma * next_values - values, mask)
 
     def backwards(carry: Array, xs: tuple[Array, Array]) -> tuple[Array, Array]:
         delta, step_mask = xs
@@ -80,8 +90,8 @@ def gae(rewards: Array, values: Array, mask: Array, gamma: float, lam: float) ->
 
     _, reversed_advantages = jax.lax.scan(backwards, jnp.zeros(rewards.shape[0], rewards.dtype),
                                           (deltas.T[::-1], mask.T[::-1]))
-    advantages = reversed_advantages[::-1].T * mask
-    return advantages, (advantages + values) * mask
+    advantages = _masked(reversed_advantages[::-1].T, mask)
+    return advantages, _masked(advantages + values, mask)
 
 
 def policy_loss(new_logps: Array, old_logps: Array, advantages: Array, mask: Array,

@@ -190,6 +190,8 @@ def simpo_loss(inputs: PreferenceInputs, cfg: LossConfig) -> LossTerms:
         smoothed_logistic(z, cfg.label_smoothing),
         chosen_rewards=cfg.beta * chosen,
         rejected_rewards=cfg.beta * rejected,
+        chosen_logps=chosen,  # TRL's CPOTrainer logs SimPO's per-token averages as logps/*
+        rejected_logps=rejected,
     )
 
 
@@ -226,9 +228,9 @@ def orpo_loss(inputs: PreferenceInputs, cfg: LossConfig) -> LossTerms:
     ``log_odds_ratio`` (mean ``log sigma(log_odds)``), ``log_odds_chosen``,
     ``nll_loss``; rewards are ``beta * avg``.
     """
-    chosen, rejected = average_logps(inputs)
-    chosen = jnp.minimum(chosen, _ORPO_MAX_AVG_LOGP)
-    rejected = jnp.minimum(rejected, _ORPO_MAX_AVG_LOGP)
+    average_chosen, average_rejected = average_logps(inputs)
+    chosen = jnp.minimum(average_chosen, _ORPO_MAX_AVG_LOGP)
+    rejected = jnp.minimum(average_rejected, _ORPO_MAX_AVG_LOGP)
     log_odds = (chosen - rejected) - (log1mexp(chosen) - log1mexp(rejected))
     log_odds_ratio = jax.nn.log_sigmoid(log_odds)
     nll = -chosen
@@ -237,6 +239,8 @@ def orpo_loss(inputs: PreferenceInputs, cfg: LossConfig) -> LossTerms:
         {"log_odds_ratio": log_odds_ratio, "log_odds_chosen": log_odds, "nll_loss": nll},
         chosen_rewards=cfg.beta * chosen,
         rejected_rewards=cfg.beta * rejected,
+        chosen_logps=average_chosen,  # per-token averages, as TRL's ORPOTrainer logs them
+        rejected_logps=average_rejected,
     )
 
 

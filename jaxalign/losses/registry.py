@@ -9,10 +9,11 @@ decorator's defaults apply).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import importlib
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import jax
 
@@ -31,13 +32,17 @@ class LossTerms:
     ``Stat``. ``chosen_rewards`` / ``rejected_rewards`` ``[N]``: the implicit
     rewards behind ``rewards/*`` when they are not the default
     ``beta * (policy - reference)`` log-ratios; an unpaired loss puts each
-    example's reward in ``chosen_rewards``.
+    example's reward in ``chosen_rewards``. ``chosen_logps`` /
+    ``rejected_logps`` ``[N]``: what ``logps/*`` report when not the summed
+    log-probs (SimPO and ORPO report per-token averages, as TRL does).
     """
 
     per_example: Array
     metrics: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     chosen_rewards: Array | None = None
     rejected_rewards: Array | None = None
+    chosen_logps: Array | None = None
+    rejected_logps: Array | None = None
 
 
 LossFn = Callable[..., "Array | LossTerms"]
@@ -68,6 +73,20 @@ class LossSpec:
 
 
 _REGISTRY: dict[str, LossSpec] = {}
+_NOT_IMPORTED: list[str] | None = None  # inside ``user_losses_not_imported()``: names left unimported
+
+
+@contextlib.contextmanager
+def user_losses_not_imported() -> Iterator[list[str]]:
+    """Inside, a loss named ``"module:function"`` is not imported (no user code
+    runs, e.g. for ``jaxalign plan``): it stands in as a pair loss that needs a
+    reference, and its name is appended to the yielded list."""
+    global _NOT_IMPORTED
+    previous, _NOT_IMPORTED = _NOT_IMPORTED, []
+    try:
+        yield _NOT_IMPORTED
+    finally:
+        _NOT_IMPORTED = previous
 
 
 def register_loss(
@@ -127,10 +146,15 @@ def _import_loss(path: str) -> LossSpec:
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
         raise ValueError(f"loss {path!r}: expected 'package.module:function'")
+    if _NOT_IMPORTED is not None:
+        if path not in _NOT_IMPORTED:
+            _NOT_IMPORTED.append(path)
+        return LossSpec(path, _not_imported(path))
     try:
         module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"loss {path!r}: cannot import module {module_name!r}: {error}") from error
+    except Exception as error:  # any import-time failure (ImportError, SyntaxError, ...) is the user's module's
+        raise ValueError(f"loss {path!r}: cannot import module {module_name!r}: "
+                         f"{type(error).__name__}: {error}") from error
     fn = getattr(module, attribute, None)
     if fn is None:
         raise ValueError(f"loss {path!r}: module {module_name!r} has no attribute {attribute!r}")
@@ -140,6 +164,13 @@ def _import_loss(path: str) -> LossSpec:
     if isinstance(spec, LossSpec):
         return spec
     return LossSpec(path, fn)  # unregistered: the decorator's defaults
+
+
+def _not_imported(path: str) -> LossFn:
+    def fn(inputs: Any, cfg: Any) -> Array:
+        raise RuntimeError(f"loss {path!r} was not imported (user_losses_not_imported); it cannot be computed")
+
+    return fn
 
 
 def _unknown_loss_message(name: str) -> str:

@@ -139,7 +139,9 @@ def load_pretrained(
     """
     folder = Path(path)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a directory: expected a Hugging Face checkpoint folder")
+        from jaxalign.hub import missing_folder_error
+
+        raise missing_folder_error(path, "model")
     hf_config = read_hf_config(folder)
     overrides = {k: v for k, v in dict(dtype=dtype, param_dtype=param_dtype, remat=remat).items() if v is not None}
     try:
