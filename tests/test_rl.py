@@ -107,6 +107,13 @@ def test_rollout_record_n_samples_weighted_none_aware_rewards(tokenizer, policy)
     assert metrics["completions/clipped_ratio"] == pytest.approx(host["truncated"][real].mean())
     assert metrics["rewards/unscored_rows"] == 0.0 and 0.0 <= metrics["frac_reward_zero_std"] <= 1.0
 
+    table = rollout.completion_rows(step=7)
+    assert len(table) == len(PROMPTS) * N and table[0]["rewards"]["tokens"] is None
+    assert table[N] == {"step": 7, "prompt": PROMPTS[1], "completion": rollout.completions[N],
+                        "reward": pytest.approx(float(host["rewards"][N])),
+                        "rewards": {"words": float(host["scores"][N, 0]), "tokens": float(host["scores"][N, 1])},
+                        "advantage": None, "length": int(host["lengths"][N]), "truncated": bool(host["truncated"][N])}
+
     # With reference parameters the reference pass runs; the policy as its own reference gives equal log-probs.
     with_ref = engine.teacher_force(rollout, params, ref_params=params)
     np.testing.assert_allclose(np.asarray(with_ref.batch.ref_logps), host["logps"], atol=1e-6)

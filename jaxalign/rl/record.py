@@ -120,6 +120,25 @@ class Rollout:
             out["frac_reward_zero_std"] = _mean(np.ptp(groups[group_real], axis=1) == 0) if group_real.any() else 0.0
         return out
 
+    def completion_rows(self, step: int, advantages: np.ndarray | None = None) -> list[dict]:
+        """The standard ``completions`` table (docs/logging.md), one row per real reply:
+        ``step``, ``prompt``, ``completion``, ``reward`` (the weighted total; None when no source
+        scored it), ``rewards`` ({source: score or None}), ``advantage`` (``advantages`` ``[R]``
+        when given, else None), ``length``, ``truncated``."""
+        arrays = self.host()
+        rows = []
+        for r in np.flatnonzero(arrays["row_mask"] > 0):
+            scored = arrays.get("reward_valid") is not None and bool(arrays["reward_valid"][r])
+            rows.append({
+                "step": int(step), "prompt": self.prompts[r], "completion": self.completions[r],
+                "reward": float(arrays["rewards"][r]) if scored else None,
+                "rewards": {name: float(arrays["scores"][r, i]) if arrays["score_valid"][r, i] else None
+                            for i, name in enumerate(self.sources)},
+                "advantage": None if advantages is None else float(advantages[r]),
+                "length": int(arrays["lengths"][r]), "truncated": bool(arrays["truncated"][r]),
+            })
+        return rows
+
     def select_groups(self, groups: Sequence[int]) -> "Rollout":
         """The rows of the given prompt groups, in that order (e.g. DAPO's dynamic sampling keeps the
         groups whose rewards differ)."""
