@@ -85,8 +85,16 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
 
 
 def from_dict(cls: type[T], values: Mapping[str, Any] | None, where: str = "") -> T:
-    """Builds dataclass ``cls`` from a nested mapping, rejecting unknown keys."""
+    """Builds dataclass ``cls`` from a nested mapping, rejecting unknown keys.
+
+    A class with a ``resolve_class(values) -> (class, values)`` classmethod picks
+    the concrete class to build (and may drop keys) first: the run config picks
+    the subclass that has the chosen algorithm's sections.
+    """
     values = dict(values or {})
+    resolve = getattr(cls, "resolve_class", None)
+    if resolve is not None:
+        cls, values = resolve(values)
     types_by_name = _field_types(cls)
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}

@@ -1,15 +1,15 @@
-"""The one training loop: batches -> step -> metrics -> eval -> checkpoint.
+"""The one training loop: batches -> step -> sinks -> eval -> checkpoint.
 
 It drives every algorithm the same way through the ``AlgoRun`` contract
 (``train_state.py``) and knows nothing algorithm-specific. Side effects live
-here: data iteration, logging, checkpoints, signals, export.
+here: data iteration, checkpoints, signals, export, and what goes to the
+sinks (``jaxalign.sinks``): scalars, and the events ``start``, ``resume``,
+``checkpoint``, ``eval``, ``finish``, ``stop`` and ``error``.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -22,10 +22,11 @@ from jaxalign import distributed
 from jaxalign.checkpoint import Checkpointer
 from jaxalign.config import TrainConfig, config_to_dict
 from jaxalign.data import build_pipeline, load_tokenizer
-from jaxalign.metrics_log import MetricsLogger, ProgressBar, get_logger
+from jaxalign.metrics_log import get_logger
 from jaxalign.optim import learning_rate_schedule
 from jaxalign.sharding import batch_divisor, batch_sharding, make_mesh, replicated, shard_batch
 from jaxalign.signals import GracefulStop
+from jaxalign.sinks import Sinks, open_sinks
 from jaxalign.train_state import AlgoRun
 
 log = get_logger()
@@ -33,10 +34,6 @@ log = get_logger()
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf; the run stops before saving anything."""
-
-
-def _algorithm(name: str):
-    return importlib.import_module(f"jaxalign.algos.{name}")
 
 
 def _abstract(tree: Any) -> Any:
@@ -76,14 +73,14 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         self.mesh = make_mesh(cfg.mesh)
         self.is_main = distributed.is_main_process()
-        algo_module = _algorithm(cfg.algo)
+        algorithm = cfg.algorithm
         tokenizer_path = cfg.model.tokenizer or cfg.model.path
         if tokenizer_path is None:
             raise ValueError("model.tokenizer is required when the model is built from model.config")
         self.tokenizer = load_tokenizer(tokenizer_path)
         local_rows_multiple = max(batch_divisor(self.mesh) // jax.process_count(), 1)
         pipeline_args = dict(
-            kind=algo_module.data_kind(cfg),
+            kind=algorithm.data_kind(cfg),
             process_index=jax.process_index(),
             process_count=jax.process_count(),
             row_multiple=local_rows_multiple,
@@ -94,7 +91,9 @@ class Trainer:
         self.train_data = build_pipeline(cfg.data, self.tokenizer, split="train", **pipeline_args)
         self.eval_data = build_pipeline(cfg.data, self.tokenizer, split="eval", **pipeline_args)
         self.total_steps = self._total_steps()
-        self.algo: AlgoRun = algo_module.setup(cfg, self.mesh, self.tokenizer, self.total_steps)
+        # Opened by run(); the algorithm gets it now so that its rollout hook can publish tables.
+        self.sinks = Sinks()
+        self.algo: AlgoRun = algorithm.setup(cfg, self.mesh, self.tokenizer, self.total_steps, sink=self.sinks)
         self.learning_rate = learning_rate_schedule(cfg.optim, self.total_steps * self.algo.updates_per_step)
         self.state = self.algo.state
         state_shardings = _shardings(self.state)
@@ -157,21 +156,26 @@ class Trainer:
         returns the last train and eval metrics. SIGTERM/SIGINT finish the
         current step, save a checkpoint and return."""
         self._save_config()
-        logger = MetricsLogger(self.run_dir, tensorboard=self.cfg.log.tensorboard, wandb=self.cfg.log.wandb,
-                               is_main_process=self.is_main)
+        open_sinks(self.cfg.log.resolved_sinks(), self.run_dir, self.is_main, into=self.sinks)
+        self._step = 0
         try:
             with GracefulStop() as stopper:
-                return self._run(stopper, logger)
+                return self._run(stopper)
+        except BaseException as err:
+            self.sinks.write_event(self._step, "error", message=f"{type(err).__name__}: {err}")
+            raise
         finally:  # also on errors (NaN loss, bad data): finish pending async saves
             self.checkpointer.wait()
             self.checkpointer.close()
-            logger.close()
+            self.sinks.close()
 
-    def _run(self, stopper: GracefulStop, logger: MetricsLogger) -> dict[str, Any]:
+    def _run(self, stopper: GracefulStop) -> dict[str, Any]:
         cfg = self.cfg
         train_iterator = self.train_data.iterator()
-        step = self._resume(train_iterator)
-        progress = ProgressBar(self.total_steps, start_step=step) if self.is_main else None
+        step = self._step = self._resume(train_iterator)
+        self.sinks.write_event(step, "start", total_steps=self.total_steps, algo=cfg.algo)
+        if step:
+            self.sinks.write_event(step, "resume", from_step=step)
         window = _MetricsWindow()
         last_train: dict[str, float] = {}
         last_eval: dict[str, float] = {}
@@ -180,30 +184,24 @@ class Trainer:
             if not self._optimizer_step(train_iterator, window):
                 log.info("training data exhausted at step %d", step)
                 break
-            step += 1
+            step = self._step = step + 1
             if step % cfg.log.every_steps == 0 or step == self.total_steps:
                 self._check_finite(window.finite, step)
                 last_train = window.read()
                 last_train["learning_rate"] = float(self.learning_rate(step * self.algo.updates_per_step - 1))
-                logger.log(step, last_train, prefix="train")
-                if progress:
-                    progress.update(step, loss=last_train["loss"], tokens_per_s=last_train["tokens_per_s"])
+                self.sinks.write_scalars(step, last_train, "train")
             if cfg.eval_every and step % cfg.eval_every == 0 and step < self.total_steps:
-                last_eval = self.evaluate()
-                logger.log(step, last_eval, prefix="eval")
-                if progress:
-                    progress.message(f"eval at step {step}: " + _summary(last_eval))
+                last_eval = self._evaluate_and_publish(step)
             stopped_early = stopper.should_stop()  # agreed across processes
             if stopped_early or self.checkpointer.should_save(step, time.time()):
                 self._check_finite(window.finite, step)
-                self.checkpointer.save(step, self.state, train_iterator, config_to_dict(cfg), force=True)
+                self._save(step, train_iterator)
             if stopped_early:
                 log.info("stop requested: saved step %d, exiting", step)
+                self.sinks.write_event(step, "stop", signal=getattr(stopper.received, "name", None))
                 break
         if not stopped_early:
-            last_eval = self._finish(step, train_iterator, logger, progress)
-        if progress:
-            progress.close()
+            last_eval = self._finish(step, train_iterator)
         return {"step": step, "train": last_train, "eval": last_eval, "stopped_early": stopped_early}
 
     def _resume(self, train_iterator) -> int:
@@ -249,15 +247,23 @@ class Trainer:
                         "time/training_s": time.monotonic() - rolled_out}
         return batch, {**metrics, **{name: jnp.float32(value) for name, value in host_metrics.items()}}
 
-    def _finish(self, step: int, train_iterator, logger: MetricsLogger, progress: ProgressBar | None) -> dict:
+    def _evaluate_and_publish(self, step: int, final: bool = False) -> dict[str, float]:
+        metrics = self.evaluate()
+        self.sinks.write_scalars(step, metrics, "eval")
+        self.sinks.write_event(step, "eval", final=final)
+        return metrics
+
+    def _save(self, step: int, train_iterator) -> None:
+        if self.checkpointer.save(step, self.state, train_iterator, config_to_dict(self.cfg), force=True):
+            self.sinks.write_event(step, "checkpoint", path=str(self.checkpointer.directory / str(step)))
+
+    def _finish(self, step: int, train_iterator) -> dict:
         """Final eval, final checkpoint, export."""
         self._check_finite(None, step)
-        last_eval = self.evaluate()
-        logger.log(step, last_eval, prefix="eval")
-        if progress:
-            progress.message(f"final eval at step {step}: " + _summary(last_eval))
+        last_eval = self._evaluate_and_publish(step, final=True)
         if self.checkpointer.latest_step() != step:
-            self.checkpointer.save(step, self.state, train_iterator, config_to_dict(self.cfg), force=True)
+            self._save(step, train_iterator)
+        export_dir = None
         if self.cfg.export:
             export_dir = self.run_dir / "export"
             self.algo.export(self.state, str(export_dir))
@@ -265,6 +271,7 @@ class Trainer:
                 self.tokenizer.save_pretrained(export_dir)
                 _record_special_tokens(export_dir, self.tokenizer)
                 log.info("exported a Hugging Face folder to %s", export_dir)
+        self.sinks.write_event(step, "finish", export=None if export_dir is None else str(export_dir))
         return last_eval
 
 
@@ -326,10 +333,6 @@ def _record_special_tokens(export_dir: Path, tokenizer) -> None:
         if value is not None:
             config[name] = int(value)
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def _summary(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{name} {value:.4g}" for name, value in sorted(metrics.items()) if math.isfinite(value))
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:

@@ -4,7 +4,6 @@ against XLA's own ``memory_analysis()`` of the compiled train step on CPU."""
 from __future__ import annotations
 
 import dataclasses
-import importlib
 
 import jax
 import numpy as np
@@ -151,8 +150,7 @@ def _xla_bytes(cfg, workload: plan.Workload) -> int:
     """Live bytes per device of the compiled train step: arguments + outputs not
     aliased to (donated) arguments + temporaries, for the planner's worst-case batch."""
     mesh = make_mesh(cfg.mesh)
-    algo = importlib.import_module(f"jaxalign.algos.{cfg.algo}")
-    run = algo.setup(cfg, mesh, load_tokenizer("builtin"), 10)
+    run = cfg.algorithm.setup(cfg, mesh, load_tokenizer("builtin"), 10)
     rows, slots = workload.rows * batch_divisor(mesh), cfg.data.batch_size
     shapes = {name: (rows, workload.length) for name in ("input_ids", "positions", "segment_ids", "branch_ids")}
     shapes.update({name: (rows, workload.targets) for name in ("target_index", "target_ids", "target_segment",
