@@ -84,6 +84,7 @@ class MemoryPlan:
     model: ModelConfig
     terms: list[Term]
     hbm_bytes: int | None = None
+    note: str | None = None
 
     @property
     def total(self) -> int:
@@ -263,6 +264,14 @@ def head_working_set(d: _Dims, w: Workload, head: str) -> int:
     return total
 
 
+def forward_working_set(d: _Dims, w: Workload) -> int:
+    """An inference-only forward (no backward, nothing saved): the layer being computed
+    (its input and residual, the MLP's wide activations, q/k/v) and its softmax
+    input and output ``[heads, L, L]`` in float32."""
+    per_token = 2 * d.hidden + d.q + 2 * d.kv + 2 * d.mlp
+    return w.tokens * per_token * d.compute_bytes + 2 * w.rows * d.heads * w.length**2 * 4
+
+
 # ---------------------------------------------------------------- the estimate
 
 
@@ -284,6 +293,22 @@ class PlanContext:
     model: ModelConfig
     workload: Workload | None = None
     param_count: int | None = None
+    note: str | None = None  # an algorithm's own line for the plan's header (PPO: the rollout's shape)
+
+    def dims(self, model_config: ModelConfig | None = None) -> _Dims:
+        return _dims(model_config or self.model, self.mesh, self.rules)
+
+    @property
+    def batch_shards(self) -> int:
+        """Devices the rows of a batch are split over (``data`` x ``fsdp``)."""
+        return self.mesh_sizes["data"] * self.mesh_sizes["fsdp"]
+
+    def kv_cache_bytes(self, model_config: ModelConfig, rows: int, slots: int) -> int:
+        """Per-device bytes of a sampler's key/value cache: ``rows`` rows (per device) of
+        ``slots`` slots in every layer, kv heads split like the parameters', compute dtype."""
+        kv_heads = split(model_config.num_kv_heads, "kv_heads", self.mesh, self.rules)
+        return (2 * model_config.num_layers * rows * kv_heads * model_config.head_dim * slots
+                * DTYPE_BYTES[model_config.dtype])
 
     def worst_case_workload(self, kind: str) -> Workload:
         return worst_case_workload(self.cfg, self.mesh_sizes, kind)
@@ -321,28 +346,33 @@ class PlanContext:
             Term("gradients", params, "one parameter-sized buffer"),
             Term("update temporaries", params, "reduced/clipped gradients before the in-place update"),
         ]
-        if self.mesh_sizes["fsdp"] > 1:
-            terms.append(_gathered_weights(shards, model_config))
+        terms += self.gathered_weights(model_config, head)
         terms += self.activation_terms(head, workload, model_config)
         terms.append(Term("batch", workload.rows * (4 * workload.length + 4 * workload.targets) * 4,
                           "packed input arrays"))
         return terms
 
     def activation_terms(self, head: str, workload: Workload, model_config: ModelConfig | None = None,
-                         phase: str | None = None) -> list[Term]:
+                         phase: str | None = None, label: str = "") -> list[Term]:
         """Saved activations, the backward's working set and the head's, for one
-        forward + backward of ``model_config`` over ``workload``."""
+        forward + backward of ``model_config`` over ``workload`` (names prefixed by ``label``)."""
         model_config = model_config or self.model
         dims, remat = _dims(model_config, self.mesh, self.rules), model_config.remat
         layers = model_config.num_layers
         return [
-            Term("activations: saved", saved_per_layer(dims, workload, remat) * layers,
+            Term(f"{label}activations: saved", saved_per_layer(dims, workload, remat) * layers,
                  f"kept for the backward by {layers} layers (remat={remat})", phase),
-            Term("activations: backward", backward_working_set(dims, workload, remat), "the layer being differentiated",
-                 phase),
-            Term("activations: other", head_working_set(dims, workload, head), "embeddings, attention mask, output head",
-                 phase),
+            Term(f"{label}activations: backward", backward_working_set(dims, workload, remat),
+                 "the layer being differentiated", phase),
+            Term(f"{label}activations: other", head_working_set(dims, workload, head),
+                 "embeddings, attention mask, output head", phase),
         ]
+
+    def gathered_weights(self, model_config: ModelConfig, head: str, phase: str | None = None) -> list[Term]:
+        """fsdp > 1: the all-gathered copies of ``model_config``'s weights (none otherwise)."""
+        if self.mesh_sizes["fsdp"] <= 1:
+            return []
+        return [dataclasses.replace(_gathered_weights(self.shards(model_config, head), model_config), phase=phase)]
 
 
 def estimate(
@@ -368,7 +398,7 @@ def estimate(
         ctx.workload, ctx.param_count = Workload(0, 0, 0), sum(s[1] for s in ctx.shards(model_config, "causal_lm"))
     return MemoryPlan(
         num_devices=num_devices, mesh=mesh_sizes, workload=ctx.workload, param_count=ctx.param_count,
-        model=model_config, terms=terms, hbm_bytes=None if hbm_gib is None else int(hbm_gib * GIB),
+        model=model_config, terms=terms, hbm_bytes=None if hbm_gib is None else int(hbm_gib * GIB), note=ctx.note,
     )
 
 

@@ -109,13 +109,25 @@ def format_plan(plan: MemoryPlan, found: list[Knob], config_name: str = "") -> s
         f"jaxalign plan {config_name}: {plan.num_devices} devices, mesh {mesh}".replace("plan :", "plan:"),
         f"model: {m.model_type}, {_count(plan.param_count)} parameters ({m.num_layers} layers, hidden "
         f"{m.hidden_size}, vocab {m.vocab_size}); params {m.param_dtype}, compute {m.dtype}, remat {m.remat}",
-        f"worst-case micro-batch per device: {w.rows} row(s) x {w.length} tokens, {w.targets} target slots a row",
+        plan.note or f"worst-case micro-batch per device: {w.rows} row(s) x {w.length} tokens, "
+                     f"{w.targets} target slots a row",
         "",
         f"{'per device':<24}{unit:>9}",
     ]
+    phases = plan.phase_bytes()
     for term in plan.terms:
-        lines.append(f"  {term.name:<22}{term.bytes / scale:9.2f}  {term.detail}")
-    lines.append(f"  {'total':<22}{plan.total / scale:9.2f}")
+        if term.phase is None:
+            lines.append(f"  {term.name:<22}{term.bytes / scale:9.2f}  {term.detail}")
+    for phase, phase_total in phases.items():
+        lines.append(f"  while {phase} ({phase_total / scale:.2f} {unit}):")
+        for term in plan.terms:
+            if term.phase == phase:
+                lines.append(f"    {term.name:<22}{term.bytes / scale:7.2f}  {term.detail}")
+    if phases:
+        largest = max(phases, key=phases.get)
+        lines.append(f"  {'total':<22}{plan.total / scale:9.2f}  held throughout + the largest phase ({largest})")
+    else:
+        lines.append(f"  {'total':<22}{plan.total / scale:9.2f}")
     if plan.hbm_bytes is not None:
         verdict = "fits" if plan.fits else "does NOT fit"
         lines.append(f"  {verdict} in {plan.hbm_bytes / scale:.2f} {unit} per device ({plan.total / plan.hbm_bytes:.0%} used)")

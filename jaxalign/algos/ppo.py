@@ -296,3 +296,13 @@ class PPO(Algorithm):
 
     def setup(self, cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) -> AlgoRun:
         return setup(cfg, mesh, tokenizer, total_steps)
+
+    def plan_terms(self, cfg: TrainConfig, ctx) -> list:
+        from jaxalign.algos import ppo_plan
+
+        return ppo_plan.plan_terms(cfg, ctx)
+
+    def plan_knobs(self, cfg: TrainConfig, plan) -> list:
+        from jaxalign.algos import ppo_plan
+
+        return ppo_plan.plan_knobs(cfg, plan)
