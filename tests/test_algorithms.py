@@ -84,7 +84,7 @@ def test_user_algorithm_trains_end_to_end(tmp_path):
     assert all(later < earlier for earlier, later in zip(nll, nll[1:])) and nll[-1] < nll[0] - 0.3, nll
     for values in metrics.values():
         assert values["train/loss"] == pytest.approx(2.0 * values["train/nll"], rel=1e-5)
-    assert "eval/nll" in result["eval"]
+    assert result["eval"]["loss"] == pytest.approx(2.0 * result["eval"]["nll"], rel=1e-5)
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["algo"] == USER_ALGO and saved["scaled_nll"] == {"scale": 2.0, "publish_every": 2}
     # The rollout hook published through setup's sink: tables at steps 2 and 4, and its events.

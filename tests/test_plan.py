@@ -147,8 +147,7 @@ def test_optimizer_moments_are_sharded_like_their_parameters(tmp_path):
 
 
 def _xla_bytes(cfg, workload: plan.Workload) -> int:
-    """Live bytes per device of the compiled train step: arguments + outputs not
-    aliased to (donated) arguments + temporaries, for the planner's worst-case batch."""
+    """Live bytes per device of the compiled train step for the planner's worst-case batch."""
     mesh = make_mesh(cfg.mesh)
     run = cfg.algorithm.setup(cfg, mesh, load_tokenizer("builtin"), 10)
     rows, slots = workload.rows * batch_divisor(mesh), cfg.data.batch_size
@@ -158,18 +157,29 @@ def _xla_bytes(cfg, workload: plan.Workload) -> int:
     shapes.update(end_index=(rows, slots, 2), example_mask=(rows, slots), example_id=(rows, slots))
     batch = {name: jax.ShapeDtypeStruct(shape, np.float32 if name == "example_mask" else np.int32,
                                         sharding=batch_sharding(mesh)) for name, shape in shapes.items()}
+    return _live(_compiled_train_step(run, batch, mesh))
 
-    def abstract(tree):
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
+def _abstract(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def _compiled_train_step(run, batch, mesh):
+    """The train step compiled as the trainer jits it (state donated), every argument kept."""
     def shardings(tree):
         return jax.tree.map(lambda x: x.sharding, tree)
 
     step = jax.jit(run.train_step, in_shardings=(shardings(run.state), batch_sharding(mesh), shardings(run.frozen)),
-                   out_shardings=(shardings(run.state), replicated(mesh)), donate_argnums=(0,))
-    memory = step.lower(abstract(run.state), batch, abstract(run.frozen)).compile().memory_analysis()
+                   out_shardings=(shardings(run.state), replicated(mesh)), donate_argnums=(0,), keep_unused=True)
+    return step.lower(_abstract(run.state), batch, _abstract(run.frozen)).compile()
+
+
+def _live(compiled, held_elsewhere: int = 0) -> int:
+    """Live bytes per device while ``compiled`` runs: arguments + outputs not aliased to (donated)
+    arguments + temporaries, plus what stays in memory without being an argument."""
+    memory = compiled.memory_analysis()
     return (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
-            + memory.temp_size_in_bytes)
+            + memory.temp_size_in_bytes + held_elsewhere)
 
 
 SMALL = {"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -203,12 +213,6 @@ def _device_bytes(tree) -> int:
     return sum(leaf.addressable_shards[0].data.nbytes for leaf in jax.tree.leaves(tree))
 
 
-def _live(compiled, held_elsewhere: int = 0) -> int:
-    memory = compiled.memory_analysis()
-    return (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
-            + memory.temp_size_in_bytes + held_elsewhere)
-
-
 def _ppo_xla_bytes(cfg, prompt: int) -> dict[str, int]:
     """Live bytes per device of PPO's two largest programs at the planner's worst-case shapes:
     the update (the jitted train step on a rollout batch) and generation (the sampler, while
@@ -232,16 +236,7 @@ def _ppo_xla_bytes(cfg, prompt: int) -> dict[str, int]:
     ints = ("prompt_ids", "prompt_mask", "segment_ids", "tokens", "example_id")
     batch = {name: jax.ShapeDtypeStruct((rows, *shape), np.int32 if name in ints else np.float32,
                                         sharding=batch_sharding(mesh)) for name, shape in shapes.items()}
-
-    def abstract(tree):
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
-
-    def shardings(tree):
-        return jax.tree.map(lambda x: x.sharding, tree)
-
-    step = jax.jit(run.train_step, in_shardings=(shardings(run.state), batch_sharding(mesh), shardings(run.frozen)),
-                   out_shardings=(shardings(run.state), replicated(mesh)), donate_argnums=(0,), keep_unused=True)
-    update = _live(step.lower(abstract(run.state), batch, abstract(run.frozen)).compile())
+    update = _live(_compiled_train_step(run, batch, mesh))
 
     graphdef, _ = nnx.split(common.build_model(cfg.model, cfg, mesh, head="causal_lm", tokenizer=tokenizer))
     policy = run.state.params["policy"]
@@ -252,7 +247,7 @@ def _ppo_xla_bytes(cfg, prompt: int) -> dict[str, int]:
     cache = (logical_sharding(mesh, KEY_AXES, keys, rules), logical_sharding(mesh, VALUE_AXES, values, rules))
     prompts = jax.ShapeDtypeStruct((rows, prompt), np.int32, sharding=logical_sharding(mesh, ("batch", None),
                                                                                         (rows, prompt), rules))
-    sampler = _sample_jit.lower(graphdef, abstract(policy), prompts, prompts, jax.random.key(0), cfg=sampling,
+    sampler = _sample_jit.lower(graphdef, _abstract(policy), prompts, prompts, jax.random.key(0), cfg=sampling,
                                 stop_ids=stop_token_ids(sampling, model_config.eos_token_id), cache_shardings=cache)
     generation = _live(sampler.compile(), held - _device_bytes(policy))
     return {"update": update, "generation": generation}

@@ -118,17 +118,23 @@ def get_algorithm(spec: str) -> Algorithm:
 
 
 def list_algorithms() -> list[str]:
-    """Registered algorithm names, in registration order (built-ins first)."""
+    """Registered algorithm names: the built-ins in ``BUILTIN_MODULES`` order, then the others
+    as they registered (stable whatever imported what first)."""
     _load_builtins()
-    return list(_REGISTRY)
+
+    def rank(name: str) -> int:
+        module = type(_REGISTRY[name]).__module__
+        return BUILTIN_MODULES.index(module) if module in BUILTIN_MODULES else len(BUILTIN_MODULES)
+
+    return sorted(_REGISTRY, key=rank)
 
 
 def sections_of_others(algorithm: Algorithm) -> dict[str, list[str]]:
     """``{section: [algorithm names]}`` for the sections other registered algorithms own
     and ``algorithm`` does not (a run config may still carry them; see config.py)."""
-    _load_builtins()
     owners: dict[str, list[str]] = {}
-    for name, other in _REGISTRY.items():
+    for name in list_algorithms():
+        other = _REGISTRY[name]
         for section in other.sections:
             if other is not algorithm and section not in algorithm.sections:
                 owners.setdefault(section, []).append(name)
