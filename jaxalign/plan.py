@@ -42,6 +42,7 @@ from jaxalign.config import ModelSpec, TrainConfig
 from jaxalign.data.packing import bucket_rows, round_up
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.logps import DEFAULT_CHUNK_SIZE
+from jaxalign.models.trainable import compile_patterns, is_trained
 from jaxalign.sharding import MESH_AXES, _resolve_axis_sizes, logical_to_spec, rules_from
 
 GIB = 1024**3
@@ -335,22 +336,35 @@ class PlanContext:
         param_count = sum(s[1] for s in shards)
         if self.workload is None:
             self.workload, self.param_count = workload, param_count
+        trained, share = self.trained_bytes(shards, model_config), ""
+        if trained != params:
+            share = f" of the trained {trained / params:.0%} (model.trainable/freeze)"
         terms = [
             Term("parameters", params, f"{_count(param_count)} parameters in {model_config.param_dtype}"),
-            Term("optimizer state", 2 * params, f"AdamW mu and nu in {model_config.param_dtype}"),
+            Term("optimizer state", 2 * trained, f"AdamW mu and nu in {model_config.param_dtype}{share}"),
         ]
         accumulation = self.cfg.optim.grad_accum_steps
         if accumulation > 1:
-            terms.append(Term("optimizer state", params, f"accumulated gradients (grad_accum_steps={accumulation})"))
+            terms.append(Term("optimizer state", trained, f"accumulated gradients (grad_accum_steps={accumulation})"))
         terms += [
-            Term("gradients", params, "one parameter-sized buffer"),
-            Term("update temporaries", params, "reduced/clipped gradients before the in-place update"),
+            Term("gradients", trained, "one buffer the size of the trained parameters"),
+            Term("update temporaries", trained, "reduced/clipped gradients before the in-place update"),
         ]
         terms += self.gathered_weights(model_config, head)
         terms += self.activation_terms(head, workload, model_config)
         terms.append(Term("batch", workload.rows * (4 * workload.length + 4 * workload.targets) * 4,
                           "packed input arrays"))
         return terms
+
+    def trained_bytes(self, shards: list[tuple[tuple, int, int, int]], model_config: ModelConfig) -> int:
+        """Per-device bytes of the parameters that train: all of them, except for ``cfg.model``'s
+        own architecture with ``model.trainable``/``model.freeze`` set."""
+        spec = self.cfg.model
+        trainable = compile_patterns(spec.trainable, "model.trainable")
+        freeze = compile_patterns(spec.freeze, "model.freeze")
+        selected = [s for s in shards if model_config is not self.model or
+                    is_trained("/".join(str(key) for key in s[0]), trainable, freeze)]
+        return sum(s[2] for s in selected) * DTYPE_BYTES[model_config.param_dtype]
 
     def activation_terms(self, head: str, workload: Workload, model_config: ModelConfig | None = None,
                          phase: str | None = None, label: str = "") -> list[Term]:

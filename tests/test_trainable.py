@@ -127,3 +127,16 @@ def test_a_linear_probe_reward_model_and_config_errors(tmp_path):
     config["model"]["freeze"] = [EMBEDDING]
     with pytest.raises(ConfigError, match="not supported by algo ppo yet"):
         load_config(write_config(tmp_path / "ppo.yaml", config))
+
+
+def test_the_plan_counts_optimizer_state_and_gradients_of_trained_parameters_only():
+    from jaxalign import plan
+
+    base = load_config("configs/quickstart/sft.yaml")
+    frozen = load_config("configs/quickstart/sft.yaml", [f"model.freeze=[{EMBEDDING}]"])
+    architecture = plan.read_model_config(base.model, vocab_size=1024)
+    full, partial = (plan.estimate(cfg, 1, architecture=architecture) for cfg in (base, frozen))
+    embedding = 1024 * 128 * 4  # vocab x hidden, float32 (tied: also the output head)
+    assert partial.bytes_of("parameters") == full.bytes_of("parameters")
+    for name, copies in (("optimizer state", 2), ("gradients", 1), ("update temporaries", 1)):
+        assert full.bytes_of(name) - partial.bytes_of(name) == copies * embedding, name
