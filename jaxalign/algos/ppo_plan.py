@@ -32,77 +32,109 @@ def _architecture(spec: ModelSpec, what: str) -> ModelConfig:
     return read_model_config(spec)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Models:
+    """The architectures of one PPO run (``value`` and ``reward`` None when absent)."""
+
+    policy: ModelConfig
+    reference: ModelConfig
+    value: ModelConfig | None  # None: a value head on the policy
+    reward: ModelConfig | None  # None: a Python reward function
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, policy: ModelConfig) -> "_Models":
+        ppo, frozen = cfg.ppo, cfg.ppo.frozen_dtype
+        reward = None
+        if ppo.reward_model is not None:
+            reward = _architecture(ModelSpec(path=ppo.reward_model), "ppo.reward_model").replace(
+                dtype=cfg.model.dtype, param_dtype=frozen)
+        value = None
+        if ppo.resolved_value_model() != VALUE_ON_POLICY:
+            spec = dataclasses.replace(cfg.model, path=ppo.resolved_value_model(), config=None)
+            value = _architecture(spec, "ppo.value_model").replace(
+                dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, remat=cfg.model.remat)
+        reference = policy if cfg.ref_model is None else _architecture(cfg.ref_model, "ref_model")
+        return cls(policy, reference.replace(dtype=cfg.model.dtype, param_dtype=frozen), value, reward)
+
+
 def plan_terms(cfg: TrainConfig, ctx: PlanContext) -> list[Term]:
     ppo, data = cfg.ppo, cfg.data
     rows = -(-data.batch_size // ctx.batch_shards)  # prompts per device
     prompt = round_up(data.resolved_max_prompt_length(), data.pad_to_multiple)
-    length = prompt + ppo.max_new_tokens
-    minibatch = Workload(rows=-(-rows // ppo.num_mini_batches), length=length, targets=ppo.max_new_tokens)
-    rollout = Workload(rows=rows, length=length, targets=ppo.max_new_tokens)
-    policy = ctx.model
-    policy_bytes = ctx.parameter_bytes(policy, "causal_lm")
-    ctx.workload, ctx.param_count = minibatch, sum(s[1] for s in ctx.shards(policy, "causal_lm"))
+    rollout = Workload(rows=rows, length=prompt + ppo.max_new_tokens, targets=ppo.max_new_tokens)
+    minibatch = dataclasses.replace(rollout, rows=-(-rows // ppo.num_mini_batches))
+    models = _Models.of(cfg, ctx.model)
+    ctx.workload, ctx.param_count = minibatch, sum(s[1] for s in ctx.shards(models.policy, "causal_lm"))
     ctx.note = (f"rollout per device: {rows} prompt(s) x ({prompt} prompt + {ppo.max_new_tokens} reply) tokens; "
                 f"update minibatch: {minibatch.rows} row(s)")
+    held, trained = _held_terms(cfg, ctx, models, rollout, prompt)
+    return (held + _generation_terms(ctx, models.policy, rollout, prompt)
+            + _scoring_terms(ctx, models, rollout) + _update_terms(ctx, models, minibatch, trained))
 
-    frozen_dtype = ppo.frozen_dtype
-    reward = None
-    if ppo.reward_model is not None:
-        reward = _architecture(ModelSpec(path=ppo.reward_model), "ppo.reward_model").replace(
-            dtype=cfg.model.dtype, param_dtype=frozen_dtype)
+
+def _held_terms(cfg: TrainConfig, ctx: PlanContext, models: _Models, rollout: Workload,
+                prompt: int) -> tuple[list[Term], int]:
+    """What the iteration holds throughout, and the bytes of what trains (policy + value)."""
+    policy, frozen = models.policy, cfg.ppo.frozen_dtype
+    policy_bytes = ctx.parameter_bytes(policy, "causal_lm")
     terms = [Term("parameters", policy_bytes, f"policy, {_count(ctx.param_count)} parameters in {policy.param_dtype}")]
-    value_source = ppo.resolved_value_model()
-    value_model = None
-    if value_source == VALUE_ON_POLICY:
+    if models.value is None:
         value_bytes = policy.hidden_size * DTYPE_BYTES[policy.param_dtype]
         terms.append(Term("value model", value_bytes, "a value head on the policy's decoder"))
     else:
-        spec = dataclasses.replace(cfg.model, path=value_source, config=None)
-        value_model = _architecture(spec, "ppo.value_model").replace(
-            dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, remat=cfg.model.remat)
-        value_bytes = ctx.parameter_bytes(value_model, "score")
-        terms.append(Term("value model", value_bytes, f"from {value_source}, in {value_model.param_dtype}"))
+        value_bytes = ctx.parameter_bytes(models.value, "score")
+        terms.append(Term("value model", value_bytes,
+                          f"from {cfg.ppo.resolved_value_model()}, in {models.value.param_dtype}"))
     trained = policy_bytes + value_bytes
     terms.append(Term("optimizer state", 2 * trained, f"AdamW mu and nu of policy and value in {policy.param_dtype}"))
-
-    reference = (policy if cfg.ref_model is None else _architecture(cfg.ref_model, "ref_model"))
-    reference = reference.replace(dtype=cfg.model.dtype, param_dtype=frozen_dtype)
-    terms.append(ctx.frozen_model_term("frozen reference", reference, "causal_lm", frozen_dtype, "reference parameters"))
-    if reward is not None:
-        terms.append(ctx.frozen_model_term("frozen reward model", reward, "score", frozen_dtype, "reward model"))
-    # prompt ids and mask, segment ids and tokens (int32), and seven float32 [B, N] arrays (masks, log-probs, values,
-    # advantages, returns, ...), held from the rollout to the update's end.
-    terms.append(Term("rollout batch", rows * (4 * length + 2 * 4 * prompt + 8 * 4 * ppo.max_new_tokens),
+    terms.append(ctx.frozen_model_term("frozen reference", models.reference, "causal_lm", frozen,
+                                       "reference parameters"))
+    if models.reward is not None:
+        terms.append(ctx.frozen_model_term("frozen reward model", models.reward, "score", frozen, "reward model"))
+    # prompt ids and mask, segment ids and tokens (int32), and seven float32 [B, N] arrays (masks, log-probs,
+    # values, advantages, returns, ...), held from the rollout to the update's end.
+    reply = rollout.targets
+    terms.append(Term("rollout batch", rollout.rows * (4 * rollout.length + 2 * 4 * prompt + 8 * 4 * reply),
                       "the rollout's arrays (tokens, masks, log-probs, advantages)"))
+    return terms, trained
 
-    dims = ctx.dims(policy)
-    slots = prompt + ppo.max_new_tokens - 1
-    terms.append(Term("KV cache", ctx.kv_cache_bytes(policy, rows, slots),
-                      f"{rows} row(s) x {slots} slots x {policy.num_layers} layers in {policy.dtype}", "generation"))
-    prefill = Workload(rows=rows, length=prompt, targets=1)
-    decode_logits = 3 * rows * dims.vocab * 4  # float32 logits, their softmax and the sampling temporaries
-    terms.append(Term("generation working set", forward_working_set(dims, prefill) + decode_logits,
-                      "the prompts' prefill and the decode step's logits", "generation"))
 
-    scored = [(policy, "causal_lm"), (reference, "causal_lm")] + ([(reward, "score")] if reward is not None else [])
-    if value_model is not None:
-        scored.append((value_model, "score"))
-    chunk = min(LOGPS_CHUNK, ppo.max_new_tokens)
-    passes = max(forward_working_set(ctx.dims(model), rollout) + _head_chunk(ctx, model, head, rows, chunk)
+def _generation_terms(ctx: PlanContext, policy: ModelConfig, rollout: Workload, prompt: int) -> list[Term]:
+    """The sampler: its KV cache, the prompts' prefill and the decode step's logits."""
+    slots = rollout.length - 1  # the last sampled token is never fed back
+    prefill = Workload(rows=rollout.rows, length=prompt, targets=1)
+    decode_logits = 3 * rollout.rows * ctx.dims(policy).vocab * 4  # float32 logits, softmax, sampling temporaries
+    return [
+        Term("KV cache", ctx.kv_cache_bytes(policy, rollout.rows, slots),
+             f"{rollout.rows} row(s) x {slots} slots x {policy.num_layers} layers in {policy.dtype}", "generation"),
+        Term("generation working set", forward_working_set(ctx.dims(policy), prefill) + decode_logits,
+             "the prompts' prefill and the decode step's logits", "generation"),
+    ]
+
+
+def _scoring_terms(ctx: PlanContext, models: _Models, rollout: Workload) -> list[Term]:
+    """The teacher-forced passes over the whole rollout, forward only, one model at a time."""
+    scored = [(models.policy, "causal_lm"), (models.reference, "causal_lm")]
+    scored += [(model, "score") for model in (models.reward, models.value) if model is not None]
+    chunk = min(LOGPS_CHUNK, rollout.targets)
+    passes = max(forward_working_set(ctx.dims(model), rollout) + _head_chunk(ctx, model, head, rollout.rows, chunk)
                  for model, head in scored)
-    outputs = 6 * rows * ppo.max_new_tokens * 4
-    terms.append(Term("teacher-forced passes", passes + outputs,
-                      "one forward at a time (policy, reference, reward/value) over the rollout", "scoring"))
+    outputs = 6 * rollout.rows * rollout.targets * 4
+    return [Term("teacher-forced passes", passes + outputs,
+                 "one forward at a time (policy, reference, reward/value) over the rollout", "scoring")]
 
-    terms += [
+
+def _update_terms(ctx: PlanContext, models: _Models, minibatch: Workload, trained: int) -> list[Term]:
+    """One minibatch's update: gradients, update temporaries, activations kept for the backward."""
+    terms = [
         Term("gradients", trained, "policy and value", "update"),
         Term("update temporaries", trained, "reduced/clipped gradients before the in-place update", "update"),
     ]
-    terms += ctx.gathered_weights(policy, "causal_lm", "update")
-    terms += ctx.activation_terms("causal_lm", minibatch, policy, "update")
-    if value_model is not None:
-        terms += ctx.gathered_weights(value_model, "score", "update")
-        terms += ctx.activation_terms("score", minibatch, value_model, "update", label="value ")
+    terms += ctx.gathered_weights(models.policy, "causal_lm", "update")
+    terms += ctx.activation_terms("causal_lm", minibatch, models.policy, "update")
+    if models.value is not None:
+        terms += ctx.gathered_weights(models.value, "score", "update")
+        terms += ctx.activation_terms("score", minibatch, models.value, "update", label="value ")
     return terms
 
 
