@@ -263,7 +263,8 @@ def _save_reward_model(path) -> None:
     transformers.LlamaForSequenceClassification(config).save_pretrained(path)
 
 
-@pytest.mark.parametrize("case", ["value-head-data8", "reward-model-bf16-long-replies"])
+@pytest.mark.parametrize("case", ["value-head-data8",
+                                  pytest.param("reward-model-bf16-long-replies", marks=pytest.mark.slow)])
 def test_ppo_estimate_matches_xla_memory_analysis(tmp_path, case):
     """PPO's plan, phase by phase: held state + the update phase against the compiled train step,
     held state + the generation phase against the compiled sampler (the two programs that peak)."""
