@@ -1,4 +1,5 @@
-"""Command line: ``jaxalign train CONFIG [--set a.b=c ...]``, ``jaxalign generate --model DIR --prompts FILE``."""
+"""Command line: ``jaxalign train CONFIG [--set a.b=c ...]``, ``jaxalign generate --model DIR --prompts FILE``,
+``jaxalign dashboard RUN_DIR...``, ``jaxalign report RUN_DIR... -o report.html``."""
 
 from __future__ import annotations
 
@@ -40,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
                           help="longer prompts keep their end (default: model context - max new tokens)")
     generate.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="compute dtype")
     generate.set_defaults(coordinator=None, num_processes=None, process_id=None)  # one process
+
+    from jaxalign.dashboard.command import add_commands as add_dashboard_commands
+
+    add_dashboard_commands(commands)
     return parser
 
 
@@ -54,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "plan":  # arithmetic only: no devices, no distributed start
         return _plan(args)
+    if args.command in ("dashboard", "report"):  # reads files only: no devices either
+        from jaxalign.dashboard.command import run as run_dashboard_command
+
+        return run_dashboard_command(args)
     # Before anything touches devices: jax.distributed must come first.
     from jaxalign import distributed
 

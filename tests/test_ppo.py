@@ -8,28 +8,36 @@ import math
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxalign import cli
 from jaxalign.config import TrainConfig, load_config
 from jaxalign.configlib import ConfigError, from_dict
+from jaxalign.losses.ppo import KLControl
 from jaxalign.rewards import RewardFunctionError, check_scores, load_reward_function
 from jaxalign.trainer import Trainer, train
+from tests.learning_margins import LearningCase
 from tests.train_fixtures import TINY_LLAMA, read_metrics, tiny_run_config, write_config
 
 HELPER = str(Path(__file__).with_name("ppo_rewards_helper.py"))
 TARGET_KL = 6.0
 # The learning test: reward = share of vowel-initial words (tests/ppo_rewards_helper.py:vowel_words; dense,
 # and ending early never pays), 40 steps x 16 prompts, target_kl 6 with kl_horizon 32 (the coefficient moves
-# at most 10% per step), kl_coef 0.1. Measured on a 2-core CPU (deterministic per seed; the test takes ~56 s alone):
-#   seed  score first 6 -> last 8   step-to-step noise (std of diffs)   KL last 8   kl_coef min -> last
-#   0     0.18 -> 0.42 (peak 0.61)  0.074                               7.4         0.02 -> 0.076
-#   1     0.21 -> 0.44 (peak 0.59)  0.056                               5.8         0.02 -> 0.061
-#   2     0.19 -> 0.36 (peak 0.60)  0.067                               6.6         0.02 -> 0.059
-# The controller lowers kl_coef while KL is under target, the score climbs with KL, then once KL passes
-# the target the controller raises kl_coef and pulls KL back into the band (scores give back part of the peak).
-SCORE_RISE, KL_BAND = 0.1, 0.5  # rise > ~2x the step noise; KL within +-50% of target
+# at most 10% per step), kl_coef 0.1. Its margins are measured, not taken from one machine's path:
+#   python -m tests.learning_margins tests.test_ppo:PPO_LEARNING --seeds 0 1 2
+# (every seed under four CPU code paths: 8 devices, 1 device, fast math, 128-bit vectors). Measured over those
+# 12 runs on a 2-core CPU (2026-12-03, each 2-8 min under load):
+#   quantity                      min     max     asserted
+#   score_rise (last 8 - first 6) 0.119   0.246   > 0.06
+#   KL last 8 / target            0.90    1.50    in (0.5, 2.0)
+#   kl_coef min / first           0.127   0.263   < 0.5   (the controller lets the policy move)
+#   kl_coef last / min            1.51    6.03    not asserted: when KL crosses the target depends on the
+#                                                 machine; test_kl_controller_follows_a_scripted_kl_sequence
+#                                                 checks the controller itself
+#   length last 8 / first 6       0.955   1.006   > 0.85  (the rise is content, not shorter replies)
+SCORE_RISE, KL_LOW, KL_HIGH, COEF_DROP, LENGTH_KEPT = 0.06, 0.5, 2.0, 0.5, 0.85
 TRL_METRICS = ("objective/kl", "objective/entropy", "objective/rlhf_reward", "objective/scores",
                "objective/non_score_reward", "policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg",
                "loss/value_avg", "val/clipfrac_avg", "val/ratio", "val/num_eos_tokens")
@@ -171,28 +179,69 @@ def test_reward_model_checkpoint_scores_and_starts_the_value_model(tmp_path):
 # ------------------------------------------------------------------ runs
 
 
-@pytest.mark.slow
-def test_score_rises_while_adaptive_kl_holds_its_target(tmp_path):
-    run_dir = tmp_path / "run"
-    cfg = from_dict(TrainConfig, ppo_config(
-        run_dir, max_steps=40, eval_batches=0, export=False, data={"batch_size": 16, "eval": None},
-        optim={"lr": 3e-3}, ppo={"num_ppo_epochs": 4, "target_kl": TARGET_KL, "kl_horizon": 32, "kl_coef": 0.1,
-                                 "reward_function": f"{HELPER}:vowel_words", "missing_eos_penalty": None},
-        log={"every_steps": 1, "tensorboard": False}))
-    train(cfg)
+def _learning_config(run_dir: Path, seed: int) -> dict:
+    return ppo_config(
+        run_dir, seed=seed, max_steps=40, eval_batches=0, export=False, data={"batch_size": 16, "eval": None},
+        model={"config": dict(TINY_LLAMA), "seed": seed}, optim={"lr": 3e-3},
+        ppo={"num_ppo_epochs": 4, "target_kl": TARGET_KL, "kl_horizon": 32, "kl_coef": 0.1,
+             "reward_function": f"{HELPER}:vowel_words", "missing_eos_penalty": None},
+        log={"every_steps": 1, "tensorboard": False})
+
+
+def _learning_summary(run_dir: Path) -> dict[str, float]:
+    """The numbers the learning test asserts on (first 6 steps vs last 8)."""
     metrics = read_metrics(run_dir)
     steps = sorted(metrics)
-    for name in TRL_METRICS + ("tokens_per_s/generation", "tokens_per_s/training", "time/generation_s",
-                               "time/scoring_s", "time/training_s"):
-        assert f"train/{name}" in metrics[steps[-1]], name
     series = lambda name: np.array([metrics[s][f"train/{name}"] for s in steps])  # noqa: E731
     scores, kl, coef = series("objective/scores"), series("objective/kl"), series("objective/kl_coef")
     length = series("reply_length")
-    assert scores[-8:].mean() - scores[:6].mean() > SCORE_RISE, scores
-    assert abs(kl[-8:].mean() - TARGET_KL) < KL_BAND * TARGET_KL, kl
-    assert coef.min() < 0.5 * coef[0], coef  # the controller let the policy move while KL was under target
-    assert coef[-1] > 2 * coef.min(), coef  # and pushed back once KL passed it
-    assert length[-8:].mean() > 0.9 * length[:6].mean(), length  # the rise is content, not shorter replies
+    return {"score_rise": float(scores[-8:].mean() - scores[:6].mean()),
+            "kl_last8_over_target": float(kl[-8:].mean() / TARGET_KL),
+            "kl_peak_over_target": float(kl.max() / TARGET_KL),
+            "coef_min_over_first": float(coef.min() / coef[0]),
+            "coef_last_over_min": float(coef[-1] / coef.min()),
+            "length_last8_over_first6": float(length[-8:].mean() / length[:6].mean())}
+
+
+PPO_LEARNING = LearningCase(_learning_config, _learning_summary)
+
+
+def test_kl_controller_follows_a_scripted_kl_sequence():
+    """The adaptive controller on a KL trajectory that stays under target, then overshoots:
+    it lowers the coefficient, bottoms out where KL crosses the target, then raises it,
+    each step by exactly the clipped proportional rule (Ziegler et al. 2019)."""
+    control = KLControl(init_coef=0.1, target=TARGET_KL, horizon=32)
+    observed = [1.0, 2.0, 3.0, 4.5, 5.5, 6.0, 7.0, 9.0, 12.0, 12.0, 8.0, 6.5]
+    coef, coefs = jnp.asarray(0.1), [0.1]
+    expected = 0.1
+    for kl in observed:
+        coef = control.update(coef, jnp.asarray(kl), num_samples=16)
+        error = min(max(kl / TARGET_KL - 1.0, -0.2), 0.2)
+        expected *= 1.0 + error * 16 / 32
+        assert float(coef) == pytest.approx(expected, rel=1e-6)
+        coefs.append(float(coef))
+    lowest = int(np.argmin(coefs))
+    assert observed[lowest - 1] < TARGET_KL <= observed[lowest]  # the bottom is where KL reaches the target
+    assert all(a > b for a, b in zip(coefs[:lowest], coefs[1:lowest + 1]))  # falls while under target
+    assert all(a < b for a, b in zip(coefs[lowest + 1:], coefs[lowest + 2:]))  # rises while over it
+    assert coefs[-1] > 1.5 * min(coefs)
+
+
+@pytest.mark.slow
+def test_score_rises_while_adaptive_kl_holds_its_target(tmp_path):
+    """Margins measured over seeds 0-2 x four CPU code paths (tests/learning_margins.py); see the table above."""
+    run_dir = tmp_path / "run"
+    train(from_dict(TrainConfig, _learning_config(run_dir, seed=0)))
+    metrics = read_metrics(run_dir)
+    last = metrics[max(metrics)]
+    for name in TRL_METRICS + ("tokens_per_s/generation", "tokens_per_s/training", "time/generation_s",
+                               "time/scoring_s", "time/training_s"):
+        assert f"train/{name}" in last, name
+    summary = _learning_summary(run_dir)
+    assert summary["score_rise"] > SCORE_RISE, summary
+    assert KL_LOW < summary["kl_last8_over_target"] < KL_HIGH, summary
+    assert summary["coef_min_over_first"] < COEF_DROP, summary  # the controller let the policy move
+    assert summary["length_last8_over_first6"] > LENGTH_KEPT, summary  # the rise is content, not shorter replies
 
 
 @pytest.mark.slow

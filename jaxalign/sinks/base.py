@@ -14,7 +14,7 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
-RESERVED_TABLE_NAMES = ("checkpoints", "export", "tensorboard", "wandb")
+RESERVED_TABLE_NAMES = ("checkpoints", "eval", "export", "tensorboard", "wandb")  # folders the run dir already uses
 
 
 @runtime_checkable
