@@ -35,7 +35,8 @@ from jax.sharding import Mesh
 
 from jaxalign.algos import common
 from jaxalign.algos import ppo_math as pm
-from jaxalign.algos.ppo_config import VALUE_ON_POLICY
+from jaxalign.algos.ppo_config import VALUE_ON_POLICY, PPOConfig
+from jaxalign.algos.registry import Algorithm, register_algorithm
 from jaxalign.config import ModelSpec, TrainConfig
 from jaxalign.generation import SamplingConfig, generate
 from jaxalign.losses.ppo import KLControl
@@ -215,6 +216,8 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
         def update(carry, rows_index):
             params, opt_state = carry
             minibatch = jax.tree.map(lambda x: jnp.take(x, rows_index, axis=0), rollout)
+            # Without this XLA replicates the gathered rows: every device would compute the whole minibatch.
+            minibatch = jax.lax.with_sharding_constraint(minibatch, rows)
             (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, minibatch)
             updates, opt_state = optimizer.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
@@ -267,3 +270,39 @@ def _row_columns(cfg: TrainConfig, split: str, tokenizer):
     renderer = functools.cache(lambda: ChatRenderer(tokenizer))
     examples = format_rows(rows, fmt, "prompt", renderer, cfg.data.on_bad_row, Counter())
     return RowColumns(examples, rows)
+
+
+@register_algorithm
+class PPO(Algorithm):
+    """``algo: ppo``: RLHF with a rollout hook (``ppo:`` section, ``ppo_config.PPOConfig``)."""
+
+    name = "ppo"
+    sections = {"ppo": PPOConfig}
+
+    def check_config(self, cfg: TrainConfig) -> None:
+        cfg.ppo.check_for_run(cfg.data.batch_size)
+        if cfg.model.partial:
+            raise ValueError("model.trainable/model.freeze are not supported by algo ppo yet: it trains the "
+                             "whole policy; remove them")
+        if cfg.optim.grad_accum_steps != 1:
+            raise ValueError("optim.grad_accum_steps must be 1 for algo ppo: each step's rollout is split "
+                             "into ppo.num_mini_batches instead")
+        if cfg.precompute_ref_logps:
+            raise ValueError("precompute_ref_logps does not apply to algo ppo: its replies are sampled "
+                             "during training, so the reference scores them as they come")
+
+    def data_kind(self, cfg: TrainConfig) -> str:
+        return data_kind(cfg)
+
+    def setup(self, cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) -> AlgoRun:
+        return setup(cfg, mesh, tokenizer, total_steps)
+
+    def plan_terms(self, cfg: TrainConfig, ctx) -> list:
+        from jaxalign.algos import ppo_plan
+
+        return ppo_plan.plan_terms(cfg, ctx)
+
+    def plan_knobs(self, cfg: TrainConfig, plan) -> list:
+        from jaxalign.algos import ppo_plan
+
+        return ppo_plan.plan_knobs(cfg, plan)
