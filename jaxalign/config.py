@@ -1,21 +1,30 @@
-"""The run config: one dataclass tree composed from each subsystem's own config."""
+"""The run config: one dataclass tree composed from each subsystem's own config.
+
+The shared sections live on ``TrainConfig``; each algorithm's own sections
+(``loss:`` for rm and dpo, ``ppo:`` for ppo, a user algorithm's) are declared
+by the algorithm object (``jaxalign.algos.registry``) and added to the class
+the config is built as: ``config_class(algorithm)``, a subclass of
+``TrainConfig`` with those sections as fields (``cfg.ppo.kl_coef``).
+Loading picks that class from the YAML's ``algo`` (``TrainConfig.resolve_class``).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from jaxalign import configlib
-from jaxalign.algos.ppo_config import PPOConfig
+from jaxalign.algos.registry import Algorithm, get_algorithm, sections_of_others
 from jaxalign.checkpoint import CheckpointConfig
 from jaxalign.data import DataConfig
 from jaxalign.health import HealthConfig
-from jaxalign.losses import LossConfig
+from jaxalign.metrics_log import get_logger
+from jaxalign.models.trainable import compile_patterns
 from jaxalign.optim import OptimConfig
 from jaxalign.sharding import MeshConfig
-
-ALGORITHMS = ("rm", "sft", "dpo", "ppo")
+from jaxalign.sinks.config import LogConfig
 
 
 @dataclasses.dataclass
@@ -30,26 +39,28 @@ class ModelSpec:
     param_dtype: str = "float32"
     remat: str = "none"  # none | full | dots
     seed: int = 0
+    # Which parameters train: regular expressions matched in full against parameter paths
+    # ("model/embed_tokens/embedding"); see jaxalign/models/trainable.py. Default: all of them.
+    trainable: list[str] | None = None
+    freeze: list[str] | None = None
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.config is None):
             raise ValueError("model: set exactly one of model.path (an HF checkpoint folder) or model.config")
+        compile_patterns(self.trainable, "model.trainable")
+        compile_patterns(self.freeze, "model.freeze")
 
-
-@dataclasses.dataclass
-class LogConfig:
-    every_steps: int = 10
-    tensorboard: bool = True
-    wandb: dict[str, Any] | None = None  # e.g. {project: my-project}; used only if wandb is installed
-
-    def __post_init__(self) -> None:
-        if self.every_steps < 1:
-            raise ValueError(f"log.every_steps must be >= 1 (log every N optimizer steps), got {self.every_steps}")
+    @property
+    def partial(self) -> bool:
+        """Whether only part of the model trains (``trainable`` or ``freeze`` set)."""
+        return bool(self.trainable) or bool(self.freeze)
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    algo: str = "rm"
+    """Shared sections; ``config_class(algorithm)`` adds the algorithm's own."""
+
+    algo: str = "rm"  # a registered name, or 'package.module:Class' / 'file.py:Class'
     run_dir: str = "runs/default"
     seed: int = 0
     max_steps: int = 0  # 0 = run data.num_epochs epochs
@@ -63,37 +74,68 @@ class TrainConfig:
     precompute_ref_logps: bool = False
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
-    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
-    ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)  # algo: ppo only
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
     health: HealthConfig = dataclasses.field(default_factory=HealthConfig)
 
     def __post_init__(self) -> None:
-        if self.algo not in ALGORITHMS:
-            raise ValueError(f"algo must be one of {', '.join(ALGORITHMS)}, got '{self.algo}'")
-        if self.algo == "rm" and self.loss.kind != "reward":
-            if self.loss.name != LossConfig.name:
-                raise ValueError(f"algo rm trains with a reward loss (loss.name: bradley_terry), got loss.name '{self.loss.name}'")
-            # The loss section's default is DPO's; a reward model's is Bradley-Terry.
-            self.loss = dataclasses.replace(self.loss, name="bradley_terry")
-        if self.algo == "dpo" and not self.loss.needs_reference:
-            if self.precompute_ref_logps:
-                raise ValueError(f"precompute_ref_logps: loss '{self.loss.name}' is reference-free, so there are "
-                                 "no reference log-probs to precompute; remove precompute_ref_logps")
-            if self.ref_model is not None:
-                raise ValueError(f"ref_model is set but loss '{self.loss.name}' is reference-free; remove ref_model")
-        if self.algo == "ppo":
-            self.ppo.check_for_run(self.data.batch_size)
-            if self.optim.grad_accum_steps != 1:
-                raise ValueError("optim.grad_accum_steps must be 1 for algo ppo: each step's rollout is split "
-                                 "into ppo.num_mini_batches instead")
-            if self.precompute_ref_logps:
-                raise ValueError("precompute_ref_logps does not apply to algo ppo: its replies are sampled "
-                                 "during training, so the reference scores them as they come")
+        expected = config_class(self.algorithm)
+        if type(self) is not expected:
+            raise ValueError(f"a config for algo '{self.algo}' must be a {expected.__name__} (with its sections "
+                             f"{', '.join(self.algorithm.sections) or 'none'}); build it with load_config, "
+                             f"configlib.from_dict or jaxalign.config.config_class")
         if self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
+        if self.ref_model is not None and self.ref_model.partial:
+            raise ValueError("ref_model.trainable/ref_model.freeze: the reference is frozen whole; remove them")
+        self.algorithm.check_config(self)
+
+    @property
+    def algorithm(self) -> Algorithm:
+        """The registered (or imported) algorithm object ``algo`` names."""
+        return get_algorithm(self.algo)
+
+    @classmethod
+    def resolve_class(cls, values: Mapping[str, Any]) -> tuple[type["TrainConfig"], dict[str, Any]]:
+        """The class to build ``values`` as, and the values to build it from (a configlib
+        hook): the class with the sections of ``values["algo"]``'s algorithm. A section
+        another algorithm owns is dropped with a warning (a DPO config run with
+        ``--set algo=sft`` still has its ``loss:``)."""
+        algo = values.get("algo", cls.algo)
+        if not isinstance(algo, str):
+            raise configlib.ConfigError(f"config key 'algo' expects a name or 'module:Class', got {algo!r}")
+        try:
+            algorithm = get_algorithm(algo)
+        except ValueError as err:
+            raise configlib.ConfigError(str(err)) from err
+        values = dict(values)
+        for section, owners in sections_of_others(algorithm).items():
+            if section in values:
+                del values[section]
+                get_logger().warning("config: section '%s' applies to algo %s; algo %s ignores it",
+                                     section, " and ".join(owners), algo)
+        return config_class(algorithm), values
+
+
+@functools.cache
+def config_class(algorithm: Algorithm | str) -> type[TrainConfig]:
+    """``TrainConfig`` plus ``algorithm``'s sections as fields (each defaulting to its
+    dataclass's defaults); ``TrainConfig`` itself for an algorithm without sections."""
+    if isinstance(algorithm, str):
+        return config_class(get_algorithm(algorithm))
+    if not algorithm.sections:
+        return TrainConfig
+    shared = {field.name for field in dataclasses.fields(TrainConfig)}
+    clashes = sorted(set(algorithm.sections) & shared)
+    if clashes:
+        raise ValueError(f"algorithm {algorithm.name or algorithm!r} declares section(s) {', '.join(clashes)}, "
+                         "which are shared run-config keys; rename them")
+    fields = [(name, section, dataclasses.field(default_factory=section))
+              for name, section in algorithm.sections.items()]
+    name = f"TrainConfig_{algorithm.name or type(algorithm).__name__}"
+    namespace = {"__module__": __name__, "__doc__": f"The run config of algo {algorithm.name or algorithm!r}."}
+    return dataclasses.make_dataclass(name, fields, bases=(TrainConfig,), namespace=namespace)
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:

@@ -133,9 +133,17 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
 
 def from_dict(cls: type[T], values: Mapping[str, Any] | None, where: str = "", root: type | None = None) -> T:
     """Builds dataclass ``cls`` from a nested mapping, rejecting unknown keys
-    (suggesting the nearest key of ``root``'s whole tree, default ``cls``)."""
-    root = root or cls
+    (suggesting the nearest key of ``root``'s whole tree, default ``cls``).
+
+    A class with a ``resolve_class(values) -> (class, values)`` classmethod picks
+    the concrete class to build (and may drop keys) first: the run config picks
+    the subclass that has the chosen algorithm's sections.
+    """
     values = dict(values or {})
+    resolve = getattr(cls, "resolve_class", None)
+    if resolve is not None:
+        cls, values = resolve(values)
+    root = root or cls
     types_by_name = _field_types(cls)
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}

@@ -1,23 +1,22 @@
-"""Where a run's numbers and messages go: metrics.jsonl, TensorBoard, W&B,
-a progress bar, and plain text log lines.
+"""Plain text for people: the package's log lines and the progress bar.
+
+(Machine-readable output, metrics.jsonl, TensorBoard, tables and events, goes
+through the sinks in ``jaxalign.sinks``; the console sink drives this bar.)
 
 Named ``metrics_log`` rather than ``logging`` so it never shadows the standard
 library's ``logging`` (scripts run from inside the package, tools that put the
 package directory on ``sys.path``).
 
-Only the main process writes: other processes get inert objects, so calling
-code needs no ``if is_main`` around every call.
+Log lines are written by the main process only.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
 import time
-from pathlib import Path
-from typing import Any, Callable, Mapping, TextIO
+from typing import Callable, TextIO
 
 import jax
 
@@ -85,109 +84,6 @@ def get_logger(name: str | None = None) -> logging.Logger:
     return root if name is None else root.getChild(name)
 
 
-# ---------------------------------------------------------------- metrics
-
-
-def _finite_or_none(value: float) -> float | None:
-    # JSON has no NaN/inf; null keeps every line parseable by strict readers (jq, JS).
-    return value if math.isfinite(value) else None
-
-
-class MetricsLogger:
-    """Writes scalar metrics to ``run_dir/metrics.jsonl`` (always),
-    ``run_dir/tensorboard/`` (if ``tensorboard``) and W&B (if ``wandb`` is a
-    dict of ``wandb.init`` arguments and the package is installed).
-
-    Each JSONL line is ``{"step": N, "time": unix_seconds, "train/loss": ...}``.
-    A resumed run appends; readers should keep the last line of a repeated step.
-    """
-
-    def __init__(
-        self,
-        run_dir: str | Path,
-        *,
-        tensorboard: bool = True,
-        wandb: Mapping[str, Any] | None = None,
-        is_main_process: bool = True,
-    ) -> None:
-        self.run_dir = Path(run_dir)
-        self.enabled = is_main_process
-        self._jsonl: TextIO | None = None
-        self._tensorboard = None
-        self._wandb_run = None
-        if not self.enabled:
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        # Line-buffered: a crash loses at most the line being written.
-        self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1, encoding="utf-8")
-        if tensorboard:
-            from tensorboard.summary.writer.event_file_writer import EventFileWriter
-
-            self._tensorboard = EventFileWriter(str(self.run_dir / "tensorboard"), flush_secs=30)
-        if wandb is not None:
-            self._wandb_run = _start_wandb(dict(wandb), self.run_dir)
-
-    def log(self, step: int, metrics: Mapping[str, float], prefix: str = "train") -> None:
-        """Records ``metrics`` at ``step`` under ``prefix/`` names (``train/loss``)."""
-        if not self.enabled or not metrics:
-            return
-        scalars = {(f"{prefix}/{name}" if prefix else name): float(value) for name, value in metrics.items()}
-        now = time.time()
-        record: dict[str, Any] = {"step": int(step), "time": round(now, 3)}
-        record.update({name: _finite_or_none(value) for name, value in scalars.items()})
-        assert self._jsonl is not None
-        self._jsonl.write(json.dumps(record) + "\n")
-        if self._tensorboard is not None:
-            self._tensorboard.add_event(_scalar_event(int(step), now, scalars))
-        if self._wandb_run is not None:
-            self._wandb_run.log(scalars, step=int(step))
-
-    def flush(self) -> None:
-        if self._jsonl is not None:
-            self._jsonl.flush()
-        if self._tensorboard is not None:
-            self._tensorboard.flush()
-
-    def close(self) -> None:
-        if self._jsonl is not None:
-            self._jsonl.close()
-            self._jsonl = None
-        if self._tensorboard is not None:
-            self._tensorboard.close()
-            self._tensorboard = None
-        if self._wandb_run is not None:
-            self._wandb_run.finish()
-            self._wandb_run = None
-        self.enabled = False
-
-    def __enter__(self) -> "MetricsLogger":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _scalar_event(step: int, wall_time: float, scalars: Mapping[str, float]):
-    """A TensorBoard event of ``simple_value`` scalars (what EventAccumulator.Scalars reads)."""
-    from tensorboard.compat.proto import event_pb2, summary_pb2
-
-    values = [summary_pb2.Summary.Value(tag=tag, simple_value=value) for tag, value in scalars.items()]
-    return event_pb2.Event(wall_time=wall_time, step=step, summary=summary_pb2.Summary(value=values))
-
-
-def _start_wandb(init_args: dict[str, Any], run_dir: Path):
-    try:
-        import wandb
-    except ImportError:
-        get_logger().warning(
-            "log.wandb is set but the wandb package is not installed (pip install wandb); "
-            "metrics go to metrics.jsonl and TensorBoard only"
-        )
-        return None
-    init_args.setdefault("dir", str(run_dir))
-    return wandb.init(**init_args)
-
-
 # ---------------------------------------------------------------- progress bar
 
 
@@ -211,6 +107,11 @@ class ProgressBar:
     On a terminal it redraws in place with ``\\r``. On anything else (a log
     file, a cluster's captured stdout) it prints a full line at most every
     ``min_interval_s`` seconds, and always the last step, so logs stay short.
+
+    Why not tqdm or rich: off a terminal tqdm still writes ``\\r``-separated
+    redraws into the log file (one ever-growing line), and rich's live display
+    prints nothing until the end; training logs on clusters are files. Both
+    would also need their own way to interleave eval and checkpoint messages.
     """
 
     def __init__(

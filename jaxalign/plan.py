@@ -19,6 +19,10 @@ activations         see ``activation_terms``
 frozen models       the DPO reference (unless reference-free or precomputed),
                     sharded like the policy, in ``ref_model.param_dtype``
 
+Those are the default terms (``PlanContext.trained_model_terms``); each
+algorithm composes its own in ``Algorithm.plan_terms`` (PPO: policy, value,
+reference, reward model, the sampler's KV cache, phases).
+
 The batch is the worst case the packer can produce: every example of the
 device's share fills a row of ``pack_length`` tokens.
 """
@@ -38,6 +42,7 @@ from jaxalign.config import ModelSpec, TrainConfig
 from jaxalign.data.packing import bucket_rows, round_up
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.logps import DEFAULT_CHUNK_SIZE
+from jaxalign.models.trainable import compile_patterns, is_trained
 from jaxalign.sharding import MESH_AXES, _resolve_axis_sizes, logical_to_spec, rules_from
 
 GIB = 1024**3
@@ -59,9 +64,14 @@ class Workload:
 
 @dataclasses.dataclass(frozen=True)
 class Term:
+    """One line of the plan. Terms without a ``phase`` are held throughout the step;
+    terms of a phase (RL: ``"generation"``, ``"update"``) are held only while that
+    phase runs, so the plan's total takes the largest phase, not their sum."""
+
     name: str
     bytes: int
     detail: str
+    phase: str | None = None
 
 
 @dataclasses.dataclass
@@ -75,10 +85,21 @@ class MemoryPlan:
     model: ModelConfig
     terms: list[Term]
     hbm_bytes: int | None = None
+    note: str | None = None
 
     @property
     def total(self) -> int:
-        return sum(term.bytes for term in self.terms)
+        """Bytes held throughout plus the largest phase's."""
+        held = sum(term.bytes for term in self.terms if term.phase is None)
+        return held + max(self.phase_bytes().values(), default=0)
+
+    def phase_bytes(self) -> dict[str, int]:
+        """``{phase: bytes}`` of the phased terms, in the order they first appear."""
+        phases: dict[str, int] = {}
+        for term in self.terms:
+            if term.phase is not None:
+                phases[term.phase] = phases.get(term.phase, 0) + term.bytes
+        return phases
 
     @property
     def fits(self) -> bool | None:
@@ -244,23 +265,128 @@ def head_working_set(d: _Dims, w: Workload, head: str) -> int:
     return total
 
 
+def forward_working_set(d: _Dims, w: Workload) -> int:
+    """An inference-only forward (no backward, nothing saved): the layer being computed
+    (its input and residual, the MLP's wide activations, q/k/v) and its softmax
+    input and output ``[heads, L, L]`` in float32."""
+    per_token = 2 * d.hidden + d.q + 2 * d.kv + 2 * d.mlp
+    return w.tokens * per_token * d.compute_bytes + 2 * w.rows * d.heads * w.length**2 * 4
+
+
 # ---------------------------------------------------------------- the estimate
 
 
-def _head(algo: str) -> str:
-    return "score" if algo == "rm" else "causal_lm"
+@dataclasses.dataclass
+class PlanContext:
+    """What an algorithm's ``plan_terms`` builds its terms from: the config, the mesh
+    and the policy's architecture (``model``, with ``cfg.model``'s dtypes and remat),
+    and helpers that count a model's parameters, its training and its batch.
 
+    ``trained_model_terms`` records the first trained model's workload and
+    parameter count for the plan's header.
+    """
 
-def _data_kind(cfg: TrainConfig) -> str:
-    if cfg.algo == "sft":
-        return "sft"
-    if cfg.algo == "rm":
-        return "reward"
-    return "unpaired" if cfg.algo == "dpo" and cfg.loss.kind == "unpaired" else "preference"
+    cfg: TrainConfig
+    num_devices: int
+    mesh_sizes: dict[str, int]
+    mesh: AbstractMesh
+    rules: Mapping[str, Any]
+    model: ModelConfig
+    workload: Workload | None = None
+    param_count: int | None = None
+    note: str | None = None  # an algorithm's own line for the plan's header (PPO: the rollout's shape)
 
+    def dims(self, model_config: ModelConfig | None = None) -> _Dims:
+        return _dims(model_config or self.model, self.mesh, self.rules)
 
-def _holds_reference(cfg: TrainConfig) -> bool:
-    return cfg.algo == "dpo" and cfg.loss.needs_reference and not cfg.precompute_ref_logps
+    @property
+    def batch_shards(self) -> int:
+        """Devices the rows of a batch are split over (``data`` x ``fsdp``)."""
+        return self.mesh_sizes["data"] * self.mesh_sizes["fsdp"]
+
+    def kv_cache_bytes(self, model_config: ModelConfig, rows: int, slots: int) -> int:
+        """Per-device bytes of a sampler's key/value cache: ``rows`` rows (per device) of
+        ``slots`` slots in every layer, kv heads split like the parameters', compute dtype."""
+        kv_heads = split(model_config.num_kv_heads, "kv_heads", self.mesh, self.rules)
+        return (2 * model_config.num_layers * rows * kv_heads * model_config.head_dim * slots
+                * DTYPE_BYTES[model_config.dtype])
+
+    def worst_case_workload(self, kind: str) -> Workload:
+        return worst_case_workload(self.cfg, self.mesh_sizes, kind)
+
+    def shards(self, model_config: ModelConfig, head: str) -> list[tuple[tuple, int, int, int]]:
+        return parameter_shards(model_config, head, self.mesh, self.rules)
+
+    def parameter_bytes(self, model_config: ModelConfig, head: str, dtype: str | None = None) -> int:
+        """Per-device bytes of ``model_config``'s parameters with ``head``, in ``dtype``
+        (default: its ``param_dtype``)."""
+        dtype = dtype or model_config.param_dtype
+        return sum(s[2] for s in self.shards(model_config, head)) * DTYPE_BYTES[dtype]
+
+    def frozen_model_term(self, name: str, model_config: ModelConfig, head: str, dtype: str, detail: str) -> Term:
+        """A model held for inference only (a reference, a reward model), sharded like the policy."""
+        return Term(name, self.parameter_bytes(model_config, head, dtype), f"{detail} in {dtype}")
+
+    def trained_model_terms(self, head: str, workload: Workload, model_config: ModelConfig | None = None) -> list[Term]:
+        """Parameters, AdamW state, gradients, update temporaries, fsdp-gathered weights,
+        activations and the batch of one model trained with ``head`` on ``workload``."""
+        model_config = model_config or self.model
+        shards = self.shards(model_config, head)
+        params = sum(s[2] for s in shards) * DTYPE_BYTES[model_config.param_dtype]
+        param_count = sum(s[1] for s in shards)
+        if self.workload is None:
+            self.workload, self.param_count = workload, param_count
+        trained, share = self.trained_bytes(shards, model_config), ""
+        if trained != params:
+            share = f" of the trained {trained / params:.0%} (model.trainable/freeze)"
+        terms = [
+            Term("parameters", params, f"{_count(param_count)} parameters in {model_config.param_dtype}"),
+            Term("optimizer state", 2 * trained, f"AdamW mu and nu in {model_config.param_dtype}{share}"),
+        ]
+        accumulation = self.cfg.optim.grad_accum_steps
+        if accumulation > 1:
+            terms.append(Term("optimizer state", trained, f"accumulated gradients (grad_accum_steps={accumulation})"))
+        terms += [
+            Term("gradients", trained, "one buffer the size of the trained parameters"),
+            Term("update temporaries", trained, "reduced/clipped gradients before the in-place update"),
+        ]
+        terms += self.gathered_weights(model_config, head)
+        terms += self.activation_terms(head, workload, model_config)
+        terms.append(Term("batch", workload.rows * (4 * workload.length + 4 * workload.targets) * 4,
+                          "packed input arrays"))
+        return terms
+
+    def trained_bytes(self, shards: list[tuple[tuple, int, int, int]], model_config: ModelConfig) -> int:
+        """Per-device bytes of the parameters that train: all of them, except for ``cfg.model``'s
+        own architecture with ``model.trainable``/``model.freeze`` set."""
+        spec = self.cfg.model
+        trainable = compile_patterns(spec.trainable, "model.trainable")
+        freeze = compile_patterns(spec.freeze, "model.freeze")
+        selected = [s for s in shards if model_config is not self.model or
+                    is_trained("/".join(str(key) for key in s[0]), trainable, freeze)]
+        return sum(s[2] for s in selected) * DTYPE_BYTES[model_config.param_dtype]
+
+    def activation_terms(self, head: str, workload: Workload, model_config: ModelConfig | None = None,
+                         phase: str | None = None, label: str = "") -> list[Term]:
+        """Saved activations, the backward's working set and the head's, for one
+        forward + backward of ``model_config`` over ``workload`` (names prefixed by ``label``)."""
+        model_config = model_config or self.model
+        dims, remat = _dims(model_config, self.mesh, self.rules), model_config.remat
+        layers = model_config.num_layers
+        return [
+            Term(f"{label}activations: saved", saved_per_layer(dims, workload, remat) * layers,
+                 f"kept for the backward by {layers} layers (remat={remat})", phase),
+            Term(f"{label}activations: backward", backward_working_set(dims, workload, remat),
+                 "the layer being differentiated", phase),
+            Term(f"{label}activations: other", head_working_set(dims, workload, head),
+                 "embeddings, attention mask, output head", phase),
+        ]
+
+    def gathered_weights(self, model_config: ModelConfig, head: str, phase: str | None = None) -> list[Term]:
+        """fsdp > 1: the all-gathered copies of ``model_config``'s weights (none otherwise)."""
+        if self.mesh_sizes["fsdp"] <= 1:
+            return []
+        return [dataclasses.replace(_gathered_weights(self.shards(model_config, head), model_config), phase=phase)]
 
 
 def estimate(
@@ -274,47 +400,19 @@ def estimate(
 
     ``architecture`` replaces the one read from ``cfg.model``
     (``read_model_config``); dtypes and remat always come from ``cfg.model``.
-    The reference has the policy's architecture, in ``ref_model.param_dtype``.
+    The terms are the algorithm's (``Algorithm.plan_terms``).
     """
     mesh_sizes = dict(zip(MESH_AXES, _resolve_axis_sizes(cfg.mesh, num_devices)))
-    mesh, rules = abstract_mesh(mesh_sizes), rules_from(cfg.mesh)
     spec = cfg.model
     model_config = (architecture or read_model_config(spec)).replace(
         dtype=spec.dtype, param_dtype=spec.param_dtype, remat=spec.remat)
-    head = _head(cfg.algo)
-    workload = worst_case_workload(cfg, mesh_sizes, _data_kind(cfg))
-    shards = parameter_shards(model_config, head, mesh, rules)
-    params = sum(s[2] for s in shards) * DTYPE_BYTES[model_config.param_dtype]
-    param_count = sum(s[1] for s in shards)
-    terms = [
-        Term("parameters", params, f"{_count(param_count)} parameters in {model_config.param_dtype}"),
-        Term("optimizer state", 2 * params, f"AdamW mu and nu in {model_config.param_dtype}"),
-    ]
-    if cfg.optim.grad_accum_steps > 1:
-        terms.append(Term("optimizer state", params, f"accumulated gradients (grad_accum_steps={cfg.optim.grad_accum_steps})"))
-    terms += [
-        Term("gradients", params, "one parameter-sized buffer"),
-        Term("update temporaries", params, "reduced/clipped gradients before the in-place update"),
-    ]
-    remat = model_config.remat
-    if mesh_sizes["fsdp"] > 1:
-        terms.append(_gathered_weights(shards, model_config))
-    dims = _dims(model_config, mesh, rules)
-    terms += [
-        Term("activations: saved", saved_per_layer(dims, workload, remat) * model_config.num_layers,
-             f"kept for the backward by {model_config.num_layers} layers (remat={remat})"),
-        Term("activations: backward", backward_working_set(dims, workload, remat), "the layer being differentiated"),
-        Term("activations: other", head_working_set(dims, workload, head), "embeddings, attention mask, output head"),
-        Term("batch", workload.rows * (4 * workload.length + 4 * workload.targets) * 4, "packed input arrays"),
-    ]
-    if _holds_reference(cfg):
-        ref_dtype = cfg.ref_model.param_dtype if cfg.ref_model is not None else model_config.param_dtype
-        ref_config = model_config.replace(param_dtype=ref_dtype)
-        ref_local = sum(s[2] for s in parameter_shards(ref_config, "causal_lm", mesh, rules))
-        terms.append(Term("frozen reference", ref_local * DTYPE_BYTES[ref_dtype], f"reference parameters in {ref_dtype}"))
+    ctx = PlanContext(cfg, num_devices, mesh_sizes, abstract_mesh(mesh_sizes), rules_from(cfg.mesh), model_config)
+    terms = cfg.algorithm.plan_terms(cfg, ctx)
+    if ctx.workload is None:  # an algorithm that trains no model through trained_model_terms
+        ctx.workload, ctx.param_count = Workload(0, 0, 0), sum(s[1] for s in ctx.shards(model_config, "causal_lm"))
     return MemoryPlan(
-        num_devices=num_devices, mesh=mesh_sizes, workload=workload, param_count=param_count,
-        model=model_config, terms=terms, hbm_bytes=None if hbm_gib is None else int(hbm_gib * GIB),
+        num_devices=num_devices, mesh=mesh_sizes, workload=ctx.workload, param_count=ctx.param_count,
+        model=model_config, terms=terms, hbm_bytes=None if hbm_gib is None else int(hbm_gib * GIB), note=ctx.note,
     )
 
 

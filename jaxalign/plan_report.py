@@ -4,11 +4,11 @@ and the config changes ("knobs") that would lower it, each re-estimated."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from jaxalign.config import TrainConfig
 from jaxalign.models.config import ModelConfig
-from jaxalign.plan import GIB, MemoryPlan, _count, _holds_reference, estimate
+from jaxalign.plan import GIB, MemoryPlan, _count, estimate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,7 +20,15 @@ class Knob:
     total: int  # per-device bytes with the change
 
 
-def _with(cfg: TrainConfig, **sections) -> TrainConfig:
+class Candidate(NamedTuple):
+    """A knob before it is re-estimated: what it does, how to ask for it, the changed config."""
+
+    description: str
+    how: str
+    changed: Callable[[], TrainConfig]
+
+
+def with_changes(cfg: TrainConfig, **sections) -> TrainConfig:
     """``cfg`` with fields of its sections replaced, e.g. ``model={"remat": "full"}``."""
     changes = {}
     for name, fields in sections.items():
@@ -29,39 +37,26 @@ def _with(cfg: TrainConfig, **sections) -> TrainConfig:
     return dataclasses.replace(cfg, **changes)
 
 
-def _sets(*overrides: str) -> str:
+def set_flags(*overrides: str) -> str:
     return " ".join(f"--set {item}" for item in overrides)
 
 
-def _candidates(cfg: TrainConfig, plan: MemoryPlan) -> list[tuple[str, str, Callable[[], TrainConfig]]]:
-    """(description, how, changed config) for every knob that applies to ``cfg``."""
+def _candidates(cfg: TrainConfig, plan: MemoryPlan) -> list[Candidate]:
+    """Every knob that applies to ``cfg``: the generic ones (mesh, remat, sequence
+    length) and the algorithm's own (``Algorithm.plan_knobs``)."""
     mesh, data = plan.mesh, cfg.data
-    out: list[tuple[str, str, Callable[[], TrainConfig]]] = []
+    out: list[Candidate] = []
     if mesh["data"] > 1:
         fsdp = mesh["data"] * mesh["fsdp"]
-        out.append((f"shard parameters and optimizer over all data-parallel devices (fsdp={fsdp})",
-                    _sets("mesh.data=1", f"mesh.fsdp={fsdp}"),
-                    lambda: _with(cfg, mesh={"data": 1, "fsdp": fsdp, "tensor": mesh["tensor"]})))
+        out.append(Candidate(f"shard parameters and optimizer over all data-parallel devices (fsdp={fsdp})",
+                             set_flags("mesh.data=1", f"mesh.fsdp={fsdp}"),
+                             lambda: with_changes(cfg, mesh={"data": 1, "fsdp": fsdp, "tensor": mesh["tensor"]})))
     for policy in ("dots", "full"):
         if cfg.model.remat != policy and not (cfg.model.remat == "full" and policy == "dots"):
-            out.append((f"recompute activations in the backward (remat={policy})", _sets(f"model.remat={policy}"),
-                        lambda policy=policy: _with(cfg, model={"remat": policy})))
-    if _holds_reference(cfg):
-        ref_dtype = cfg.ref_model.param_dtype if cfg.ref_model is not None else cfg.model.param_dtype
-        if ref_dtype != "bfloat16":
-            ref = dataclasses.replace(cfg.ref_model or cfg.model, param_dtype="bfloat16")
-            how = (_sets(f"ref_model.path={ref.path}", "ref_model.param_dtype=bfloat16") if ref.path is not None
-                   else "ref_model: a copy of the model section with param_dtype: bfloat16")
-            out.append(("keep the frozen reference in bfloat16", how,
-                        lambda: _with(cfg, ref_model=ref)))
-        out.append(("precompute reference log-probs before training (no reference in memory)",
-                    _sets("precompute_ref_logps=true"), lambda: _with(cfg, precompute_ref_logps=True)))
-    if plan.workload.rows > 1:
-        half = data.batch_size // 2
-        accum = cfg.optim.grad_accum_steps * 2
-        out.append((f"half the micro-batch, same effective batch (batch_size={half}, grad_accum_steps={accum})",
-                    _sets(f"data.batch_size={half}", f"optim.grad_accum_steps={accum}"),
-                    lambda: _with(cfg, data={"batch_size": half}, optim={"grad_accum_steps": accum})))
+            out.append(Candidate(f"recompute activations in the backward (remat={policy})",
+                                 set_flags(f"model.remat={policy}"),
+                                 lambda policy=policy: with_changes(cfg, model={"remat": policy})))
+    out += cfg.algorithm.plan_knobs(cfg, plan)
     if data.max_length >= 4 * data.pad_to_multiple:
         shorter = {"max_length": data.max_length // 2}
         overrides = [f"data.max_length={data.max_length // 2}"]
@@ -71,18 +66,32 @@ def _candidates(cfg: TrainConfig, plan: MemoryPlan) -> list[tuple[str, str, Call
         if data.max_prompt_length is not None:
             shorter["max_prompt_length"] = max(1, data.max_prompt_length // 2)
             overrides.append(f"data.max_prompt_length={shorter['max_prompt_length']}")
-        out.append(("shorter sequences (packed rows halve with them)", _sets(*overrides),
-                    lambda: _with(cfg, data=shorter)))
+        out.append(Candidate("shorter sequences (packed rows halve with them)", set_flags(*overrides),
+                             lambda: with_changes(cfg, data=shorter)))
     return out
+
+
+def halve_micro_batch(cfg: TrainConfig, plan: MemoryPlan) -> list[Candidate]:
+    """Half the micro-batch with twice the gradient accumulation (same effective batch)."""
+    if plan.workload.rows <= 1:
+        return []
+    half, accum = cfg.data.batch_size // 2, cfg.optim.grad_accum_steps * 2
+    return [Candidate(f"half the micro-batch, same effective batch (batch_size={half}, grad_accum_steps={accum})",
+                      set_flags(f"data.batch_size={half}", f"optim.grad_accum_steps={accum}"),
+                      lambda: with_changes(cfg, data={"batch_size": half}, optim={"grad_accum_steps": accum}))]
 
 
 def knobs(cfg: TrainConfig, plan: MemoryPlan, architecture: ModelConfig | None = None) -> list[Knob]:
     """Changes that lower the per-device total, biggest saving first."""
     found = []
-    for description, how, changed in _candidates(cfg, plan):
-        total = estimate(changed(), plan.num_devices, architecture=architecture or plan.model).total
+    for candidate in _candidates(cfg, plan):
+        try:
+            changed = candidate.changed()
+        except ValueError:  # a change this config cannot take (its checks refuse it): not a knob
+            continue
+        total = estimate(changed, plan.num_devices, architecture=architecture or plan.model).total
         if total < plan.total:
-            found.append(Knob(description, how, total))
+            found.append(Knob(candidate.description, candidate.how, total))
     return sorted(found, key=lambda knob: knob.total)
 
 
@@ -100,13 +109,25 @@ def format_plan(plan: MemoryPlan, found: list[Knob], config_name: str = "") -> s
         f"jaxalign plan {config_name}: {plan.num_devices} devices, mesh {mesh}".replace("plan :", "plan:"),
         f"model: {m.model_type}, {_count(plan.param_count)} parameters ({m.num_layers} layers, hidden "
         f"{m.hidden_size}, vocab {m.vocab_size}); params {m.param_dtype}, compute {m.dtype}, remat {m.remat}",
-        f"worst-case micro-batch per device: {w.rows} row(s) x {w.length} tokens, {w.targets} target slots a row",
+        plan.note or f"worst-case micro-batch per device: {w.rows} row(s) x {w.length} tokens, "
+                     f"{w.targets} target slots a row",
         "",
         f"{'per device':<24}{unit:>9}",
     ]
+    phases = plan.phase_bytes()
     for term in plan.terms:
-        lines.append(f"  {term.name:<22}{term.bytes / scale:9.2f}  {term.detail}")
-    lines.append(f"  {'total':<22}{plan.total / scale:9.2f}")
+        if term.phase is None:
+            lines.append(f"  {term.name:<22}{term.bytes / scale:9.2f}  {term.detail}")
+    for phase, phase_total in phases.items():
+        lines.append(f"  while {phase} ({phase_total / scale:.2f} {unit}):")
+        for term in plan.terms:
+            if term.phase == phase:
+                lines.append(f"    {term.name:<22}{term.bytes / scale:7.2f}  {term.detail}")
+    if phases:
+        largest = max(phases, key=phases.get)
+        lines.append(f"  {'total':<22}{plan.total / scale:9.2f}  held throughout + the largest phase ({largest})")
+    else:
+        lines.append(f"  {'total':<22}{plan.total / scale:9.2f}")
     if plan.hbm_bytes is not None:
         verdict = "fits" if plan.fits else "does NOT fit"
         lines.append(f"  {verdict} in {plan.hbm_bytes / scale:.2f} {unit} per device ({plan.total / plan.hbm_bytes:.0%} used)")

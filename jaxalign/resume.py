@@ -3,7 +3,7 @@
 ``resume_latest`` walks the checkpoints newest first. Each is verified
 (``Checkpointer.verify``) and checked against the current model's shapes
 before its arrays are read; a damaged one is reported (log line and an event
-in ``events.jsonl``, naming the checkpoint and what is wrong) and, with
+for the sinks, naming the checkpoint and what is wrong) and, with
 ``checkpoint.fallback_to_intact`` (the default), set aside as
 ``<step>.damaged`` while the newest intact one is restored. A changed
 architecture is not damage: it stops with the parameters whose shapes differ
@@ -12,10 +12,9 @@ and the config keys that changed.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from jaxalign import distributed, run_events
+from jaxalign import distributed
 from jaxalign.checkpoint import (
     RESET_DATA_HINT,
     CheckpointDamagedError,
@@ -55,14 +54,16 @@ def resume_latest(
     data_iterator: DataIterator | None,
     restore_data: bool,
     current_config: dict[str, Any],
-    run_dir: str | Path,
+    on_event: Callable[..., None] | None = None,
 ) -> tuple[Any, int] | None:
     """Restores the newest intact checkpoint: ``(state, step)``, or None when there is none.
 
     Raises ``ArchitectureMismatchError`` when the model changed shape, and
     ``CheckpointDamagedError`` when no checkpoint is usable (or the newest is
-    damaged and ``checkpoint.fallback_to_intact`` is off).
+    damaged and ``checkpoint.fallback_to_intact`` is off). ``on_event(kind, message,
+    step, **fields)`` hears of damage and fallbacks (the trainer sends them to its sinks).
     """
+    on_event = on_event or (lambda *args, **fields: None)
     damaged: list[tuple[int, str]] = []
     for step in reversed(checkpointer.all_steps()):
         problems = checkpointer.verify(step, with_data=restore_data and data_iterator is not None)
@@ -71,13 +72,13 @@ def resume_latest(
                                                      current_config)
             if distributed.all_processes(not problems):
                 _report_restored(checkpointer, step, damaged, saved_config, current_config, restore_data,
-                                 data_iterator, run_dir)
+                                 data_iterator, on_event)
                 return state, step
         reason = "; ".join(problems) or "damaged on another process (see its log)"
         damaged.append((step, reason))
         location = checkpointer.directory / str(step)
         log.warning("checkpoint %s is damaged: %s", location, reason)
-        run_events.record(run_dir, "checkpoint_damaged", f"checkpoint {location} is damaged: {reason}", step)
+        on_event("checkpoint_damaged", f"checkpoint {location} is damaged: {reason}", step)
         if not checkpointer.cfg.fallback_to_intact:
             raise CheckpointDamagedError(
                 f"checkpoint {location} is damaged: {reason}. To resume from the newest intact checkpoint "
@@ -138,7 +139,7 @@ def _check_architecture(checkpointer: Checkpointer, step: int, saved_shapes: Any
 
 
 def _report_restored(checkpointer, step, damaged, saved_config, current_config, restore_data, data_iterator,
-                     run_dir) -> None:
+                     on_event) -> None:
     log.info("resumed from checkpoint at step %d in %s", step, checkpointer.directory)
     if damaged:
         for bad_step, _ in damaged:
@@ -147,7 +148,7 @@ def _report_restored(checkpointer, step, damaged, saved_config, current_config, 
         skipped = ", ".join(str(bad_step) for bad_step, _ in damaged)
         message = f"resumed from step {step}, the newest intact checkpoint; damaged step(s) {skipped} set aside"
         log.warning(message)
-        run_events.record(run_dir, "checkpoint_fallback", message, step, damaged=[s for s, _ in damaged])
+        on_event("checkpoint_fallback", message, step, damaged=[s for s, _ in damaged])
     if data_iterator is not None and not restore_data:
         log.warning("data.reset_iterator_on_restore: the data position was not restored; the data starts again "
                     "from its first batch (batches seen before step %d are seen again)", step)

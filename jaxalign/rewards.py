@@ -17,15 +17,13 @@ function, the prompt row (``file:line``) and what was wrong.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
 import numbers
-import sys
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from jaxalign.plugins import PluginError, load_attribute
 
 RewardFn = Callable[..., Sequence[float | None]]
 
@@ -36,29 +34,13 @@ class RewardFunctionError(ValueError):
 
 def load_reward_function(spec: str) -> RewardFn:
     """``module:function`` (importable) or ``file.py:function`` -> the callable."""
-    module_name, _, attribute = spec.rpartition(":")
-    if not module_name or not attribute:
-        raise RewardFunctionError(f"reward function '{spec}': expected 'module:function' or 'file.py:function'")
     try:
-        if module_name.endswith(".py"):
-            path = Path(module_name)
-            if not path.is_file():
-                raise FileNotFoundError(f"no such file {path}")
-            name = f"jaxalign_user_reward_{abs(hash(str(path.resolve())))}"
-            module_spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[name] = module
-            module_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
-    except Exception as err:  # any import-time failure is the user's module's
-        raise RewardFunctionError(f"reward function '{spec}': cannot import {module_name}: "
-                                  f"{type(err).__name__}: {err}") from err
-    fn = getattr(module, attribute, None)
-    if fn is None:
-        raise RewardFunctionError(f"reward function '{spec}': {module_name} has no attribute '{attribute}'")
+        fn = load_attribute(spec, "reward function", noun="function")
+    except PluginError as err:
+        raise RewardFunctionError(str(err)) from err
     if not callable(fn):
-        raise RewardFunctionError(f"reward function '{spec}': {attribute} is a {type(fn).__name__}, not a function")
+        raise RewardFunctionError(f"reward function '{spec}': {spec.rpartition(':')[2]} is a {type(fn).__name__}, "
+                                  "not a function")
     return fn
 
 

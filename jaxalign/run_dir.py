@@ -100,6 +100,8 @@ class RunDirLock:
         self.path = self.run_dir / LOCK_NAME
         self.held = False  # acquired, on every process
         self._content: dict[str, Any] | None = None  # what process 0 wrote
+        # {"message", "previous"} when a stale lock was taken over; the trainer reports it as an event.
+        self.taken_over: dict[str, Any] | None = None
 
     def acquire(self) -> None:
         """Takes the lock (process 0) or raises ``RunDirLockedError`` naming the holder;
@@ -186,10 +188,7 @@ class RunDirLock:
         if whose != "this process":
             described = _describe(holder) if holder else "an unreadable lock"
             log.warning("taking over the lock on %s left by %s (%s)", self.run_dir, whose, described)
-            from jaxalign import run_events
-
-            run_events.record(self.run_dir, "stale_lock_taken_over", f"lock left by {described} taken over",
-                              previous=holder)
+            self.taken_over = {"message": f"lock left by {described} taken over", "previous": holder}
         try:
             os.replace(self.path, self.path.with_name(f"{LOCK_NAME}.stale"))
         except FileNotFoundError:

@@ -42,15 +42,16 @@ class TrainState:
 
 @dataclasses.dataclass
 class AlgoRun:
-    """What an algorithm module's ``setup(cfg, mesh, tokenizer, total_steps)``
-    hands the trainer (its ``data_kind(cfg)`` says which batches it eats).
+    """What ``Algorithm.setup(cfg, mesh, tokenizer, total_steps, sink)`` hands the
+    trainer (``jaxalign.algos.registry``; its ``data_kind(cfg)`` says which batches it eats).
 
     ``train_step(state, batch, frozen) -> (state, metrics)`` and
     ``eval_step(state, batch, frozen) -> metrics`` are pure; the trainer jits
     them with explicit shardings and donates the state. ``frozen`` (reference
-    or reward parameters) is never donated. Metrics are scalars; eval metrics
-    include ``eval_weight`` (examples, or tokens for SFT) by which the trainer
-    weights its averages over the split.
+    or reward parameters, the trained model's frozen part) is never donated.
+    ``state.params`` holds only the trained parameters (``common.trainable_split``).
+    Metrics are scalars; eval metrics include ``eval_weight`` (examples, or
+    tokens for SFT) by which the trainer weights its averages over the split.
     """
 
     state: TrainState
@@ -65,6 +66,8 @@ class AlgoRun:
     # strings and other side effects live here, outside the pure jitted step. ``split`` is
     # "train" or "eval", ``index`` the eval batch's number. ``host_metrics`` are floats
     # (``time/NAME_s`` seconds, ``tokens/NAME`` counts) logged with the step's metrics.
+    # Tables (the sampled ``completions``) and events go to the ``sink`` setup received,
+    # stamped with the step being trained: ``int(state.step) + 1`` for a train rollout.
     rollout: Callable[[TrainState, Batch, Any, str, int], tuple[Batch, dict[str, float]]] | None = None
     # Optimizer updates per train step (PPO: epochs x minibatches); the learning-rate
     # schedule and its logged value count updates.

@@ -1,15 +1,15 @@
-"""The one training loop: batches -> step -> metrics -> eval -> checkpoint.
+"""The one training loop: batches -> step -> sinks -> eval -> checkpoint.
 
 It drives every algorithm the same way through the ``AlgoRun`` contract
 (``train_state.py``) and knows nothing algorithm-specific. Side effects live
-here: data iteration, logging, checkpoints, signals, export.
+here: data iteration, checkpoints, signals, export, and what goes to the
+sinks (``jaxalign.sinks``): scalars, and the events ``start``, ``resume``,
+``checkpoint``, ``eval``, ``finish``, ``stop`` and ``error``.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -18,27 +18,24 @@ import jax
 import jax.numpy as jnp
 import yaml
 
-from jaxalign import distributed, health, run_events
+from jaxalign import distributed, health
 from jaxalign.checkpoint import Checkpointer
 from jaxalign.config import TrainConfig, config_to_dict
 from jaxalign.data import build_pipeline, load_tokenizer
 from jaxalign.data.report import DataReport
-from jaxalign.metrics_log import MetricsLogger, ProgressBar, get_logger
+from jaxalign.metrics_log import get_logger
 from jaxalign.optim import learning_rate_schedule
 from jaxalign.resume import resume_latest
 from jaxalign.run_dir import RunDirLock
 from jaxalign.sharding import batch_divisor, batch_sharding, make_mesh, replicated, shard_batch
 from jaxalign.signals import GracefulStop
+from jaxalign.sinks import Sinks, open_sinks
 from jaxalign.train_state import AlgoRun
 
 log = get_logger()
 
 
 NonFiniteLossError = health.NonFiniteStateError  # the loss or the updated weights became NaN or inf
-
-
-def _algorithm(name: str):
-    return importlib.import_module(f"jaxalign.algos.{name}")
 
 
 def _abstract(tree: Any) -> Any:
@@ -80,14 +77,14 @@ class Trainer:
         self.run_lock.acquire()
         self.mesh = make_mesh(cfg.mesh)
         self.is_main = distributed.is_main_process()
-        algo_module = _algorithm(cfg.algo)
+        algorithm = cfg.algorithm
         tokenizer_path = cfg.model.tokenizer or cfg.model.path
         if tokenizer_path is None:
             raise ValueError("model.tokenizer is required when the model is built from model.config")
         self.tokenizer = load_tokenizer(tokenizer_path)
         local_rows_multiple = max(batch_divisor(self.mesh) // jax.process_count(), 1)
         pipeline_args = dict(
-            kind=algo_module.data_kind(cfg),
+            kind=algorithm.data_kind(cfg),
             process_index=jax.process_index(),
             process_count=jax.process_count(),
             row_multiple=local_rows_multiple,
@@ -99,7 +96,9 @@ class Trainer:
         self.eval_data = build_pipeline(cfg.data, self.tokenizer, split="eval", **pipeline_args)
         self.data_report = DataReport()  # skipped rows, truncated and dropped examples, as metrics
         self.total_steps = self._total_steps()
-        self.algo: AlgoRun = algo_module.setup(cfg, self.mesh, self.tokenizer, self.total_steps)
+        # Opened by run(); the algorithm gets it now so that its rollout hook can publish tables.
+        self.sinks = Sinks()
+        self.algo: AlgoRun = algorithm.setup(cfg, self.mesh, self.tokenizer, self.total_steps, sink=self.sinks)
         self.learning_rate = learning_rate_schedule(cfg.optim, self.total_steps * self.algo.updates_per_step)
         self.state = self.algo.state
         state_shardings = _shardings(self.state)
@@ -157,8 +156,12 @@ class Trainer:
             loss_finite = bool(jax.device_get(window.loss_finite))
             message = health.non_finite_message(step, loss_finite, self.checkpointer.latest_step(),
                                                 self.checkpointer.directory)
-            run_events.record(self.run_dir, "non_finite", message, step)
+            self.sinks.write_event(step, "non_finite", message=message)
             raise NonFiniteLossError(message)
+
+    def _record_problem(self, kind: str, message: str, step: int | None = None, **fields: Any) -> None:
+        """What the run did about trouble (damage, fallback, divergence, a stale lock) as an event."""
+        self.sinks.write_event(self._step if step is None else step, kind, message=message, **fields)
 
     def run(self) -> dict[str, Any]:
         """Trains to ``total_steps`` (resuming from the latest checkpoint) and
@@ -166,29 +169,36 @@ class Trainer:
         current step, save a checkpoint and return."""
         self.run_lock.acquire()  # no-op unless an earlier run() released it
         self._save_config()
-        logger = MetricsLogger(self.run_dir, tensorboard=self.cfg.log.tensorboard, wandb=self.cfg.log.wandb,
-                               is_main_process=self.is_main)
+        open_sinks(self.cfg.log.resolved_sinks(), self.run_dir, self.is_main, into=self.sinks)
+        self._step = 0
+        if self.run_lock.taken_over is not None:
+            self._record_problem("stale_lock_taken_over", self.run_lock.taken_over["message"],
+                                 previous=self.run_lock.taken_over["previous"])
         try:
             with GracefulStop() as stopper:
                 try:
-                    return self._run(stopper, logger)
+                    return self._run(stopper)
                 finally:  # a second Ctrl-C lets a background save finish first
                     with stopper.protect("finishing the checkpoint save"):
                         self.checkpointer.wait()
+        except BaseException as err:
+            self.sinks.write_event(self._step, "error", message=f"{type(err).__name__}: {err}")
+            raise
         finally:  # also on errors (NaN loss, bad data): finish pending async saves
             self.checkpointer.wait()
             self.checkpointer.close()
-            logger.close()
+            self.sinks.close()
             self.run_lock.release()
 
-    def _run(self, stopper: GracefulStop, logger: MetricsLogger) -> dict[str, Any]:
+    def _run(self, stopper: GracefulStop) -> dict[str, Any]:
         cfg = self.cfg
         train_iterator = self.train_data.iterator()
-        step = self._resume(train_iterator)
-        progress = ProgressBar(self.total_steps, start_step=step) if self.is_main else None
+        step = self._step = self._resume(train_iterator)
+        self.sinks.write_event(step, "start", total_steps=self.total_steps, algo=cfg.algo)
+        if step:
+            self.sinks.write_event(step, "resume", from_step=step)
         window = _MetricsWindow()
-        divergence = health.DivergenceWatch(cfg.health, lambda *event, **fields: run_events.record(
-            self.run_dir, *event, **fields))
+        divergence = health.DivergenceWatch(cfg.health, self._record_problem)
         last_train: dict[str, float] = {}
         last_eval: dict[str, float] = {}
         stopped_early = False
@@ -196,33 +206,27 @@ class Trainer:
             if not self._optimizer_step(train_iterator, window):
                 log.info("training data exhausted at step %d", step)
                 break
-            step += 1
+            step = self._step = step + 1
             if step % cfg.log.every_steps == 0 or step == self.total_steps:
                 self._check_finite(window, step)
                 last_train = window.read()
                 last_train.update(divergence.observe(step, last_train["loss"]))
                 last_train.update(self.data_report.metrics(self.train_data))
                 last_train["learning_rate"] = float(self.learning_rate(step * self.algo.updates_per_step - 1))
-                logger.log(step, last_train, prefix="train")
-                if progress:
-                    progress.update(step, loss=last_train["loss"], tokens_per_s=last_train["tokens_per_s"])
+                self.sinks.write_scalars(step, last_train, "train")
             if cfg.eval_every and step % cfg.eval_every == 0 and step < self.total_steps:
-                last_eval = self.evaluate()
-                logger.log(step, last_eval, prefix="eval")
-                if progress:
-                    progress.message(f"eval at step {step}: " + _summary(last_eval))
+                last_eval = self._evaluate_and_publish(step)
             stopped_early = stopper.should_stop()  # agreed across processes
             if stopped_early or self.checkpointer.should_save(step, time.time()):
                 self._check_finite(window, step)
                 with stopper.protect("saving the checkpoint"):
-                    self.checkpointer.save(step, self.state, train_iterator, config_to_dict(cfg), force=True)
+                    self._save(step, train_iterator)
             if stopped_early:
                 log.info("stop requested: saved step %d, exiting", step)
+                self.sinks.write_event(step, "stop", signal=getattr(stopper.received, "name", None))
                 break
         if not stopped_early:
-            last_eval = self._finish(step, train_iterator, logger, progress, window, stopper)
-        if progress:
-            progress.close()
+            last_eval = self._finish(step, train_iterator, window, stopper)
         return {"step": step, "train": last_train, "eval": last_eval, "stopped_early": stopped_early}
 
     def _resume(self, train_iterator) -> int:
@@ -230,7 +234,7 @@ class Trainer:
         resumed = resume_latest(
             self.checkpointer, abstract_state=_abstract(self.state), data_iterator=train_iterator,
             restore_data=not self.cfg.data.reset_iterator_on_restore, current_config=config_to_dict(self.cfg),
-            run_dir=self.run_dir)
+            on_event=self._record_problem)
         if resumed is None:
             return 0
         self.state, step = resumed
@@ -265,17 +269,24 @@ class Trainer:
                         "time/training_s": time.monotonic() - rolled_out}
         return batch, {**metrics, **{name: jnp.float32(value) for name, value in host_metrics.items()}}
 
-    def _finish(self, step: int, train_iterator, logger: MetricsLogger, progress: ProgressBar | None,
-                window: "_MetricsWindow", stopper: GracefulStop) -> dict:
+    def _evaluate_and_publish(self, step: int, final: bool = False) -> dict[str, float]:
+        metrics = self.evaluate()
+        self.sinks.write_scalars(step, metrics, "eval")
+        self.sinks.write_event(step, "eval", final=final)
+        return metrics
+
+    def _save(self, step: int, train_iterator) -> None:
+        if self.checkpointer.save(step, self.state, train_iterator, config_to_dict(self.cfg), force=True):
+            self.sinks.write_event(step, "checkpoint", path=str(self.checkpointer.directory / str(step)))
+
+    def _finish(self, step: int, train_iterator, window: "_MetricsWindow", stopper: GracefulStop) -> dict:
         """Final eval, final checkpoint, export."""
         self._check_finite(window, step)
-        last_eval = self.evaluate()
-        logger.log(step, last_eval, prefix="eval")
-        if progress:
-            progress.message(f"final eval at step {step}: " + _summary(last_eval))
+        last_eval = self._evaluate_and_publish(step, final=True)
         if self.checkpointer.latest_step() != step:
             with stopper.protect("saving the checkpoint"):
-                self.checkpointer.save(step, self.state, train_iterator, config_to_dict(self.cfg), force=True)
+                self._save(step, train_iterator)
+        export_dir = None
         if self.cfg.export:
             export_dir = self.run_dir / "export"
             self.algo.export(self.state, str(export_dir))
@@ -283,6 +294,7 @@ class Trainer:
                 self.tokenizer.save_pretrained(export_dir)
                 _record_special_tokens(export_dir, self.tokenizer)
                 log.info("exported a Hugging Face folder to %s", export_dir)
+        self.sinks.write_event(step, "finish", export=None if export_dir is None else str(export_dir))
         return last_eval
 
 
@@ -335,10 +347,6 @@ def _record_special_tokens(export_dir: Path, tokenizer) -> None:
         if value is not None:
             config[name] = int(value)
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def _summary(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{name} {value:.4g}" for name, value in sorted(metrics.items()) if math.isfinite(value))
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Synthetic run dirs for the dashboard tests, written the way a run writes them.
 
-``metrics.jsonl`` lines as ``MetricsLogger`` writes them; ``events.jsonl``, completions files
+``metrics.jsonl`` lines as the ``jsonl`` sink writes them; ``events.jsonl``, completions files
 and ``eval/NAME.json`` in the formats the dashboard reads (docs/dashboard.md). ``ReplayWriter``
 appends steps from a thread while a test watches, like a run that is still training.
 """

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from jaxalign import cli, run_events
+from jaxalign import cli
 from jaxalign.checkpoint import CheckpointConfig, CheckpointDamagedError, Checkpointer
 from jaxalign.resume import ArchitectureMismatchError, resume_latest
 from tests.test_checkpoint import abstract_of, assert_bitwise_equal, grain_iterator, make_state, mesh8  # noqa: F401
@@ -47,12 +47,12 @@ def saved(tmp_path, mesh8):  # noqa: F811
     return tmp_path, state, positions
 
 
-def _resume(run_dir, state, *, restore_data=True, **cfg):
-    iterator = grain_iterator()
+def _resume(run_dir, state, *, restore_data=True, events=None, **cfg):
+    iterator, events = grain_iterator(), [] if events is None else events
     with Checkpointer(CheckpointConfig(**cfg), run_dir) as checkpointer:
         result = resume_latest(checkpointer, abstract_state=abstract_of(state), data_iterator=iterator,
                                restore_data=restore_data, current_config={"model": {"hidden_size": 8}},
-                               run_dir=run_dir)
+                               on_event=lambda kind, message, step, **fields: events.append(kind))
     return result, iterator
 
 
@@ -61,14 +61,15 @@ def test_a_damaged_latest_checkpoint_is_named_and_the_newest_intact_one_restored
     run_dir, state, positions = saved
     damage_fn, expected = DAMAGE[damage]
     damage_fn(run_dir / "checkpoints" / "3")
-    (restored, step), iterator = _resume(run_dir, state)
+    events = []
+    (restored, step), iterator = _resume(run_dir, state, events=events)
     assert step == 2 and iterator.get_state() == positions[2]
     assert_bitwise_equal(restored, state)
     err = capsys.readouterr().err
     assert f"checkpoint {run_dir / 'checkpoints' / '3'} is damaged: " in err and expected in err, err
     assert "resumed from step 2, the newest intact checkpoint" in err
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["1", "2", "3.damaged"]  # kept, out of the way
-    assert [event["kind"] for event in run_events.read(run_dir)] == ["checkpoint_damaged", "checkpoint_fallback"]
+    assert events == ["checkpoint_damaged", "checkpoint_fallback"]
 
 
 def test_without_fallback_the_damage_is_an_error_naming_the_checkpoint(saved):
@@ -108,7 +109,7 @@ def test_a_changed_shape_names_the_parameters_and_config_keys(saved, mesh8):  # 
     with Checkpointer(CheckpointConfig(), run_dir) as checkpointer:
         with pytest.raises(ArchitectureMismatchError) as caught:
             resume_latest(checkpointer, abstract_state=bigger, data_iterator=None, restore_data=True,
-                          current_config={"model": {"hidden_size": 16}}, run_dir=run_dir)
+                          current_config={"model": {"hidden_size": 16}})
     message = str(caught.value)
     assert "params/embed: saved (16, 8), now (32, 8)" in message
     assert "config keys that differ: model.hidden_size: 8 -> 16" in message

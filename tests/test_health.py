@@ -35,7 +35,7 @@ def test_weights_that_become_inf_are_never_saved_and_the_last_finite_checkpoint_
     assert "jaxalign: error: the updated weights or optimizer state became NaN or inf by optimizer step 3" in err
     assert "last finite checkpoint is step 2" in err and "Traceback" not in err
     assert finished_checkpoints(run_dir) == [1, 2]
-    assert [event["kind"] for event in run_events.read(run_dir)] == ["non_finite"]
+    assert [event["kind"] for event in run_events.problems(run_dir)] == ["non_finite"]
 
 
 def test_inf_weights_on_the_first_step_leave_no_checkpoint(tmp_path, capsys):
@@ -85,5 +85,5 @@ def test_a_diverging_loss_warns_loudly_and_shows_in_metrics_and_events(tmp_path,
     assert err.count("the loss is diverging") == 1 and "step 3" in err
     ratios = {step: values["train/health/loss_ratio"] for step, values in read_metrics(run_dir).items()}
     assert ratios[1] == 1.0 and ratios[3] > 100
-    assert [event["kind"] for event in run_events.read(run_dir)] == ["loss_diverging"]
-    np.testing.assert_allclose(run_events.read(run_dir)[0]["ratio"], ratios[3], rtol=1e-6)
+    assert [event["kind"] for event in run_events.problems(run_dir)] == ["loss_diverging"]
+    np.testing.assert_allclose(run_events.problems(run_dir)[0]["ratio"], ratios[3], rtol=1e-6)

@@ -1,21 +1,36 @@
-"""MetricsLogger (JSONL, TensorBoard, W&B), ProgressBar, and the text logger."""
+"""Sinks (JSONL, TensorBoard, console, W&B, a user's), their config, the progress bar,
+and the text logger."""
 
 import io
 import json
+import os
 import sys
 import types
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from jaxalign.metrics_log import MetricsLogger, ProgressBar, get_logger
+from jaxalign.configlib import ConfigError, from_dict
+from jaxalign.metrics_log import ProgressBar, get_logger
+from jaxalign.sinks import BaseSink, LogConfig, Sinks, SinkError, open_sinks
+from jaxalign.sinks.console import ConsoleSink
+from jaxalign.sinks.jsonl import JsonlSink
+from tests.user_sinks_helper import read_calls
+
+USER_SINK = "tests.user_sinks_helper:RecordingSink"
+
+
+def _open(run_dir, *names, **kwargs):
+    return open_sinks([(name, {}) for name in names], run_dir, **kwargs)
 
 
 def test_metrics_jsonl_and_tensorboard_read_back(tmp_path):
-    with MetricsLogger(tmp_path, tensorboard=True) as logger:
-        logger.log(10, {"loss": 0.75, "rewards/margins": 1.5})
-        logger.log(20, {"loss": 0.5, "rewards/margins": float("nan")})
-        logger.log(20, {"accuracy": 0.875}, prefix="eval")
-        logger.log(30, {})  # nothing to write: no line
+    sinks = _open(tmp_path, "jsonl", "tensorboard")
+    sinks.write_scalars(10, {"loss": 0.75, "rewards/margins": 1.5}, "train")
+    sinks.write_scalars(20, {"loss": 0.5, "rewards/margins": float("nan")}, "train")
+    sinks.write_scalars(20, {"accuracy": 0.875}, "eval")
+    sinks.write_scalars(30, {}, "train")  # nothing to write: no line
+    sinks.close()
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [10, 20, 20]
     assert lines[0]["train/loss"] == 0.75 and lines[0]["train/rewards/margins"] == 1.5
@@ -30,18 +45,64 @@ def test_metrics_jsonl_and_tensorboard_read_back(tmp_path):
     assert [(e.step, e.value) for e in events.Scalars("eval/accuracy")] == [(20, 0.875)]
 
 
+def test_tables_are_whole_files_and_events_are_lines(tmp_path):
+    sinks = _open(tmp_path, "jsonl", "tensorboard")
+    rows = [{"step": 3, "prompt": "Hi | there", "completion": "Hello", "reward": 0.5,
+             "rewards": {"len": 1.0, "judge": None}, "advantage": float("inf"), "length": 2, "truncated": False}]
+    sinks.write_table(3, "completions", rows)
+    sinks.write_table(3, "completions", rows * 2)  # rewritten whole
+    sinks.write_event(3, "checkpoint", path="/x/3")
+    sinks.write_event(4, "error", message="boom")
+    sinks.close()
+    table = tmp_path / "completions" / "step_00000003.jsonl"
+    read = [json.loads(line) for line in table.read_text().splitlines()]
+    assert len(read) == 2 and read[0]["rewards"] == {"len": 1.0, "judge": None} and read[0]["advantage"] is None
+    assert os.listdir(table.parent) == [table.name]  # no temporary file left behind
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["kind"]) for e in events] == [(3, "checkpoint"), (4, "error")]
+    assert events[0]["path"] == "/x/3" and events[1]["message"] == "boom" and isinstance(events[0]["time"], float)
+    text = EventAccumulator(str(tmp_path / "tensorboard"))
+    text.Reload()
+    assert text.Tags()["tensors"] == ["completions/text_summary"]
+    for bad in ("../x", "checkpoints", ".hidden", "a/b", ""):
+        with pytest.raises(ValueError, match="table name"):
+            Sinks().write_table(1, bad, rows)
+
+
+def test_a_reader_never_sees_half_a_table(tmp_path, monkeypatch):
+    """The table is written to a temporary name and renamed: while it is being written, the
+    final name holds the previous whole table (here: none) and never a partial one."""
+    sink, seen = JsonlSink(tmp_path), []
+    final = tmp_path / "completions" / "step_00000001.jsonl"
+    real_replace = os.replace
+
+    def replace_after_looking(source, target):
+        seen.append((final.exists(), sum(1 for _ in open(source))))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace_after_looking)
+    sink.write_table(1, "completions", [{"i": i} for i in range(1000)])
+    sink.close()
+    assert seen == [(False, 1000)] and len(final.read_text().splitlines()) == 1000
+
+
 def test_resumed_run_appends(tmp_path):
     for step in (1, 2):
-        with MetricsLogger(tmp_path, tensorboard=False) as logger:
-            logger.log(step, {"loss": float(step)})
+        sinks = _open(tmp_path, "jsonl")
+        sinks.write_scalars(step, {"loss": float(step)}, "train")
+        sinks.write_event(step, "start")
+        sinks.close()
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    assert len((tmp_path / "events.jsonl").read_text().splitlines()) == 2
     assert not (tmp_path / "tensorboard").exists()
 
 
 def test_only_the_main_process_writes(tmp_path):
-    logger = MetricsLogger(tmp_path / "run", is_main_process=False)
-    logger.log(1, {"loss": 1.0})
-    logger.close()
+    sinks = _open(tmp_path / "run", "jsonl", "tensorboard", is_main_process=False)
+    sinks.write_scalars(1, {"loss": 1.0}, "train")
+    sinks.write_table(1, "completions", [{"a": 1}])
+    sinks.write_event(1, "start")
+    sinks.close()
     assert not (tmp_path / "run").exists()
 
 
@@ -57,20 +118,92 @@ def test_wandb_is_used_only_when_installed_and_asked(tmp_path, monkeypatch, caps
 
     fake = types.ModuleType("wandb")
     fake.init = lambda **kwargs: calls.append(("init", kwargs)) or FakeRun()
+    fake.Table = lambda columns, data: ("table", columns, data)
     monkeypatch.setitem(sys.modules, "wandb", fake)
-    with MetricsLogger(tmp_path, tensorboard=False, wandb={"project": "p"}) as logger:
-        logger.log(3, {"loss": 2.0})
-    assert calls == [("init", {"project": "p", "dir": str(tmp_path)}), ("log", {"train/loss": 2.0}, 3), ("finish",)]
 
+    def run(log: dict):
+        sinks = open_sinks(from_dict(LogConfig, log).resolved_sinks(), tmp_path, into=Sinks())
+        sinks.write_scalars(3, {"loss": 2.0}, "train")
+        sinks.write_table(3, "completions", [{"prompt": "p", "rewards": {"a": 1.0}}])
+        sinks.close()
+
+    run({"tensorboard": False, "wandb": {"project": "p"}})
+    assert calls == [("init", {"project": "p", "dir": str(tmp_path)}), ("log", {"train/loss": 2.0}, 3),
+                     ("log", {"completions": ("table", ["prompt", "rewards"], [["p", '{"a": 1.0}']])}, 3),
+                     ("finish",)]
     calls.clear()
-    with MetricsLogger(tmp_path, tensorboard=False) as logger:  # not asked for
-        logger.log(4, {"loss": 1.0})
+    run({"tensorboard": False})  # not asked for
     assert calls == []
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # asked for, not installed: a warning, no crash
-    with MetricsLogger(tmp_path, tensorboard=False, wandb={"project": "p"}) as logger:
-        logger.log(5, {"loss": 1.0})
+    run({"tensorboard": False, "wandb": {"project": "p"}})
     assert "wandb package is not installed" in capsys.readouterr().err
+
+
+def test_log_sinks_config_defaults_and_errors():
+    def sinks(**log):
+        return [name for name, _ in from_dict(LogConfig, log).resolved_sinks()]
+
+    assert sinks() == ["jsonl", "console", "tensorboard"]  # what every run wrote before log.sinks existed
+    assert sinks(tensorboard=False) == ["jsonl", "console"]
+    assert sinks(wandb={"project": "p"}) == ["jsonl", "console", "tensorboard", "wandb"]
+    assert sinks(sinks=["jsonl", {"name": USER_SINK, "path": "x"}]) == ["jsonl", USER_SINK]
+    for log, message in [
+        ({"sinks": ["jsonl", "tensorbord"]}, "unknown sink 'tensorbord'.*Did you mean 'tensorboard'"),
+        ({"sinks": ["tensorboard"], "tensorboard": False}, "log.tensorboard is false but log.sinks lists tensorboard"),
+        ({"sinks": ["jsonl"], "wandb": {"project": "p"}}, "log.sinks does not list wandb"),
+        ({"sinks": ["jsonl", "jsonl"]}, "lists a sink twice"),
+        ({"sinks": [{"path": "x"}]}, "a mapping with a 'name'"),
+        ({"sinks": ["tests.user_sinks_helper:Nope"]}, "has no attribute 'Nope'"),
+        ({"every_steps": 0}, "log.every_steps must be >= 1"),
+    ]:
+        with pytest.raises((ValueError, ConfigError), match=message):
+            from_dict(LogConfig, log)
+
+
+def test_a_user_sink_gets_every_call_and_its_options(tmp_path):
+    calls_file = tmp_path / "calls.jsonl"
+    sinks = open_sinks([(USER_SINK, {"path": str(calls_file)})], tmp_path / "run")
+    sinks.write_scalars(1, {"loss": 1.5}, "train")
+    sinks.write_table(1, "completions", [{"completion": "x"}])
+    sinks.write_event(1, "checkpoint", path="p")
+    sinks.close()
+    assert read_calls(calls_file) == [
+        ["init", str(tmp_path / "run")], ["scalars", 1, {"loss": 1.5}, "train"],
+        ["table", 1, "completions", [{"completion": "x"}]], ["event", 1, "checkpoint", {"path": "p"}], ["close"]]
+
+
+def test_a_failing_sink_is_named_and_the_others_still_close(tmp_path):
+    class Broken(BaseSink):
+        def write_scalars(self, step, metrics, prefix):
+            raise OSError("disk full")
+
+        def close(self):
+            raise OSError("still full")
+
+    jsonl = JsonlSink(tmp_path)
+    sinks = Sinks([Broken(), jsonl], ["broken", "jsonl"])
+    with pytest.raises(SinkError, match="sink 'broken' failed in write_scalars: OSError: disk full"):
+        sinks.write_scalars(1, {"loss": 1.0}, "train")
+    with pytest.raises(SinkError, match="sink 'broken' failed in close"):
+        sinks.close()
+    assert jsonl._metrics is None  # closed anyway
+
+
+def test_console_sink_drives_the_bar_and_prints_eval_and_tables():
+    stream = io.StringIO()
+    sink = ConsoleSink(stream=stream, min_interval_s=0)
+    sink.write_event(0, "start", total_steps=4)
+    sink.write_scalars(2, {"loss": 0.5, "tokens_per_s": 2000.0}, "train")
+    sink.write_scalars(2, {"loss": 0.25, "accuracy": float("nan")}, "eval")
+    sink.write_table(2, "completions", [{"prompt": "p" * 300}, {"prompt": "q"}, {"prompt": "r"}])
+    sink.write_event(4, "finish")
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("step 2/4 | loss 0.5000 | 2.0k tok/s")
+    assert lines[1] == "eval at step 2: loss 0.25"
+    assert lines[2] == "completions at step 2: 3 rows"
+    assert len(lines[3]) == 2 + 160 and lines[3].endswith("...") and lines[4] == '  {"prompt": "q"}'
+    assert len(lines) == 5
 
 
 class FakeClock:
@@ -138,3 +271,42 @@ def test_get_logger_prints_concise_lines(capsys):
     assert err[0].endswith(" checkpoint saved at step 5") and len(err[0].split(" ")[0]) == 8  # HH:MM:SS
     assert err[1].endswith(" WARNING careful")
     assert get_logger() is get_logger() and log.name == "jaxalign.test"
+
+
+def test_the_trainer_publishes_to_the_configured_sinks(tmp_path, monkeypatch, capsys):
+    from jaxalign.config import load_config
+    from jaxalign.trainer import Trainer, train
+    from tests.train_fixtures import tiny_run_config, write_config
+
+    calls_file, run_dir = tmp_path / "calls.jsonl", tmp_path / "run"
+
+    def config(max_steps: int):
+        return load_config(write_config(tmp_path / "c.yaml", tiny_run_config(
+            run_dir, algo="sft", max_steps=max_steps, eval_batches=1, export=False,
+            data={"train": "builtin:sft", "eval": "builtin:sft#eval"},
+            checkpoint={"every_steps": 1, "every_minutes": 0},
+            log={"every_steps": 1, "sinks": ["jsonl", {"name": USER_SINK, "path": str(calls_file)}]})))
+
+    train(config(2))
+    calls = read_calls(calls_file)
+    assert calls[0] == ["init", str(run_dir)] and calls[-1] == ["close"]
+    assert calls[1] == ["event", 0, "start", {"total_steps": 2, "algo": "sft"}]
+    kinds = [(c[0], c[1], c[2] if c[0] == "event" else c[3]) for c in calls[1:-1]]
+    assert kinds == [("event", 0, "start"), ("scalars", 1, "train"), ("event", 1, "checkpoint"),
+                     ("scalars", 2, "train"), ("event", 2, "checkpoint"), ("scalars", 2, "eval"),
+                     ("event", 2, "eval"), ("event", 2, "finish")]
+    assert {"loss", "learning_rate", "tokens_per_s"} <= set(calls[2][2])
+    assert calls[3][3]["path"].endswith("checkpoints/1") and calls[7][3] == {"final": True}
+    assert not (run_dir / "tensorboard").exists() and "step 2/2" not in capsys.readouterr().err  # no console
+
+    # A resumed run that fails: start, resume, error (then the sinks still close).
+    def boom(self, iterator, window):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        train(config(3))
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert [(e["kind"], e["step"]) for e in events[-3:]] == [("start", 2), ("resume", 2), ("error", 2)]
+    assert events[-2]["from_step"] == 2 and events[-1]["message"] == "RuntimeError: boom"
+    assert read_calls(calls_file)[-1] == ["close"]

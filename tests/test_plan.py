@@ -4,7 +4,6 @@ against XLA's own ``memory_analysis()`` of the compiled train step on CPU."""
 from __future__ import annotations
 
 import dataclasses
-import importlib
 
 import jax
 import numpy as np
@@ -148,11 +147,9 @@ def test_optimizer_moments_are_sharded_like_their_parameters(tmp_path):
 
 
 def _xla_bytes(cfg, workload: plan.Workload) -> int:
-    """Live bytes per device of the compiled train step: arguments + outputs not
-    aliased to (donated) arguments + temporaries, for the planner's worst-case batch."""
+    """Live bytes per device of the compiled train step for the planner's worst-case batch."""
     mesh = make_mesh(cfg.mesh)
-    algo = importlib.import_module(f"jaxalign.algos.{cfg.algo}")
-    run = algo.setup(cfg, mesh, load_tokenizer("builtin"), 10)
+    run = cfg.algorithm.setup(cfg, mesh, load_tokenizer("builtin"), 10)
     rows, slots = workload.rows * batch_divisor(mesh), cfg.data.batch_size
     shapes = {name: (rows, workload.length) for name in ("input_ids", "positions", "segment_ids", "branch_ids")}
     shapes.update({name: (rows, workload.targets) for name in ("target_index", "target_ids", "target_segment",
@@ -160,18 +157,29 @@ def _xla_bytes(cfg, workload: plan.Workload) -> int:
     shapes.update(end_index=(rows, slots, 2), example_mask=(rows, slots), example_id=(rows, slots))
     batch = {name: jax.ShapeDtypeStruct(shape, np.float32 if name == "example_mask" else np.int32,
                                         sharding=batch_sharding(mesh)) for name, shape in shapes.items()}
+    return _live(_compiled_train_step(run, batch, mesh))
 
-    def abstract(tree):
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
+def _abstract(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def _compiled_train_step(run, batch, mesh):
+    """The train step compiled as the trainer jits it (state donated), every argument kept."""
     def shardings(tree):
         return jax.tree.map(lambda x: x.sharding, tree)
 
     step = jax.jit(run.train_step, in_shardings=(shardings(run.state), batch_sharding(mesh), shardings(run.frozen)),
-                   out_shardings=(shardings(run.state), replicated(mesh)), donate_argnums=(0,))
-    memory = step.lower(abstract(run.state), batch, abstract(run.frozen)).compile().memory_analysis()
+                   out_shardings=(shardings(run.state), replicated(mesh)), donate_argnums=(0,), keep_unused=True)
+    return step.lower(_abstract(run.state), batch, _abstract(run.frozen)).compile()
+
+
+def _live(compiled, held_elsewhere: int = 0) -> int:
+    """Live bytes per device while ``compiled`` runs: arguments + outputs not aliased to (donated)
+    arguments + temporaries, plus what stays in memory without being an argument."""
+    memory = compiled.memory_analysis()
     return (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
-            + memory.temp_size_in_bytes)
+            + memory.temp_size_in_bytes + held_elsewhere)
 
 
 SMALL = {"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -196,3 +204,105 @@ def test_estimate_matches_xla_memory_analysis(tmp_path, algo, model, data, mesh)
     ratio = estimate.total / xla
     print(f"{algo} {mesh}: planner {estimate.total / 2**20:.1f} MiB, XLA {xla / 2**20:.1f} MiB, ratio {ratio:.3f}")
     assert 0.8 <= ratio <= 1.2
+
+
+# ---------------------------------------------------------------- PPO against XLA
+
+
+def _device_bytes(tree) -> int:
+    return sum(leaf.addressable_shards[0].data.nbytes for leaf in jax.tree.leaves(tree))
+
+
+def _ppo_xla_bytes(cfg, prompt: int) -> dict[str, int]:
+    """Live bytes per device of PPO's two largest programs at the planner's worst-case shapes:
+    the update (the jitted train step on a rollout batch) and generation (the sampler, while
+    the train state and the frozen models stay in memory)."""
+    from flax import nnx
+
+    from jaxalign.algos import common
+    from jaxalign.generation.config import SamplingConfig
+    from jaxalign.generation.sampler import KEY_AXES, VALUE_AXES, _sample_jit, cache_shapes, stop_token_ids
+    from jaxalign.sharding import logical_sharding, rules_from
+
+    mesh, tokenizer = make_mesh(cfg.mesh), load_tokenizer("builtin")
+    run = cfg.algorithm.setup(cfg, mesh, tokenizer, 10)
+    held = _device_bytes(run.state) + _device_bytes(run.frozen)
+    rows, new = cfg.data.batch_size, cfg.ppo.max_new_tokens
+    shapes = {"prompt_ids": (prompt,), "prompt_mask": (prompt,), "segment_ids": (prompt + new,), "tokens": (new,)}
+    shapes.update({name: (new,) for name in ("response_mask", "old_logps", "ref_logps", "old_values", "advantages",
+                                             "returns")})
+    shapes.update({name: () for name in ("example_mask", "example_id", "scores", "num_eos", "kl_sum",
+                                         "non_score_sum")})
+    ints = ("prompt_ids", "prompt_mask", "segment_ids", "tokens", "example_id")
+    batch = {name: jax.ShapeDtypeStruct((rows, *shape), np.int32 if name in ints else np.float32,
+                                        sharding=batch_sharding(mesh)) for name, shape in shapes.items()}
+    update = _live(_compiled_train_step(run, batch, mesh))
+
+    graphdef, _ = nnx.split(common.build_model(cfg.model, cfg, mesh, head="causal_lm", tokenizer=tokenizer))
+    policy = run.state.params["policy"]
+    model_config = nnx.merge(graphdef, policy).config
+    sampling = SamplingConfig(max_new_tokens=new, temperature=cfg.ppo.temperature, stop_token_ids=(1,))
+    rules = rules_from(cfg.mesh)
+    keys, values = cache_shapes(model_config, rows, prompt + new - 1)
+    cache = (logical_sharding(mesh, KEY_AXES, keys, rules), logical_sharding(mesh, VALUE_AXES, values, rules))
+    prompts = jax.ShapeDtypeStruct((rows, prompt), np.int32, sharding=logical_sharding(mesh, ("batch", None),
+                                                                                        (rows, prompt), rules))
+    sampler = _sample_jit.lower(graphdef, _abstract(policy), prompts, prompts, jax.random.key(0), cfg=sampling,
+                                stop_ids=stop_token_ids(sampling, model_config.eos_token_id), cache_shardings=cache)
+    generation = _live(sampler.compile(), held - _device_bytes(policy))
+    return {"update": update, "generation": generation}
+
+
+def _save_reward_model(path) -> None:
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, num_labels=1, pad_token_id=0)
+    transformers.LlamaForSequenceClassification(config).save_pretrained(path)
+
+
+@pytest.mark.parametrize("case", ["value-head-data8",
+                                  pytest.param("reward-model-bf16-long-replies", marks=pytest.mark.slow)])
+def test_ppo_estimate_matches_xla_memory_analysis(tmp_path, case):
+    """PPO's plan, phase by phase: held state + the update phase against the compiled train step,
+    held state + the generation phase against the compiled sampler (the two programs that peak)."""
+    if case == "value-head-data8":  # update-heavy: a SMALL policy with its value head, 4 prompts a device
+        model, data, ppo = SMALL, {"batch_size": 32, "max_prompt_length": 64, "max_length": 128,
+                                   "pad_to_multiple": 16}, {"max_new_tokens": 64, "num_mini_batches": 2}
+    else:  # generation-heavy: long replies, many small minibatches, reward + value model from a folder, bf16 frozen
+        _save_reward_model(tmp_path / "rm")
+        model = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 8, "num_key_value_heads": 8,
+                 "num_hidden_layers": 4}
+        data = {"batch_size": 64, "max_prompt_length": 32, "max_length": 64, "pad_to_multiple": 16}
+        ppo = {"max_new_tokens": 224, "num_mini_batches": 8, "reward_function": None,
+               "reward_model": str(tmp_path / "rm"), "frozen_dtype": "bfloat16"}
+    ppo = {"reward_function": "jaxalign.rewards_builtin:helpful_harmless", **ppo}
+    cfg = _small_config(tmp_path, "ppo", model, data, {"data": 8}, ppo=ppo)
+    architecture = plan.read_model_config(cfg.model, vocab_size=len(load_tokenizer("builtin")))
+    estimate = plan.estimate(cfg, jax.device_count(), architecture=architecture)
+    held = estimate.total - max(estimate.phase_bytes().values())
+    prompt = estimate.workload.length - cfg.ppo.max_new_tokens
+    xla = _ppo_xla_bytes(cfg, prompt)
+    for phase, measured in xla.items():
+        planned = held + estimate.phase_bytes()[phase]
+        ratio = planned / measured
+        print(f"ppo {case} {phase}: planner {planned / 2**20:.1f} MiB, XLA {measured / 2**20:.1f} MiB, ratio {ratio:.3f}")
+        assert 0.8 <= ratio <= 1.2, (phase, planned, measured)
+    assert estimate.total == held + max(estimate.phase_bytes().values())
+
+
+def test_ppo_quickstart_plan_prints_through_the_cli(capsys):
+    """The planner's knob search proposes only changes PPO accepts (no grad_accum_steps)."""
+    code = cli.main(["plan", "configs/quickstart/ppo.yaml", "--devices", "1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    for line in ("frozen reference", "while generation", "KV cache", "while update", "activations: saved",
+                 "--set ppo.num_mini_batches=4", "held throughout + the largest phase"):
+        assert line in out, line
+    assert "grad_accum_steps" not in out
+    code = cli.main(["plan", "configs/quickstart/ppo.yaml", "--devices", "1", "--set", "ppo.reward_function=null",
+                     "--set", "ppo.reward_model=/no/such/rm"])
+    err = capsys.readouterr().err
+    assert code == 1 and "ppo.reward_model: /no/such/rm/config.json not found" in err and "Traceback" not in err

@@ -100,7 +100,7 @@ def test_reward_output_checks_name_the_function():
             check_scores(scores, 2, "m:f")
     with pytest.raises(RewardFunctionError, match="has no attribute 'missing'"):
         load_reward_function(f"{HELPER}:missing")
-    with pytest.raises(RewardFunctionError, match="cannot import no_such_module"):
+    with pytest.raises(RewardFunctionError, match="cannot import module 'no_such_module'"):
         load_reward_function("no_such_module:f")
 
 

@@ -66,9 +66,21 @@ def test_a_stale_lock_is_taken_over_and_released_after(tmp_path, sleeper, capsys
     lock.acquire()
     assert json.loads((run_dir / LOCK_NAME).read_text())["pid"] == os.getpid()
     assert "taking over the lock" in capsys.readouterr().err
-    assert [event["kind"] for event in run_events.read(run_dir)] == ["stale_lock_taken_over"]
+    assert lock.taken_over["previous"]["pid"] != os.getpid()  # the trainer reports it as an event once its sinks open
+    assert "taken over" in lock.taken_over["message"]
     lock.release()
     assert not (run_dir / LOCK_NAME).exists()
+
+
+def test_a_trainer_that_takes_over_a_stale_lock_records_it_in_events(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    _write_lock(run_dir, host=socket.gethostname(), pid=_dead_pid())
+    config = tiny_run_config(run_dir, max_steps=1, eval_batches=1, export=False, log={"tensorboard": False})
+    code, err = _train_main(write_config(tmp_path / "c.yaml", config), capsys)
+    assert code == 0, err
+    taken = [event for event in run_events.problems(run_dir) if event["kind"] == "stale_lock_taken_over"]
+    assert len(taken) == 1 and "taken over" in taken[0]["message"], run_events.read(run_dir)
+    assert not (run_dir / LOCK_NAME).exists()  # released at the end
 
 
 def test_a_run_dir_that_is_a_file_or_not_writable_is_a_config_error(tmp_path, capsys, monkeypatch):

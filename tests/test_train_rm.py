@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 
 import jax
@@ -97,6 +98,13 @@ def test_sigterm_saves_exits_zero_and_rerun_continues(tmp_path):
     assert rerun.returncode == 0, rerun.stderr
     assert f"resumed from checkpoint at step {saved[-1]}" in rerun.stderr
     assert finished_checkpoints(run_dir)[-1] == saved[-1] + 3
+    # events.jsonl tells the story: start, checkpoints, stop on SIGTERM; then start, resume, ..., finish.
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    stops = [e for e in events if e["kind"] == "stop"]
+    assert len(stops) == 1 and stops[0]["step"] == saved[-1] and stops[0]["signal"] == "SIGTERM"
+    after = events[events.index(stops[0]) + 1:]
+    assert [e["kind"] for e in after[:2]] == ["start", "resume"] and after[1]["from_step"] == saved[-1]
+    assert after[-1]["kind"] == "finish" and after[-1]["step"] == saved[-1] + 3
 
 
 def _train_main(config_path, *overrides, capsys):

@@ -14,6 +14,7 @@ from jax.sharding import Mesh, NamedSharding
 from jaxalign.batch import gather_positions, per_example_sums
 from jaxalign.config import ModelSpec, TrainConfig
 from jaxalign.models import ModelConfig, init_model, load_pretrained, token_logps
+from jaxalign.models.trainable import combine, partition
 from jaxalign.optim import build_optimizer
 from jaxalign.sharding import replicated, rules_from
 from jaxalign.train_state import Batch, Metrics, TrainState
@@ -37,6 +38,23 @@ def split_params(model) -> tuple[nnx.GraphDef, dict]:
     """Graph definition (static) and parameters as a plain nested dict of arrays."""
     graphdef, state = nnx.split(model)
     return graphdef, nnx.to_pure_dict(state)
+
+
+FROZEN_PARAMS = "frozen_params"  # the key of AlgoRun.frozen that holds the trained model's frozen part
+
+
+def trainable_split(spec: ModelSpec, params: dict) -> tuple[dict, dict]:
+    """``(trained params, frozen)`` per ``spec.trainable``/``spec.freeze``: the train state
+    gets the first; the second (``{}`` when everything trains, else
+    ``{FROZEN_PARAMS: the rest}``) goes into ``AlgoRun.frozen``, an input of every
+    step that is never donated or checkpointed. ``with_frozen`` puts them back together."""
+    trained, frozen = partition(params, spec.trainable, spec.freeze)
+    return trained, ({FROZEN_PARAMS: frozen} if frozen else {})
+
+
+def with_frozen(params: dict, frozen: dict) -> dict:
+    """The whole parameter tree from the trained part and the step's ``frozen`` input."""
+    return combine(params, frozen.get(FROZEN_PARAMS, {}))
 
 
 def init_train_state(cfg: TrainConfig, mesh: Mesh, params: dict, total_steps: int, extra: dict | None = None):
@@ -91,11 +109,12 @@ def num_examples(batch: Batch) -> jax.Array:
     return jnp.sum(batch["example_mask"])
 
 
-def export_with(graphdef: nnx.GraphDef) -> Callable[[TrainState, str], None]:
+def export_with(graphdef: nnx.GraphDef, frozen: dict | None = None) -> Callable[[TrainState, str], None]:
+    """Writes the whole model (trained part + frozen part) as a Hugging Face folder."""
     from jaxalign.models import save_pretrained
 
     def export(state: TrainState, path: str) -> None:
-        save_pretrained(nnx.merge(graphdef, state.params), path)
+        save_pretrained(nnx.merge(graphdef, with_frozen(state.params, frozen or {})), path)
 
     return export
 

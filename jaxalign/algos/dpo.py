@@ -23,10 +23,11 @@ from jax.sharding import Mesh
 
 from jaxalign import distributed
 from jaxalign.algos import common, reference_cache
+from jaxalign.algos.registry import Algorithm, register_algorithm
 from jaxalign.batch import target_counts
 from jaxalign.config import TrainConfig
 from jaxalign.data import build_pipeline
-from jaxalign.losses import PreferenceInputs, UnpairedInputs, build_loss
+from jaxalign.losses import LossConfig, PreferenceInputs, UnpairedInputs, build_loss
 from jaxalign.metrics_log import get_logger
 from jaxalign.sharding import batch_divisor, replicated, shard_batch
 from jaxalign.train_state import AlgoRun, Batch, TrainState
@@ -78,11 +79,13 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
             del ref_params
         else:
             frozen = {"ref_params": ref_params}
+    params, policy_frozen = common.trainable_split(cfg.model, params)
+    frozen.update(policy_frozen)
     state, optimizer = common.init_train_state(cfg, mesh, params, total_steps)
     loss = build_loss(cfg.loss)
 
     def reference_sums(frozen: dict, batch: Batch, split: str) -> jax.Array | None:
-        if not frozen:
+        if not cfg.loss.needs_reference:
             return None
         if "ref_params" in frozen:
             reference = nnx.merge(ref_graphdef, frozen["ref_params"])
@@ -90,7 +93,8 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
         return frozen[f"ref_{split}"][batch["example_id"]]
 
     def loss_fn(params, batch: Batch, frozen: dict, split: str):
-        policy_out = common.completion_logps(nnx.merge(graphdef, params), batch, with_logits_mean=True)
+        policy = nnx.merge(graphdef, common.with_frozen(params, frozen))
+        policy_out = common.completion_logps(policy, batch, with_logits_mean=True)
         inputs = loss_inputs(batch, policy_out, reference_sums(frozen, batch, split), kind)
         return loss(inputs).result()
 
@@ -102,7 +106,7 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
         return {**metrics, "loss": loss_value, "eval_weight": common.num_examples(batch)}
 
     return AlgoRun(state=state, frozen=frozen, train_step=train_step, eval_step=eval_step,
-                   export=common.export_with(graphdef))
+                   export=common.export_with(graphdef, policy_frozen))
 
 
 def precomputed_reference(cfg: TrainConfig, mesh: Mesh, tokenizer, ref_graphdef, ref_params) -> dict[str, jax.Array]:
@@ -158,3 +162,63 @@ def _reference_pass(pipeline, sums_fn, ref_params, mesh: Mesh) -> np.ndarray:
         used = np.asarray(example_mask) > 0
         table[np.asarray(example_ids)[used]] = np.asarray(sums)[used]
     return table
+
+
+@register_algorithm
+class DPO(Algorithm):
+    """``algo: dpo``: the DPO family and KTO (``loss:`` section) against a frozen reference
+    (``ref_model``, or a copy of the starting policy; ``precompute_ref_logps``)."""
+
+    name = "dpo"
+    sections = {"loss": LossConfig}
+
+    def check_config(self, cfg: TrainConfig) -> None:
+        loss = cfg.loss
+        if loss.kind == "reward":
+            raise ValueError(f"algo dpo trains a policy with a preference loss, got the reward-model loss "
+                             f"'{loss.name}'; use algo: rm to train a reward model")
+        if not loss.needs_reference:
+            if cfg.precompute_ref_logps:
+                raise ValueError(f"precompute_ref_logps: loss '{loss.name}' is reference-free, so there are "
+                                 "no reference log-probs to precompute; remove precompute_ref_logps")
+            if cfg.ref_model is not None:
+                raise ValueError(f"ref_model is set but loss '{loss.name}' is reference-free; remove ref_model")
+
+    def data_kind(self, cfg: TrainConfig) -> str:
+        return data_kind(cfg)
+
+    def setup(self, cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) -> AlgoRun:
+        return setup(cfg, mesh, tokenizer, total_steps)
+
+    def plan_terms(self, cfg: TrainConfig, ctx) -> list:
+        terms = super().plan_terms(cfg, ctx)
+        if _holds_reference(cfg):
+            dtype = _reference_dtype(cfg)
+            terms.append(ctx.frozen_model_term("frozen reference", ctx.model.replace(param_dtype=dtype), "causal_lm",
+                                               dtype, "reference parameters"))
+        return terms
+
+    def plan_knobs(self, cfg: TrainConfig, plan) -> list:
+        from jaxalign.plan_report import Candidate, set_flags, with_changes
+
+        out = []
+        if _holds_reference(cfg):
+            if _reference_dtype(cfg) != "bfloat16":
+                ref = dataclasses.replace(cfg.ref_model or cfg.model, param_dtype="bfloat16")
+                how = (set_flags(f"ref_model.path={ref.path}", "ref_model.param_dtype=bfloat16") if ref.path is not None
+                       else "ref_model: a copy of the model section with param_dtype: bfloat16")
+                out.append(Candidate("keep the frozen reference in bfloat16", how,
+                                     lambda: with_changes(cfg, ref_model=ref)))
+            out.append(Candidate("precompute reference log-probs before training (no reference in memory)",
+                                 set_flags("precompute_ref_logps=true"),
+                                 lambda: with_changes(cfg, precompute_ref_logps=True)))
+        return out + super().plan_knobs(cfg, plan)
+
+
+def _holds_reference(cfg: TrainConfig) -> bool:
+    """Whether the train step holds reference parameters (not reference-free, not precomputed)."""
+    return cfg.loss.needs_reference and not cfg.precompute_ref_logps
+
+
+def _reference_dtype(cfg: TrainConfig) -> str:
+    return cfg.ref_model.param_dtype if cfg.ref_model is not None else cfg.model.param_dtype

@@ -28,6 +28,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
@@ -35,14 +36,16 @@ from jax.sharding import Mesh
 from jaxalign import rl
 from jaxalign.algos import common
 from jaxalign.algos import ppo_math as pm
-from jaxalign.algos.ppo_config import VALUE_ON_POLICY
+from jaxalign.algos.ppo_config import VALUE_ON_POLICY, PPOConfig
+from jaxalign.algos.registry import Algorithm, register_algorithm
 from jaxalign.config import TrainConfig
 from jaxalign.data.rows import ExampleRows
 from jaxalign.generation import SamplingConfig
 from jaxalign.losses.ppo import KLControl
 from jaxalign.metrics_log import get_logger
 from jaxalign.models import save_pretrained
-from jaxalign.rl import RewardSet, RewardSpec, RolloutBatch, RolloutEngine, SourceContext, parse_reward_specs
+from jaxalign.rl import RewardSet, RolloutBatch, RolloutEngine, SourceContext
+from jaxalign.rl.record import host_array
 from jaxalign.rl.reward_model import ModelSource
 from jaxalign.rl.teacher_forcing import completion_hidden
 from jaxalign.sharding import batch_sharding, rules_from
@@ -77,16 +80,7 @@ def _value_model(cfg: TrainConfig, mesh: Mesh, tokenizer, policy_params: dict):
     return common.split_params(common.build_model(spec, cfg, mesh, head="score", tokenizer=tokenizer))
 
 
-def reward_specs(ppo) -> list[RewardSpec]:
-    """The configured reward sources: ``ppo.rewards``, or the one ``reward_model`` / ``reward_function``."""
-    if ppo.rewards is not None:
-        return parse_reward_specs(ppo.rewards, where="ppo.rewards")
-    if ppo.reward_model is not None:
-        return [RewardSpec("model", ppo.reward_model)]
-    return [RewardSpec("function", ppo.reward_function)]
-
-
-def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
+def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) -> AlgoRun:
     ppo = cfg.ppo
     policy_graphdef, policy_params = common.split_params(
         common.build_model(cfg.model, cfg, mesh, head="causal_lm", tokenizer=tokenizer))
@@ -101,7 +95,7 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
     rows_by_split = _ExampleRowsBySplit(cfg, tokenizer)
     context = SourceContext(tokenizer=tokenizer, mesh=mesh, rules=rules, dtype=cfg.model.dtype,
                             frozen_dtype=ppo.frozen_dtype, sample_texts=rows_by_split.sample_prompts)
-    rewards = RewardSet.build(reward_specs(ppo), context)
+    rewards = RewardSet.build(ppo.reward_specs(), context)
     model_sources = [source for source in rewards.sources if isinstance(source, ModelSource)]
     if model_sources:  # the (first) reward model's parameters, as before: frozen inputs of the steps
         frozen["reward"] = model_sources[0].params
@@ -175,6 +169,9 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
                    "tokens/generation": float(record.generated_tokens)}
         # Per-source means/stds (TRL's rewards/NAME/mean, /std) and rows no source scored (dropped).
         metrics.update({name: value for name, value in record.metrics().items() if name.startswith("rewards/")})
+        step = int(state.step) + 1  # the step this rollout trains
+        if split == "train" and sink is not None and cfg.log.writes_completions(step):
+            sink.write_table(step, "completions", record.completion_rows(step, _reply_means(update_batch)))
         return update_batch, metrics
 
     def train_step(state: TrainState, batch: Batch, frozen: dict) -> tuple[TrainState, dict]:
@@ -198,6 +195,8 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
         def update(carry, rows_index):
             params, opt_state = carry
             minibatch = jax.tree.map(lambda x: jnp.take(x, rows_index, axis=0), rollout)
+            # Without this XLA replicates the gathered rows: every device would compute the whole minibatch.
+            minibatch = jax.lax.with_sharding_constraint(minibatch, rows)
             (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, minibatch)
             updates, opt_state = optimizer.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
@@ -224,6 +223,12 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
                    rollout=rollout, updates_per_step=ppo.updates_per_step)
 
 
+def _reply_means(batch: Batch) -> np.ndarray:
+    """Each row's advantage averaged over its reply tokens ``[R]`` (the completions table's ``advantage``)."""
+    advantages, mask = host_array(batch["advantages"]), host_array(batch["response_mask"])
+    return (advantages * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1.0)
+
+
 class _ExampleRowsBySplit:
     """Each split's ``ExampleRows`` (prompt texts, ``file:line``, the rows' columns), read on first use."""
 
@@ -240,3 +245,39 @@ class _ExampleRowsBySplit:
         """Up to 64 training prompts: what a reward model's tokenizer is checked against."""
         rows = self("train")
         return rows.prompts(range(min(len(rows), 64))) if rows is not None else []
+
+
+@register_algorithm
+class PPO(Algorithm):
+    """``algo: ppo``: RLHF with a rollout hook (``ppo:`` section, ``ppo_config.PPOConfig``)."""
+
+    name = "ppo"
+    sections = {"ppo": PPOConfig}
+
+    def check_config(self, cfg: TrainConfig) -> None:
+        cfg.ppo.check_for_run(cfg.data.batch_size)
+        if cfg.model.partial:
+            raise ValueError("model.trainable/model.freeze are not supported by algo ppo yet: it trains the "
+                             "whole policy; remove them")
+        if cfg.optim.grad_accum_steps != 1:
+            raise ValueError("optim.grad_accum_steps must be 1 for algo ppo: each step's rollout is split "
+                             "into ppo.num_mini_batches instead")
+        if cfg.precompute_ref_logps:
+            raise ValueError("precompute_ref_logps does not apply to algo ppo: its replies are sampled "
+                             "during training, so the reference scores them as they come")
+
+    def data_kind(self, cfg: TrainConfig) -> str:
+        return data_kind(cfg)
+
+    def setup(self, cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) -> AlgoRun:
+        return setup(cfg, mesh, tokenizer, total_steps, sink)
+
+    def plan_terms(self, cfg: TrainConfig, ctx) -> list:
+        from jaxalign.algos import ppo_plan
+
+        return ppo_plan.plan_terms(cfg, ctx)
+
+    def plan_knobs(self, cfg: TrainConfig, plan) -> list:
+        from jaxalign.algos import ppo_plan
+
+        return ppo_plan.plan_knobs(cfg, plan)

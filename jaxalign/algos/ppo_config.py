@@ -102,11 +102,20 @@ class PPOConfig:
             raise ValueError(f"ppo: set exactly one of ppo.reward_model (a reward-model folder), "
                              f"ppo.reward_function (module:function) or ppo.rewards (a list of sources); {detail}")
         if self.rewards is not None:
-            from jaxalign.rl.sources import parse_reward_specs
-
-            parse_reward_specs(self.rewards, where="ppo.rewards")
+            self.reward_specs()  # a bad entry is an error now, naming it
         if batch_size % self.num_mini_batches:
             raise ValueError(f"ppo: num_mini_batches {self.num_mini_batches} does not divide data.batch_size {batch_size}")
+
+    def reward_specs(self) -> list:
+        """The configured reward sources (``jaxalign.rl.RewardSpec``): ``rewards``, or the one
+        ``reward_model`` / ``reward_function``."""
+        from jaxalign.rl.sources import RewardSpec, parse_reward_specs
+
+        if self.rewards is not None:
+            return parse_reward_specs(self.rewards, where="ppo.rewards")
+        if self.reward_model is not None:
+            return [RewardSpec("model", self.reward_model)]
+        return [RewardSpec("function", self.reward_function)]
 
     @property
     def updates_per_step(self) -> int:

@@ -10,6 +10,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxalign.algos import common
+from jaxalign.algos.registry import Algorithm, register_algorithm
 from jaxalign.config import TrainConfig
 from jaxalign.train_state import AlgoRun, Batch, TrainState
 
@@ -32,16 +33,17 @@ def nll_and_metrics(graphdef: nnx.GraphDef, params, batch: Batch):
 def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
     model = common.build_model(cfg.model, cfg, mesh, head="causal_lm", tokenizer=tokenizer)
     graphdef, params = common.split_params(model)
+    params, frozen = common.trainable_split(cfg.model, params)
     state, optimizer = common.init_train_state(cfg, mesh, params, total_steps)
 
-    def loss_fn(params, batch: Batch):
-        return nll_and_metrics(graphdef, params, batch)
+    def loss_fn(params, batch: Batch, frozen: dict):
+        return nll_and_metrics(graphdef, common.with_frozen(params, frozen), batch)
 
-    def train_step(state: TrainState, batch: Batch, frozen):
-        return common.gradient_step(state, optimizer, loss_fn, batch)
+    def train_step(state: TrainState, batch: Batch, frozen: dict):
+        return common.gradient_step(state, optimizer, lambda p, b: loss_fn(p, b, frozen), batch)
 
-    def eval_step(state: TrainState, batch: Batch, frozen):
-        loss, metrics = loss_fn(state.params, batch)
+    def eval_step(state: TrainState, batch: Batch, frozen: dict):
+        loss, metrics = loss_fn(state.params, batch, frozen)
         # Weighted by tokens, so the trainer's average is the split's token-level NLL.
         return {"loss": loss, "mean_token_accuracy": metrics["mean_token_accuracy"],
                 "eval_weight": metrics["num_tokens"]}
@@ -49,5 +51,18 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
     def summarize_eval(metrics: dict[str, float]) -> dict[str, float]:
         return {**metrics, "perplexity": math.exp(min(metrics["loss"], 80.0))}
 
-    return AlgoRun(state=state, frozen={}, train_step=train_step, eval_step=eval_step,
-                   export=common.export_with(graphdef), summarize_eval=summarize_eval)
+    return AlgoRun(state=state, frozen=frozen, train_step=train_step, eval_step=eval_step,
+                   export=common.export_with(graphdef, frozen), summarize_eval=summarize_eval)
+
+
+@register_algorithm
+class SFT(Algorithm):
+    """``algo: sft``: next-token NLL on completions; no section of its own."""
+
+    name = "sft"
+
+    def data_kind(self, cfg: TrainConfig) -> str:
+        return data_kind(cfg)
+
+    def setup(self, cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) -> AlgoRun:
+        return setup(cfg, mesh, tokenizer, total_steps)

@@ -5,7 +5,7 @@ vocabulary first. A run uses the first name it has. A name may be a glob (``rewa
 every matching name is its own series (one per reward source). A new algorithm whose metric means
 the same as an existing quantity adds its name here; the views need no change.
 
-Names are matched after the split prefix that ``MetricsLogger`` adds (``train/``, ``eval/``).
+Names are matched after the split prefix the trainer's sinks write (``train/``, ``eval/``).
 """
 
 from __future__ import annotations

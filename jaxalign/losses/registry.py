@@ -2,8 +2,8 @@
 
 A loss is a plain function ``fn(inputs, cfg) -> per-example losses [N]`` (or a
 ``LossTerms`` with metrics too), registered with ``@register_loss("name")``.
-``get_loss`` finds it by registered name or by ``"package.module:function"``,
-importing the module; the function need not be registered (then the
+``get_loss`` finds it by registered name, by ``"package.module:function"`` or
+by ``"path/to/file.py:function"``, importing the module (``jaxalign.plugins``); the function need not be registered (then the
 decorator's defaults apply).
 """
 
@@ -12,10 +12,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
-import importlib
 from typing import Any, Callable, Iterator, Mapping
 
 import jax
+
+from jaxalign.plugins import load_attribute
 
 Array = jax.Array
 
@@ -143,23 +144,13 @@ def list_losses() -> list[str]:
 
 
 def _import_loss(path: str) -> LossSpec:
-    module_name, _, attribute = path.partition(":")
-    if not module_name or not attribute:
-        raise ValueError(f"loss {path!r}: expected 'package.module:function'")
     if _NOT_IMPORTED is not None:
         if path not in _NOT_IMPORTED:
             _NOT_IMPORTED.append(path)
         return LossSpec(path, _not_imported(path))
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as error:  # any import-time failure (ImportError, SyntaxError, ...) is the user's module's
-        raise ValueError(f"loss {path!r}: cannot import module {module_name!r}: "
-                         f"{type(error).__name__}: {error}") from error
-    fn = getattr(module, attribute, None)
-    if fn is None:
-        raise ValueError(f"loss {path!r}: module {module_name!r} has no attribute {attribute!r}")
+    fn = load_attribute(path, "loss", noun="function")
     if not callable(fn):
-        raise ValueError(f"loss {path!r}: {attribute!r} is not callable")
+        raise ValueError(f"loss {path!r}: {path.rpartition(':')[2]!r} is not callable")
     spec = getattr(fn, "loss_spec", None)
     if isinstance(spec, LossSpec):
         return spec
@@ -187,6 +178,12 @@ def _qualified_name(fn: Any) -> str:
 
 
 def _same_function(a: Any, b: Any) -> bool:
-    # Re-importing a module (reload, a test importing it twice) re-registers
-    # the same function under the same name; that is not a clash.
-    return a is b or _qualified_name(a) == _qualified_name(b)
+    # Re-importing a module (reload, a test importing it twice, or under two
+    # names: "tests.helper" and "helper") re-registers the same function under
+    # the same name; that is not a clash.
+    return a is b or _qualified_name(a) == _qualified_name(b) or _source(a) == _source(b) is not None
+
+
+def _source(fn: Any) -> tuple[str, str] | None:
+    code = getattr(fn, "__code__", None)
+    return None if code is None else (code.co_filename, getattr(fn, "__qualname__", ""))
