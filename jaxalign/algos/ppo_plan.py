@@ -46,9 +46,9 @@ class _Models:
     def of(cls, cfg: TrainConfig, policy: ModelConfig) -> "_Models":
         ppo, frozen = cfg.ppo, cfg.ppo.frozen_dtype
         rewards = tuple(
-            _architecture(ModelSpec(path=spec.target), f"reward model {spec.target}").replace(
-                dtype=cfg.model.dtype, param_dtype=frozen)
-            for spec in ppo.reward_specs() if spec.kind == "model")
+            _architecture(ModelSpec(path=spec.target), "ppo.reward_model" if ppo.rewards is None else f"ppo.rewards[{i}]")
+            .replace(dtype=cfg.model.dtype, param_dtype=frozen)
+            for i, spec in enumerate(ppo.reward_specs()) if spec.kind == "model")
         value = None
         if ppo.resolved_value_model() != VALUE_ON_POLICY:
             spec = dataclasses.replace(cfg.model, path=ppo.resolved_value_model(), config=None)
