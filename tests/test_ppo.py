@@ -163,10 +163,22 @@ def test_overlong_prompt_dropped_or_truncated(tmp_path, policy):
     assert math.isfinite(result["train"]["objective/scores"])
 
 
-def test_reward_function_sees_the_rows_columns(tmp_path):
-    cfg = from_dict(TrainConfig, ppo_config(tmp_path / "run", max_steps=1, export=False,
-                                            ppo={"reward_function": f"{HELPER}:sees_columns"}))
+def test_reward_function_sees_the_rows_columns_and_completions_are_published(tmp_path, capsys):
+    """The function gets the rows' columns; the replies go to the completions table
+    (RUN_DIR/completions/step_00000001.jsonl, docs/logging.md's keys) and a few to the console."""
+    run_dir = tmp_path / "run"
+    cfg = from_dict(TrainConfig, ppo_config(run_dir, max_steps=1, export=False, eval_batches=0,
+                                            ppo={"reward_function": f"{HELPER}:sees_columns"},
+                                            log={"completions_every": 1, "every_steps": 1}))
     assert train(cfg)["step"] == 1
+    rows = [json.loads(line) for line in (run_dir / "completions" / "step_00000001.jsonl").read_text().splitlines()]
+    assert len(rows) == 16
+    for row in rows:
+        assert set(row) == {"step", "prompt", "completion", "reward", "rewards", "advantage", "length", "truncated"}
+        assert row["step"] == 1 and row["prompt"].startswith("\n\nHuman:") and row["rewards"] == {"sees_columns": 0.0}
+        assert row["reward"] == 0.0 and isinstance(row["advantage"], float) and 1 <= row["length"] <= 12
+    assert all(row["length"] == 12 for row in rows if row["truncated"])  # no stop token within max_new_tokens
+    assert "completions at step 1: 16 rows" in capsys.readouterr().err
 
 
 def test_reward_model_checkpoint_scores_and_starts_the_value_model(tmp_path):
