@@ -6,10 +6,12 @@ reply). A *vote* is the annotator's judgement: for a pair, which reply won
 (0 or 1, categorical); for a rated reply, the rating (numeric); for an
 acceptable/unacceptable label, the label (categorical).
 
-Agreement with the majority is leave-one-out: an annotator's vote on an item
-is compared with the majority of the *other* annotators' votes on it (the
-mode for categorical votes, items whose mode is tied left out; the median for
-ratings, agreeing within half a scale step). ``kappa`` corrects it for chance
+An annotator's vote on an item is compared with the majority of all the
+item's annotators, each counted by their reliability (the weighted mode for
+categorical votes, items whose mode is tied left out; the weighted mean for
+ratings, agreeing within half a scale step); items one annotator judged
+alone are left out. Reliabilities start equal and are re-estimated in
+``ROUNDS`` rounds (``agreement_table``). ``kappa`` corrects it for chance
 as Cohen's kappa does, ``(p_o - p_e) / (1 - p_e)``, where ``p_e`` is the
 agreement an annotator voting at random with their own vote frequencies would
 reach against the same majority votes. Reliability weights are
@@ -42,7 +44,7 @@ class AnnotatorAgreement:
 
     annotator: str
     labels: int  # votes cast
-    compared: int  # votes with a leave-one-out majority to compare with
+    compared: int  # votes on items with another annotator and an untied majority
     agreement: float  # share of compared votes matching the majority (nan when none)
     kappa: float  # chance-corrected agreement (nan when undefined)
 
@@ -82,31 +84,57 @@ def collect_votes(examples: Iterable[TextExample]) -> tuple[Votes, bool]:
     return dict(votes), numeric
 
 
-def majority(others: Sequence[float], numeric: bool) -> float | None:
-    """The others' majority vote: the median of ratings, the mode of categories (None if tied)."""
-    if numeric:
-        return float(np.median(others))
-    counts = collections.Counter(others).most_common()
-    if len(counts) > 1 and counts[0][1] == counts[1][1]:
+def majority(votes: Sequence[tuple[float, float]], numeric: bool) -> float | None:
+    """The weighted majority of ``(vote, weight)``: the weighted mean of ratings, the
+    weighted mode of categories (None if tied or all weights 0)."""
+    if not sum(weight for _, weight in votes):
         return None
-    return counts[0][0]
+    if numeric:
+        return sum(vote * weight for vote, weight in votes) / sum(weight for _, weight in votes)
+    totals: dict[float, float] = collections.defaultdict(float)
+    for vote, weight in votes:
+        totals[vote] += weight
+    ranked = sorted(totals.values(), reverse=True)
+    if len(ranked) > 1 and math.isclose(ranked[0], ranked[1]):
+        return None
+    return max(totals, key=totals.get)
 
 
 def agrees(vote: float, majority_vote: float, numeric: bool) -> bool:
     return abs(vote - majority_vote) <= 0.5 if numeric else vote == majority_vote
 
 
+ROUNDS = 5  # re-weighting rounds: the majority each annotator is compared with counts the others by reliability
+
+
 def agreement_table(votes: Votes, numeric: bool) -> dict[str, AnnotatorAgreement]:
-    """Each annotator's leave-one-out agreement with the majority and its kappa."""
+    """Each annotator's agreement with the majority and its kappa.
+
+    The majority counts every annotator of the item by their reliability, found
+    in ``ROUNDS`` rounds starting from equal weights (a simplified one-coin
+    Dawid-Skene estimate): an unreliable annotator who judged most items then
+    no longer decides the majority the careful ones are measured against. With
+    equal weights an item two annotators disagree on is a tie and left out; a
+    plain leave-one-out majority could not tell which of two is wrong.
+    """
+    labels: collections.Counter = collections.Counter(a for by_annotator in votes.values() for a in by_annotator)
+    reliability = {annotator: 1.0 for annotator in labels}
+    table: dict[str, AnnotatorAgreement] = {}
+    for _ in range(ROUNDS):
+        table = _agreement_round(votes, numeric, labels, reliability)
+        reliability = {name: max(row.reliability, 0.05) for name, row in table.items()}  # nobody drops out entirely
+    return table
+
+
+def _agreement_round(votes: Votes, numeric: bool, labels: collections.Counter,
+                     reliability: dict[str, float]) -> dict[str, AnnotatorAgreement]:
     compared: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
-    labels: collections.Counter = collections.Counter()
     for by_annotator in votes.values():
         for annotator, vote in by_annotator.items():
-            labels[annotator] += 1
-            others = [v for who, v in by_annotator.items() if who != annotator]
-            if not others:
+            if len(by_annotator) < 2:
                 continue
-            majority_vote = majority(others, numeric)
+            everyone = [(v, reliability[who]) for who, v in by_annotator.items()]
+            majority_vote = majority(everyone, numeric)
             if majority_vote is not None:
                 compared[annotator].append((vote, majority_vote))
     table = {}

@@ -72,5 +72,5 @@ def normalise(examples: list[TextExample], scale: Sequence[float] | None, method
             rating = float(np.clip(pool_mean + (rating - shift) * stretch, lo, hi))
         level = int(np.clip(round(rating - lo), 0, levels(scale) - 1))
         columns = {**example.columns, RATING: 2.0 * (rating - lo) / (hi - lo) - 1.0, RATING_LEVEL: float(level)}
-        out.append(dataclasses.replace(example, columns=columns))
+        out.append(dataclasses.replace(example, columns=columns, rating=rating))  # agreement sees calibrated ratings
     return out
