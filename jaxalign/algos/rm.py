@@ -25,6 +25,7 @@ from jaxalign.algos import common
 from jaxalign.algos.registry import Algorithm, register_algorithm
 from jaxalign.batch import gather_positions
 from jaxalign.config import TrainConfig
+from jaxalign.sharding import replicated
 from jaxalign.losses import ListwiseInputs, LossConfig, PointwiseInputs, RewardInputs, build_loss
 from jaxalign.train_state import AlgoRun, Batch, TrainState
 
@@ -87,8 +88,8 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
     graphdef, params = common.split_params(model)
     params, frozen = common.trainable_split(cfg.model, params)
     loss_params = initial_loss_params(cfg)
-    if loss_params:
-        params = {**params, LOSS_PARAMS: loss_params}
+    if loss_params:  # a few numbers: replicated on the mesh like the step counter
+        params = {**params, LOSS_PARAMS: jax.tree.map(lambda leaf: jax.device_put(leaf, replicated(mesh)), loss_params)}
     state, optimizer = common.init_train_state(cfg, mesh, params, total_steps)
     loss = build_loss(cfg.loss)
     make_inputs = INPUTS_FROM_SCORES[cfg.loss.kind]
