@@ -138,23 +138,30 @@ def test_critiques_become_revision_pairs_and_conditioned_sft(tmp_path):
     assert len(critic) == 4 and critic[1].reply_texts() == (" Unhelpful.",)
 
 
-def votes_example(annotator, better_first, prompt="Q"):
-    replies = (" good", " bad") if better_first else (" bad", " good")
-    return TextExample(prompt, one_piece(replies[0]) + one_piece(replies[1]), f"f:{prompt}", annotator=annotator)
+def votes_example(annotator, item, right):
+    # Two wordings, so that which reply is "first" in an item's fixed order varies from item to item.
+    better, worse = (" good", " bad") if item % 2 == 0 else (" alright", " terrible")
+    replies = (better, worse) if right else (worse, better)
+    return TextExample(f"Q{item}", one_piece(replies[0]) + one_piece(replies[1]), f"f:{item}", annotator=annotator)
 
 
 def test_agreement_kappa_and_reliability_weights_by_hand():
     examples = []
-    for item in range(20):  # a, b, c right on every item; d wrong on every other item
-        for who in "abc":
-            examples.append(votes_example(who, True, f"Q{item}"))
-        examples.append(votes_example("d", item % 2 == 0, f"Q{item}"))
+    for item in range(20):  # a, b, c always right; d wrong on half the items, e on one in five
+        examples += [votes_example(who, item, True) for who in "abc"]
+        examples.append(votes_example("d", item, item % 4 >= 2))
+        examples.append(votes_example("e", item, item % 5 != 0))
     votes, numeric = collect_votes(examples)
     table = agreement_table(votes, numeric)
-    assert not numeric and table["a"].agreement == 1.0 and table["d"].agreement == 0.5
-    # The majority always votes 'good first'; d's chance agreement with it is 0.5, so kappa 0.
-    assert table["d"].kappa == 0.0 and table["d"].reliability == 0.0
+    # The majority is always right and half its votes fall on each side, as do d's and e's:
+    # chance agreement 0.5, so kappa = (agreement - 0.5) / 0.5.
+    assert not numeric and table["a"].agreement == 1.0 and table["a"].kappa == 1.0
+    assert table["d"].agreement == 0.5 and table["d"].kappa == 0.0 and table["d"].reliability == 0.0
+    assert table["e"].agreement == 0.8 and table["e"].kappa == pytest.approx(0.6)
+    assert table["e"].reliability == pytest.approx(0.36)
     weighted, _ = apply_reliability(examples, "agreement", 0.0, "annotator", "train")
-    assert {ex.columns["weight"] for ex in weighted if ex.annotator == "d"} == {0.0}
+    weights = {ex.annotator: ex.columns["weight"] for ex in weighted}
+    assert weights["a"] == 1.0 and weights["d"] == 0.0 and weights["e"] == pytest.approx(0.36)
     kept, _ = apply_reliability(examples, "none", 0.6, "annotator", "train")
-    assert len(kept) == 60 and all("weight" not in ex.columns for ex in kept)
+    assert len(kept) == 80 and {ex.annotator for ex in kept} == set("abce")
+    assert all("weight" not in ex.columns for ex in kept)

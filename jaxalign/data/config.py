@@ -31,7 +31,7 @@ class AnnotatorConfig:
 
     column: the row column naming the annotator (rows without it have none).
     weight_by: ``agreement`` multiplies each training example's weight by its
-      annotator's reliability, ``max(0, kappa)`` of their chance-corrected agreement
+      annotator's reliability, ``max(0, kappa)^2`` of their chance-corrected agreement
       with the reliability-weighted majority (``jaxalign.data.annotators``); ``none`` leaves weights alone.
     min_agreement: training rows of annotators whose agreement with the majority
       is below this are left out (counted and logged); 0 keeps everyone.
