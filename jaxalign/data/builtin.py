@@ -10,6 +10,10 @@ useless. The same pairs give ``builtin:sft`` (prompt + chosen reply),
 ``"\\n\\nHuman: ...\\n\\nAssistant:"``, which is also what the built-in
 tokenizer's chat template renders.
 
+The human-feedback sets (annotators, ratings, rankings, critiques) are in
+``builtin_feedback.py``; the shipped tokenizer is trained on the quickstart
+pairs alone, so they leave it unchanged.
+
 Regenerate the shipped tokenizer with ``python -m jaxalign.data.builtin --write-tokenizer``.
 """
 
@@ -22,10 +26,12 @@ import random
 from pathlib import Path
 from typing import Any
 
+from jaxalign.data import builtin_feedback
 from jaxalign.data import builtin_templates as T
 
 TOKENIZER_DIR = Path(__file__).parent / "builtin" / "tokenizer"
-NAMES = ("preferences", "sft", "kto", "prompts")
+QUICKSTART_NAMES = ("preferences", "sft", "kto", "prompts")
+NAMES = QUICKSTART_NAMES + builtin_feedback.NAMES
 SPLITS = ("train", "eval")
 EVAL_FRACTION = 0.15
 PAIRS_PER_CATEGORY = 36
@@ -50,6 +56,8 @@ def rows(name: str, split: str = "train") -> list[dict[str, Any]]:
         raise ValueError(f"data: unknown built-in dataset 'builtin:{name}'; choose from {', '.join(NAMES)}")
     if split not in SPLITS:
         raise ValueError(f"data: built-in datasets have splits {', '.join(SPLITS)}, not '{split}'")
+    if name in builtin_feedback.NAMES:
+        return builtin_feedback.rows(name, split)
     pairs = [pair for pair, held_out in _pairs() if held_out == (split == "eval")]
     if name == "preferences":
         return [dict(pair) for pair in pairs]

@@ -36,6 +36,8 @@ from jaxalign.data.packing import batch_shape, pack_examples, pack_prompts, pad_
 from jaxalign.data.rows import split_examples
 from jaxalign.data.tokenize import Dropped, ExampleTokenizer, TokenizedExample
 
+PAIRED_KINDS = ("preference", "reward", "listwise")  # examples with several replies sharing a prompt
+SCORE_ONLY_KINDS = ("reward", "pointwise", "listwise")  # reward models: no target arrays, scores at end_index
 ShapeAgreement = Callable[[tuple[int, int, int, int]], tuple[int, int, int, int]]
 
 
@@ -99,8 +101,10 @@ def build_pipeline(
     ordered: bool = False,
 ) -> DataPipeline | None:
     """Builds the ``split`` ("train" or "eval") pipeline for ``kind`` batches
-    ("preference", "reward", "unpaired", "sft", "prompt"; "reward" is
-    "preference" without the target arrays, which a reward model never reads).
+    ("preference", "reward", "pointwise", "listwise", "unpaired", "sft",
+    "prompt"; "reward" is "preference" without the target arrays, which a
+    reward model never reads; "pointwise" one rated reply an example and
+    "listwise" a ranking's replies, best first, both without targets).
 
     Returns None for "eval" when the config names no eval data. ``row_multiple``
     is the number of data-parallel shards this process feeds (rows of every
@@ -135,8 +139,11 @@ def build_pipeline(
     else:
         steps = math.ceil(len(examples) / batch_size)
 
-    paired = kind in ("preference", "reward")
-    pack_length = cfg.resolved_pack_length(paired=paired)
+    paired = kind in PAIRED_KINDS
+    # A ranking batch holds up to `replies` replies an example: the most of the split, so every batch
+    # (and every process, which formats the whole split) has one end_index width.
+    replies = max(len(example.completions) for example in examples) if kind == "listwise" else None
+    pack_length = cfg.resolved_pack_length(paired=paired, replies=replies or 2)
     to_tokens = ExampleTokenizer(
         tokenizer, cfg.max_length, cfg.resolved_max_prompt_length(), cfg.on_overlong,
         loss_on_prompt=kind == "sft" and not cfg.completion_only_loss,
@@ -145,7 +152,7 @@ def build_pipeline(
     pack = functools.partial(
         _pack_batch, kind=kind, slots=local_batch, pack_length=pack_length,
         pad_to_multiple=cfg.pad_to_multiple, row_multiple=row_multiple,
-        attention_tile=cfg.attention_tile(paired=paired),
+        attention_tile=cfg.attention_tile(paired=paired, replies=replies or 2), replies=replies,
     )
     consume = functools.partial(_consume, stats=run_stats, shape_agreement=shape_agreement)
 
@@ -194,7 +201,7 @@ def _with_mismatched_completions(examples: list[TokenizedExample]) -> list[Token
 
 def _pack_batch(
     items: Sequence[TokenizedExample | Dropped | None], *, kind: str, slots: int, pack_length: int,
-    pad_to_multiple: int, row_multiple: int, attention_tile: int | None,
+    pad_to_multiple: int, row_multiple: int, attention_tile: int | None, replies: int | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Grain ``batch_fn``: P tokenized examples (None = eval padding) -> (arrays, counts)."""
     examples = [item for item in items if isinstance(item, TokenizedExample)]
@@ -213,7 +220,8 @@ def _pack_batch(
         counts["tokens"], counts["token_slots"] = int(batch["prompt_mask"].sum()), batch["prompt_mask"].size
     else:
         batch = pack_examples(examples, slots=slots, pack_length=pack_length, pad_to_multiple=pad_to_multiple,
-                              row_multiple=row_multiple, attention_tile=attention_tile, targets=kind != "reward")
+                              row_multiple=row_multiple, attention_tile=attention_tile,
+                              targets=kind not in SCORE_ONLY_KINDS, replies=replies)
         counts["tokens"], counts["token_slots"] = int(np.count_nonzero(batch["segment_ids"])), batch["segment_ids"].size
     return batch, counts
 

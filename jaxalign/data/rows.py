@@ -13,6 +13,7 @@ import dataclasses
 import functools
 from typing import Any, Sequence
 
+from jaxalign.data import feedback
 from jaxalign.data.chat import ChatRenderer
 from jaxalign.data.config import DataConfig
 from jaxalign.data.errors import Counter
@@ -53,7 +54,8 @@ def split_examples(cfg: DataConfig, split: str, tokenizer: Any, kind: str) -> Sp
     stats = Counter()
     renderer = functools.cache(lambda: ChatRenderer(tokenizer))
     examples = format_rows(rows, fmt, kind, renderer, cfg.on_bad_row, stats,
-                           max_skipped_fraction=cfg.max_skipped_fraction, split=split)
+                           max_skipped_fraction=cfg.max_skipped_fraction, split=split, cfg=cfg)
+    examples = feedback.prepare(examples, cfg, kind, split)
     return SplitExamples(rows, fmt, examples, stats)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -45,6 +45,7 @@ class TokenizedExample:
     truncated: bool = False
     where: str = ""
     example_id: int = -1  # index of the example in its split (precomputed reference log-probs key on it)
+    columns: Mapping[str, float] = dataclasses.field(default_factory=dict)  # batch columns [R, K] (data.columns)
 
     @property
     def length(self) -> int:
@@ -137,12 +138,14 @@ class ExampleTokenizer:
             label=None if example.label is None else float(example.label),
             truncated=truncated,
             where=example.where,
+            columns=example.columns,
         )
 
     def _overlong_field(self, prompt: list[int], completions: list[list[int]]) -> tuple[str, str] | None:
         if len(prompt) > self.prompt_limit:
             return "prompt", f"prompt is {len(prompt)} tokens, over the limit of {self.prompt_limit}"
-        for field, ids in zip(BRANCH_FIELDS.get(len(completions), ()), completions):
+        fields = BRANCH_FIELDS.get(len(completions)) or [f"ranking[{i}]" for i in range(len(completions))]
+        for field, ids in zip(fields, completions):
             if len(prompt) + len(ids) > self.max_length:
                 return field, f"prompt + {field} is {len(prompt) + len(ids)} tokens, over max_length {self.max_length}"
         return None
