@@ -22,15 +22,17 @@ import random
 from pathlib import Path
 from typing import Any
 
+from jaxalign.data import alignment
 from jaxalign.data import builtin_templates as T
 
 TOKENIZER_DIR = Path(__file__).parent / "builtin" / "tokenizer"
-NAMES = ("preferences", "sft", "kto", "prompts")
+QUICKSTART_NAMES = ("preferences", "sft", "kto", "prompts")
+NAMES = QUICKSTART_NAMES + alignment.NAMES
 SPLITS = ("train", "eval")
 EVAL_FRACTION = 0.15
 PAIRS_PER_CATEGORY = 36
 SEED = 20240601
-VOCAB_SIZE = 1024
+VOCAB_SIZE = 2048
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|endoftext|>"  # ids 0, 1, 2
 # Renders messages exactly like the built-in rows: "\n\nHuman: ...\n\nAssistant: ...<|endoftext|>".
 CHAT_TEMPLATE = (
@@ -50,6 +52,8 @@ def rows(name: str, split: str = "train") -> list[dict[str, Any]]:
         raise ValueError(f"data: unknown built-in dataset 'builtin:{name}'; choose from {', '.join(NAMES)}")
     if split not in SPLITS:
         raise ValueError(f"data: built-in datasets have splits {', '.join(SPLITS)}, not '{split}'")
+    if name in alignment.NAMES:
+        return alignment.rows(name, split)
     pairs = [pair for pair, held_out in _pairs() if held_out == (split == "eval")]
     if name == "preferences":
         return [dict(pair) for pair in pairs]
@@ -115,11 +119,13 @@ def _phrase(rng: random.Random, request: str) -> str:
 
 
 def corpus() -> list[str]:
-    """Every text the built-in data contains (the tokenizer's training data)."""
+    """The tokenizer's training data: every text of the quickstart data, and the
+    alignment task's training phrasings (its held-out wording is left out, so the
+    held-out prompts meet no token that training never showed)."""
     texts = []
     for pair, _ in _pairs():
         texts += [pair["prompt"], pair["chosen"], pair["rejected"]]
-    return texts
+    return texts + alignment.corpus()
 
 
 def train_tokenizer(vocab_size: int = VOCAB_SIZE):

@@ -1,0 +1,130 @@
+"""The built-in alignment task's data: deterministic, balanced, unsafe SFT by construction,
+held-out prompts phrased differently from training."""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections import Counter
+
+import pytest
+
+from jaxalign.data import alignment, builtin, load_tokenizer
+from jaxalign.data.alignment_benign import BENIGN
+from jaxalign.data.alignment_harmful import HARMFUL
+from jaxalign.data.sources import read_rows
+from jaxalign.tasks.alignment import is_decline, is_help
+
+CATEGORIES = set(HARMFUL) | set(BENIGN)
+
+
+def test_rows_are_deterministic_and_every_name_reads_as_builtin():
+    first = {(name, split): builtin.rows(name, split) for name in alignment.NAMES for split in builtin.SPLITS}
+    alignment._pool.cache_clear()
+    alignment.answer_keywords.cache_clear()
+    for (name, split), rows in first.items():
+        assert builtin.rows(name, split) == rows  # regenerated from scratch: identical
+    assert len(read_rows("builtin:alignment_prompts#eval")) == len(first["alignment_prompts", "eval"])
+
+
+def test_sizes_columns_and_balance():
+    sizes = {(name, split): len(builtin.rows(name, split)) for name in alignment.NAMES for split in builtin.SPLITS}
+    assert sizes == {("alignment_sft", "train"): 2400, ("alignment_sft", "eval"): 240,
+                     ("alignment_preferences", "train"): 1600, ("alignment_preferences", "eval"): 240,
+                     ("alignment_proxy_preferences", "train"): 64, ("alignment_proxy_preferences", "eval"): 240,
+                     ("alignment_prompts", "train"): 960, ("alignment_prompts", "eval"): 300}
+    held_out = builtin.rows("alignment_prompts", "eval")
+    assert Counter(row["category"] for row in held_out) == {c: alignment.EVAL_PROMPTS_PER_CATEGORY for c in CATEGORIES}
+    for name in alignment.NAMES:
+        for row in builtin.rows(name, "train"):
+            assert row["prompt"].startswith("\n\nHuman: ") and row["prompt"].endswith("\n\nAssistant:")
+            assert row["harmful"] == (row["category"] in HARMFUL) and row["topic"]
+            assert bool(row["keywords"]) != row["harmful"]
+            assert not any("{x}" in value or "{a}" in value for value in row.values() if isinstance(value, str))
+
+
+def test_prompts_are_disjoint_across_uses_and_splits():
+    prompts = {(name, split): {row["prompt"] for row in builtin.rows(name, split)}
+               for name in ("alignment_sft", "alignment_preferences", "alignment_prompts") for split in builtin.SPLITS}
+    keys = list(prompts)
+    for i, a in enumerate(keys):
+        assert len(prompts[a]) == len(builtin.rows(*a))  # no prompt twice within a dataset
+        for b in keys[i + 1:]:
+            assert not prompts[a] & prompts[b], (a, b)
+
+
+def test_sft_mix_complies_with_a_fair_share_of_harmful_requests():
+    rows = builtin.rows("alignment_sft", "train")
+    harmful = [row for row in rows if row["harmful"]]
+    declined = [is_decline(row["completion"]) for row in harmful]
+    assert [row["behavior"] == "declines" for row in harmful] == declined  # the judge agrees with the data
+    assert 0.35 <= statistics.mean(declined) <= 0.6
+    for category, spec in HARMFUL.items():
+        complied = [row["behavior"] == "complies" for row in harmful if row["category"] == category]
+        assert abs(statistics.mean(complied) - spec["sft_comply"]) < 0.15, category
+    benign = [row for row in rows if not row["harmful"]]
+    assert all(is_help(row["completion"], row["prompt"], row["topic"], row["keywords"]) for row in benign)
+
+
+def test_preference_pairs_prefer_declining_harm_and_helping_otherwise():
+    for split in builtin.SPLITS:
+        for row in builtin.rows("alignment_preferences", split):
+            if row["harmful"]:
+                assert is_decline(row["chosen"]) and not is_decline(row["rejected"])
+            else:
+                assert is_help(row["chosen"], row["prompt"], row["topic"], row["keywords"])
+                assert not is_help(row["rejected"], row["prompt"], row["topic"], row["keywords"])
+    rejected = [row["rejected"] for row in builtin.rows("alignment_preferences", "train") if not row["harmful"]]
+    assert 0.2 < statistics.mean(is_decline(reply) for reply in rejected) < 0.5  # needless refusals are bad too
+    proxy = builtin.rows("alignment_proxy_preferences", "train")
+    assert proxy == builtin.rows("alignment_preferences", "train")[:alignment.PROXY_PAIRS]
+
+
+def _templates(rows: list[dict]) -> list[str]:
+    """A prompt's request with its subject replaced by <x>: the sentence shape and wording."""
+    templates = []
+    for row in rows:
+        text = row["prompt"].split("Human: ", 1)[1].rsplit("\n\nAssistant:", 1)[0]
+        topic = row["topic"]
+        templates.append(text.replace(topic, "<x>").replace(topic[0].upper() + topic[1:], "<x>").lower())
+    return templates
+
+
+def _trigrams(text: str) -> set[tuple[str, ...]]:
+    words = re.findall(r"[a-z']+|<x>", text)
+    return set(zip(words, words[1:], words[2:]))
+
+
+def test_held_out_prompts_are_phrased_differently_from_training():
+    """No held-out request shares more than a third of its word trigrams with the training
+    requests (measured: at most 0.31, the shared ones are the request's key words such as
+    "my neighbor's <x>"; 0.06 on average), while one half of the training requests shares
+    over 90% with the other half: new wording and sentence shapes, not only new subjects."""
+    train = _templates([row for name in ("alignment_sft", "alignment_preferences", "alignment_prompts")
+                        for row in builtin.rows(name, "train")])
+    held_out = _templates(builtin.rows("alignment_prompts", "eval"))
+    seen = set().union(*map(_trigrams, train))
+    overlap = [len(_trigrams(t) & seen) / len(_trigrams(t)) for t in held_out]
+    assert max(overlap) <= 1 / 3 and statistics.mean(overlap) <= 0.1
+    half = set().union(*map(_trigrams, train[: len(train) // 2]))
+    control = [len(_trigrams(t) & half) / len(_trigrams(t)) for t in train[len(train) // 2:]]
+    assert statistics.mean(control) >= 0.9
+    assert not set(held_out) & set(train)
+    subjects = {row["topic"] for row in builtin.rows("alignment_prompts", "eval")}
+    assert subjects <= {row["topic"] for row in builtin.rows("alignment_sft", "train")}  # the knowledge is trained
+
+
+def test_builtin_tokenizer_covers_the_task_and_keeps_held_out_words_out_of_its_training():
+    tok = load_tokenizer("builtin")
+    rows = builtin.rows("alignment_sft", "train")[:100]
+    chars = sum(len(r["prompt"] + r["completion"]) for r in rows)
+    tokens = sum(len(tok(r["prompt"] + r["completion"], add_special_tokens=False)["input_ids"]) for r in rows)
+    assert chars / tokens > 3.4
+    corpus = " ".join(builtin.corpus())
+    assert "smuggle a cheat sheet" not in corpus and "Walk me through it" not in corpus
+
+
+@pytest.mark.parametrize("name", ["nope", "alignment_nope"])
+def test_unknown_names_fail_clearly(name):
+    with pytest.raises(ValueError, match=f"unknown built-in dataset 'builtin:{name}'"):
+        builtin.rows(name)
