@@ -3,6 +3,7 @@ held-out prompts phrased differently from training."""
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
 from collections import Counter
@@ -29,10 +30,13 @@ def test_rows_are_deterministic_and_every_name_reads_as_builtin():
 
 def test_sizes_columns_and_balance():
     sizes = {(name, split): len(builtin.rows(name, split)) for name in alignment.NAMES for split in builtin.SPLITS}
-    assert sizes == {("alignment_sft", "train"): 2400, ("alignment_sft", "eval"): 240,
-                     ("alignment_preferences", "train"): 1600, ("alignment_preferences", "eval"): 240,
-                     ("alignment_proxy_preferences", "train"): 64, ("alignment_proxy_preferences", "eval"): 240,
-                     ("alignment_prompts", "train"): 960, ("alignment_prompts", "eval"): 300}
+    eval_rows, held_out_prompts = alignment.EVAL_ROWS, alignment.EVAL_PROMPTS_PER_CATEGORY * len(CATEGORIES)
+    assert sizes == {("alignment_sft", "train"): alignment.SFT_ROWS, ("alignment_sft", "eval"): eval_rows,
+                     ("alignment_preferences", "train"): alignment.PAIR_ROWS, ("alignment_preferences", "eval"): eval_rows,
+                     ("alignment_proxy_preferences", "train"): alignment.PROXY_PAIRS,
+                     ("alignment_proxy_preferences", "eval"): eval_rows,
+                     ("alignment_prompts", "train"): alignment.RL_PROMPTS, ("alignment_prompts", "eval"): held_out_prompts}
+    assert held_out_prompts == 300
     held_out = builtin.rows("alignment_prompts", "eval")
     assert Counter(row["category"] for row in held_out) == {c: alignment.EVAL_PROMPTS_PER_CATEGORY for c in CATEGORIES}
     for name in alignment.NAMES:
@@ -114,14 +118,21 @@ def test_held_out_prompts_are_phrased_differently_from_training():
     assert subjects <= {row["topic"] for row in builtin.rows("alignment_sft", "train")}  # the knowledge is trained
 
 
-def test_builtin_tokenizer_covers_the_task_and_keeps_held_out_words_out_of_its_training():
-    tok = load_tokenizer("builtin")
+def test_alignment_tokenizer_covers_the_task_and_keeps_held_out_words_out_of_its_training(tmp_path):
+    tok = load_tokenizer("builtin:alignment")
+    assert len(tok) == 2048 and (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
     rows = builtin.rows("alignment_sft", "train")[:100]
     chars = sum(len(r["prompt"] + r["completion"]) for r in rows)
     tokens = sum(len(tok(r["prompt"] + r["completion"], add_special_tokens=False)["input_ids"]) for r in rows)
     assert chars / tokens > 3.4
-    corpus = " ".join(builtin.corpus())
+    corpus = " ".join(alignment.corpus())
     assert "smuggle a cheat sheet" not in corpus and "Walk me through it" not in corpus
+    builtin.write_tokenizer(tmp_path, "builtin:alignment")
+    fresh = json.loads((tmp_path / "tokenizer.json").read_text())
+    shipped = json.loads((builtin.ALIGNMENT_TOKENIZER_DIR / "tokenizer.json").read_text())
+    assert fresh["model"] == shipped["model"]  # the shipped file is what the data trains
+    with pytest.raises(ValueError, match="unknown built-in tokenizer 'builtin:nope'"):
+        load_tokenizer("builtin:nope")
 
 
 @pytest.mark.parametrize("name", ["nope", "alignment_nope"])

@@ -48,7 +48,7 @@ from jaxalign.data.alignment_harmful import HARMFUL
 NAMES = ("alignment_sft", "alignment_preferences", "alignment_proxy_preferences", "alignment_prompts")
 SEED = 20250115
 # Disjoint slices of the training requests (round-robin over categories).
-SFT_ROWS, PAIR_ROWS, RL_PROMPTS = 2400, 1600, 960
+SFT_ROWS, PAIR_ROWS, RL_PROMPTS = 4800, 1600, 960
 PROXY_PAIRS = 64
 # Held-out requests: evaluation prompts first, then the SFT and pair eval rows.
 EVAL_PROMPTS_PER_CATEGORY = 10

@@ -10,7 +10,11 @@ useless. The same pairs give ``builtin:sft`` (prompt + chosen reply),
 ``"\\n\\nHuman: ...\\n\\nAssistant:"``, which is also what the built-in
 tokenizer's chat template renders.
 
-Regenerate the shipped tokenizer with ``python -m jaxalign.data.builtin --write-tokenizer``.
+The ``builtin:alignment_*`` names are the alignment task of ``alignment.py``
+(the walkthrough's data). Each family ships its own tokenizer: ``builtin``
+(1,024 tokens, the quickstart text) and ``builtin:alignment`` (2,048 tokens,
+the alignment task's training phrasings). Regenerate both with
+``python -m jaxalign.data.builtin --write-tokenizer``.
 """
 
 from __future__ import annotations
@@ -26,13 +30,14 @@ from jaxalign.data import alignment
 from jaxalign.data import builtin_templates as T
 
 TOKENIZER_DIR = Path(__file__).parent / "builtin" / "tokenizer"
+ALIGNMENT_TOKENIZER_DIR = Path(__file__).parent / "builtin" / "alignment_tokenizer"
 QUICKSTART_NAMES = ("preferences", "sft", "kto", "prompts")
 NAMES = QUICKSTART_NAMES + alignment.NAMES
 SPLITS = ("train", "eval")
 EVAL_FRACTION = 0.15
 PAIRS_PER_CATEGORY = 36
 SEED = 20240601
-VOCAB_SIZE = 2048
+VOCAB_SIZE = 1024
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|endoftext|>"  # ids 0, 1, 2
 # Renders messages exactly like the built-in rows: "\n\nHuman: ...\n\nAssistant: ...<|endoftext|>".
 CHAT_TEMPLATE = (
@@ -119,17 +124,24 @@ def _phrase(rng: random.Random, request: str) -> str:
 
 
 def corpus() -> list[str]:
-    """The tokenizer's training data: every text of the quickstart data, and the
-    alignment task's training phrasings (its held-out wording is left out, so the
-    held-out prompts meet no token that training never showed)."""
+    """Every text the quickstart data contains (the ``builtin`` tokenizer's training data)."""
     texts = []
     for pair, _ in _pairs():
         texts += [pair["prompt"], pair["chosen"], pair["rejected"]]
-    return texts + alignment.corpus()
+    return texts
 
 
-def train_tokenizer(vocab_size: int = VOCAB_SIZE):
-    """A byte-level BPE (GPT-2 style) trained on ``corpus()``, as a transformers tokenizer.
+# Shipped tokenizers: name (as ``model.tokenizer``) -> (folder, training texts, vocabulary size).
+# The alignment task's held-out wording is not in its tokenizer's texts, so held-out
+# prompts meet no token that training never showed.
+TOKENIZERS = {
+    "builtin": (TOKENIZER_DIR, corpus, VOCAB_SIZE),
+    "builtin:alignment": (ALIGNMENT_TOKENIZER_DIR, alignment.corpus, 2048),
+}
+
+
+def train_tokenizer(vocab_size: int = VOCAB_SIZE, texts: list[str] | None = None):
+    """A byte-level BPE (GPT-2 style) trained on ``texts`` (default ``corpus()``), as a transformers tokenizer.
 
     Its post-processor prepends BOS, so the pipeline's BOS handling is
     exercised; pad is id 0, matching the batch layout's padding.
@@ -144,7 +156,7 @@ def train_tokenizer(vocab_size: int = VOCAB_SIZE):
         vocab_size=vocab_size, special_tokens=[PAD, BOS, EOS],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
-    tokenizer.train_from_iterator(corpus(), trainer)
+    tokenizer.train_from_iterator(corpus() if texts is None else texts, trainer)
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, tokenizer.token_to_id(BOS))]
     )
@@ -154,11 +166,14 @@ def train_tokenizer(vocab_size: int = VOCAB_SIZE):
     )
 
 
-def write_tokenizer(directory: Path = TOKENIZER_DIR) -> Path:
-    """Writes ``tokenizer.json`` and a hand-written ``tokenizer_config.json``
-    (portable class name, special tokens, chat template inline) to ``directory``."""
+def write_tokenizer(directory: Path | None = None, name: str = "builtin") -> Path:
+    """Trains the shipped tokenizer ``name`` and writes its ``tokenizer.json`` and a hand-written
+    ``tokenizer_config.json`` (portable class name, special tokens, chat template inline) to
+    ``directory`` (default: its shipped folder)."""
+    shipped, texts, vocab_size = TOKENIZERS[name]
+    directory = shipped if directory is None else directory
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer()
+    tokenizer = train_tokenizer(vocab_size, texts())
     tokenizer.backend_tokenizer.save(str(directory / "tokenizer.json"))
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -174,12 +189,17 @@ def write_tokenizer(directory: Path = TOKENIZER_DIR) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m jaxalign.data.builtin", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--write-tokenizer", action="store_true", help=f"retrain and write the tokenizer to {TOKENIZER_DIR}")
-    parser.add_argument("--out", type=Path, default=TOKENIZER_DIR, help="tokenizer folder (default: the shipped one)")
+    parser.add_argument("--write-tokenizer", action="store_true", help="retrain and write the shipped tokenizers")
+    parser.add_argument("--tokenizer", choices=list(TOKENIZERS), default=None,
+                        help="only this tokenizer (default: all of them)")
+    parser.add_argument("--out", type=Path, default=None, help="folder for --tokenizer (default: its shipped one)")
     parser.add_argument("--show", metavar="NAME", choices=NAMES, help="print a built-in dataset's train rows as JSONL")
     args = parser.parse_args(argv)
+    if args.out is not None and args.tokenizer is None:
+        parser.error("--out needs --tokenizer NAME")
     if args.write_tokenizer:
-        print(f"wrote {write_tokenizer(args.out)}")
+        for name in [args.tokenizer] if args.tokenizer else list(TOKENIZERS):
+            print(f"wrote {write_tokenizer(args.out, name)}")
     if args.show:
         for row in rows(args.show):
             print(json.dumps(row))
