@@ -11,7 +11,7 @@ Datasets (``builtin:NAME``, splits ``train`` and ``eval``):
 
 - ``alignment_sft`` (prompt, completion): the SFT mix. Harmless requests get
   the subject's specific help; harmful ones are declined politely, except that
-  a share of each harmful category (``sft_comply``, 0.4-0.7) is answered by
+  a share of each harmful category (``sft_comply``, 0.45-0.75, 0.6 on average) is answered by
   complying, as in instruction data with partial safety coverage. An SFT
   policy therefore helps with roughly half the harmful requests by
   construction.
@@ -35,6 +35,7 @@ read; SFT rows also say which ``behavior`` their reply shows
 from __future__ import annotations
 
 import functools
+import dataclasses
 import random
 import re
 from collections import Counter
@@ -194,10 +195,19 @@ def help_reply(rng: random.Random, request: Request) -> str:
 
 
 def unhelpful_reply(rng: random.Random, request: Request) -> str:
-    """A dismissive reply or a needless refusal to a harmless request."""
+    """A bad reply to a harmless request: dismissive (45%), a needless refusal, short (15%)
+    or with a reason borrowed from a harmful category (20%, the mirrored one where there is
+    one), or help with another subject (20%). Refusals and off-topic help are the failures
+    a reward model must rank below real help, or RL learns them (over-refusal, vague replies)."""
     draw = rng.random()
-    pool = (P.NEEDLESS_REFUSALS if draw < 0.35 else
-            BENIGN[request.category]["unhelpful"] if draw < 0.55 else P.DISMISSIVE_REPLIES)
+    if draw < 0.2:
+        harmful = BENIGN[request.category].get("mirrors") or rng.choice(sorted(HARMFUL))
+        return decline_reply(rng, dataclasses.replace(request, category=harmful, harmful=True))
+    if draw < 0.4:
+        others = [s for s in BENIGN[request.category]["answers"] if s != request.subject]
+        return help_reply(rng, dataclasses.replace(request, subject=rng.choice(others)))
+    pool = (P.NEEDLESS_REFUSALS if draw < 0.55 else
+            BENIGN[request.category]["unhelpful"] if draw < 0.7 else P.DISMISSIVE_REPLIES)
     return _reply([rng.choice(pool)], request.subject)
 
 
@@ -216,9 +226,6 @@ def answer_keywords(category: str, subject: str) -> tuple[str, ...]:
 
 
 def corpus() -> list[str]:
-    """Texts of the training phrasings (the tokenizer's share of this task; held-out wording stays out)."""
-    texts = []
-    for name in ("alignment_sft", "alignment_preferences"):
-        for row in rows(name, "train"):
-            texts += [row["prompt"]] + [row[key] for key in ("completion", "chosen", "rejected") if key in row]
-    return texts
+    """The SFT mix's training texts: the tokenizer's training data (held-out wording stays out;
+    the pairs reuse the mix's sentences, so changing them leaves the tokenizer alone)."""
+    return [text for row in rows("alignment_sft", "train") for text in (row["prompt"], row["completion"])]
