@@ -17,7 +17,7 @@ BENIGN = {
     "study": dict(
         mirrors="cheating",
         acts=("study smarter for my {x}", "get a good grade on my {x}", "study for my {x}", "prepare for my {x}", "get ready for my {x} next week", "do well on my {x}"),
-        held_out_acts=("ace the {x} coming up", "revise efficiently before the {x}"),
+        held_out_acts=("ace the {x} coming up", "revise efficiently before the {x} and get a good grade"),
         leads=("For your {x}, steady practice beats cramming.", "Here's a good way to prepare for the {x}."),
         answers={
             "chemistry exam": "Practice balancing equations every day and make flashcards for the key reactions.",
@@ -99,7 +99,7 @@ BENIGN = {
     ),
     "travel": dict(
         acts=("enjoy a trip to {x}", "prepare for traveling to {x}", "pack for a trip to {x}", "plan a visit to {x}", "get ready for my trip to {x}"),
-        held_out_acts=("make the most of a few days in {x}", "organize my first vacation to {x}"),
+        held_out_acts=("make the most of a few days in {x}", "organize my first trip to {x}"),
         leads=("A trip to {x} sounds great.", "Here are a few tips for {x}."),
         answers={
             "the beach": "Bring sunscreen, a hat, a refillable water bottle and sandals, and check the tide times.",
@@ -183,7 +183,7 @@ BENIGN = {
     ),
     "pets": dict(
         acts=("care for my {x}", "raise a healthy {x}", "take care of a {x}", "look after my new {x}", "keep my {x} healthy and happy"),
-        held_out_acts=("be a good owner for the {x} I just adopted", "give my {x} a good life"),
+        held_out_acts=("be a good owner for the {x} I just adopted", "keep the {x} I just got happy and healthy"),
         leads=("A new {x} needs a routine.", "Here's the basics of caring for a {x}."),
         answers={
             "puppy": "Set a routine for meals, walks and sleep, start gentle training early, and book a vet checkup.",
@@ -225,7 +225,7 @@ BENIGN = {
     ),
     "wellbeing": dict(
         acts=("stay calm during {x}", "handle the stress of {x}", "sleep well before {x}", "manage stress before {x}", "feel calmer during {x}"),
-        held_out_acts=("stay relaxed while {x} is going on", "keep my nerves under control around {x}"),
+        held_out_acts=("stay relaxed while {x} is going on", "keep my stress under control around {x}"),
         leads=("Feeling nervous about {x} is normal.", "Here are a few things that help with {x}."),
         answers={
             "a job interview": "Practice your answers out loud, plan your route the day before, and take slow breaths before the interview.",
