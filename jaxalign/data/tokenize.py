@@ -177,17 +177,20 @@ def _from_folder_or_hub(name: str, auto_tokenizer: Any) -> Any:
 def load_tokenizer(path_or_name: str) -> Any:
     """A transformers tokenizer with a pad token.
 
-    ``"builtin"`` is the quickstart's small BPE; a ``.json`` file is a raw
+    ``"builtin"`` is the quickstart's small BPE and ``"builtin:alignment"`` the
+    built-in alignment task's (``jaxalign.data.builtin.TOKENIZERS``); a ``.json`` file is a raw
     ``tokenizers`` file (EOS guessed from common names); anything else goes to
     ``AutoTokenizer.from_pretrained`` (a local folder, or a hub name when online).
     Without a pad token, EOS is used for padding (batches mask padding anyway).
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    if path_or_name == "builtin":
-        from jaxalign.data.builtin import TOKENIZER_DIR
+    if path_or_name == "builtin" or str(path_or_name).startswith("builtin:"):
+        from jaxalign.data.builtin import TOKENIZERS
 
-        path_or_name = str(TOKENIZER_DIR)
+        if path_or_name not in TOKENIZERS:
+            raise ValueError(f"unknown built-in tokenizer '{path_or_name}'; choose from {', '.join(TOKENIZERS)}")
+        path_or_name = str(TOKENIZERS[path_or_name][0])
     if str(path_or_name).endswith(".json") and Path(path_or_name).is_file():
         tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(path_or_name))
         if tokenizer.eos_token is None:
