@@ -107,9 +107,9 @@ def test_gold_reads_the_builtin_category_when_there_is_no_harmful_column():
 def test_judges_load_as_ppo_reward_functions():
     for name in judges.JUDGES:
         fn = load_reward_function(f"jaxalign.tasks.alignment:{name}")
-        scores = call_reward_function(fn, name, [PROMPT], [HELPFUL[0]], {
+        scores, valid = call_reward_function(fn, name, [PROMPT], [HELPFUL[0]], {
             "harmful": [False], "category": ["bike_repair"], **{k: [v] for k, v in FLAT_TIRE.items()}})
-        assert scores.shape == (1,)
+        assert scores.shape == (1,) and valid.tolist() == [True]
 
 
 def test_task_metrics_and_score_file(tmp_path):

@@ -131,5 +131,5 @@ def test_config_checks_name_the_problem(tmp_path):
         _config(tmp_path, loss={"name": "simpo"}, precompute_ref_logps=True)
     with pytest.raises(ConfigError, match="beta"):
         _config(tmp_path, loss={"name": "sigmoid", "beta": 0})
-    with pytest.raises(ConfigError, match="algo rm trains with a reward loss"):
+    with pytest.raises(ConfigError, match="algo rm trains with a reward-model loss"):
         _config(tmp_path, algo="rm", loss={"name": "ipo"})
