@@ -1,4 +1,5 @@
 """Command line: ``jaxalign train CONFIG [--set a.b=c ...]``, ``jaxalign generate --model DIR --prompts FILE``,
+``jaxalign pipeline PIPELINE.yaml [--sweeps]``,
 ``jaxalign dashboard RUN_DIR...``, ``jaxalign report RUN_DIR... -o report.html``, ``jaxalign data stats DATASET``."""
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
                       help="override a config value, as for train (repeatable)")
     plan.add_argument("--import-losses", action="store_true",
                       help="import losses named as module:function (plan runs no user code without it)")
+
+    pipeline = commands.add_parser("pipeline", help="run a pipeline of stages (SFT -> RM -> PPO | DPO), evaluated")
+    pipeline.add_argument("config", help="pipeline YAML, e.g. configs/pipelines/alignment.yaml")
+    pipeline.add_argument("--sweeps", action="store_true", help="also run the config's sweeps (one run per value)")
+    pipeline.set_defaults(coordinator=None, num_processes=None, process_id=None)  # one process
 
     generate = commands.add_parser("generate", help="sample completions for a JSONL file of prompts")
     generate.add_argument("--model", required=True, help="Hugging Face model folder (with its tokenizer)")
@@ -107,7 +113,34 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "generate":
         return _generate(args)
+    if args.command == "pipeline":
+        return _pipeline(args)
     return 2
+
+
+def _pipeline(args: argparse.Namespace) -> int:
+    from jaxalign.configlib import ConfigError
+    from jaxalign.pipeline import PipelineStopped, run_pipeline
+
+    try:
+        table = run_pipeline(args.config, sweeps=args.sweeps, log=lambda line: print(f"jaxalign pipeline: {line}",
+                                                                                   file=sys.stderr, flush=True))
+    except ConfigError as err:
+        print(f"jaxalign: pipeline config error: {err}", file=sys.stderr)
+        return 2
+    except PipelineStopped as err:
+        print(f"jaxalign: {err}", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, FileNotFoundError) as err:
+        if os.environ.get("JAXALIGN_DEBUG"):
+            raise
+        print(f"jaxalign: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("jaxalign: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    print(open(table).read())
+    return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
