@@ -95,22 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         from jaxalign.trainer import train
 
-        try:
-            train(cfg)
-        except ConfigError as err:  # found once the run starts: the run dir, the checkpoint's architecture
-            print(f"jaxalign: config error: {err}", file=sys.stderr)
-            return 2
-        except (ValueError, RuntimeError, FileNotFoundError) as err:
-            # Bad input (data rows, mesh, checkpoints, NaN loss) reads better as one
-            # line; JAXALIGN_DEBUG=1 shows the traceback.
-            if os.environ.get("JAXALIGN_DEBUG"):
-                raise
-            print(f"jaxalign: error: {err}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:  # a second Ctrl-C: any checkpoint being written was finished first
-            print("jaxalign: interrupted (the last checkpoint written is complete)", file=sys.stderr)
-            return 130
-        return 0
+        # a second Ctrl-C: any checkpoint being written was finished first
+        return _one_line_errors(lambda: train(cfg), "interrupted (the last checkpoint written is complete)")
     if args.command == "generate":
         return _generate(args)
     if args.command == "pipeline":
@@ -119,14 +105,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _pipeline(args: argparse.Namespace) -> int:
+    from jaxalign.pipeline import run_pipeline
+
+    def run() -> None:
+        table = run_pipeline(args.config, sweeps=args.sweeps,
+                             log=lambda line: print(f"jaxalign pipeline: {line}", file=sys.stderr, flush=True))
+        print(table.read_text())
+
+    return _one_line_errors(run, "interrupted; rerun the same command to resume")
+
+
+def _one_line_errors(call, interrupted: str) -> int:
+    """Runs ``call()``; bad input (config, data rows, mesh, checkpoints, NaN loss) reads better as
+    one line than a traceback (JAXALIGN_DEBUG=1 shows it). Exit codes: 2 config, 1 error, 130 stopped."""
     from jaxalign.configlib import ConfigError
-    from jaxalign.pipeline import PipelineStopped, run_pipeline
+    from jaxalign.pipeline import PipelineStopped
 
     try:
-        table = run_pipeline(args.config, sweeps=args.sweeps, log=lambda line: print(f"jaxalign pipeline: {line}",
-                                                                                   file=sys.stderr, flush=True))
-    except ConfigError as err:
-        print(f"jaxalign: pipeline config error: {err}", file=sys.stderr)
+        call()
+    except ConfigError as err:  # also found once a run starts: the run dir, the checkpoint's architecture
+        print(f"jaxalign: config error: {err}", file=sys.stderr)
         return 2
     except PipelineStopped as err:
         print(f"jaxalign: {err}", file=sys.stderr)
@@ -137,9 +135,8 @@ def _pipeline(args: argparse.Namespace) -> int:
         print(f"jaxalign: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("jaxalign: interrupted; rerun the same command to resume", file=sys.stderr)
+        print(f"jaxalign: {interrupted}", file=sys.stderr)
         return 130
-    print(open(table).read())
     return 0
 
 
