@@ -62,7 +62,7 @@ def test_pipeline_trains_evaluates_skips_on_rerun_and_resumes_an_interrupted_sta
     assert [line.split(":")[0] for line in lines if "training" in line] == ["stage sft", "stage rm", "stage dpo"]
     text = table.read_text()
     header = text.splitlines()[2]
-    for column in ("decline (greedy)", "help (greedy)", "reward (greedy)", "KL to ref (sampled)", "length (tokens) (greedy)"):
+    for column in ("decline (greedy)", "help (greedy)", "reward (greedy)", "KL to ref (sampled)", "tokens (greedy)"):
         assert column in header
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
     assert set(rows) == {"stage", "sft", "dpo"}  # the reward model is not a policy row

@@ -15,7 +15,7 @@ COLUMNS = (
     ("alignment/over_refusal_rate", "over-refusal"),
     ("reward", "reward"),
     ("kl", "KL to ref"),
-    ("mean_length", "length (tokens)"),
+    ("mean_length", "tokens"),
 )
 
 
