@@ -1,4 +1,5 @@
 """Command line: ``jaxalign train CONFIG [--set a.b=c ...]``, ``jaxalign generate --model DIR --prompts FILE``,
+``jaxalign pipeline PIPELINE.yaml [--sweeps]``,
 ``jaxalign dashboard RUN_DIR...``, ``jaxalign report RUN_DIR... -o report.html``, ``jaxalign data stats DATASET``."""
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
                       help="override a config value, as for train (repeatable)")
     plan.add_argument("--import-losses", action="store_true",
                       help="import losses named as module:function (plan runs no user code without it)")
+
+    pipeline = commands.add_parser("pipeline", help="run a pipeline of stages (SFT -> RM -> PPO | DPO), evaluated")
+    pipeline.add_argument("config", help="pipeline YAML, e.g. configs/pipelines/alignment.yaml")
+    pipeline.add_argument("--sweeps", action="store_true", help="also run the config's sweeps (one run per value)")
+    pipeline.set_defaults(coordinator=None, num_processes=None, process_id=None)  # one process
 
     generate = commands.add_parser("generate", help="sample completions for a JSONL file of prompts")
     generate.add_argument("--model", required=True, help="Hugging Face model folder (with its tokenizer)")
@@ -89,25 +95,49 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         from jaxalign.trainer import train
 
-        try:
-            train(cfg)
-        except ConfigError as err:  # found once the run starts: the run dir, the checkpoint's architecture
-            print(f"jaxalign: config error: {err}", file=sys.stderr)
-            return 2
-        except (ValueError, RuntimeError, FileNotFoundError) as err:
-            # Bad input (data rows, mesh, checkpoints, NaN loss) reads better as one
-            # line; JAXALIGN_DEBUG=1 shows the traceback.
-            if os.environ.get("JAXALIGN_DEBUG"):
-                raise
-            print(f"jaxalign: error: {err}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:  # a second Ctrl-C: any checkpoint being written was finished first
-            print("jaxalign: interrupted (the last checkpoint written is complete)", file=sys.stderr)
-            return 130
-        return 0
+        # a second Ctrl-C: any checkpoint being written was finished first
+        return _one_line_errors(lambda: train(cfg), "interrupted (the last checkpoint written is complete)")
     if args.command == "generate":
         return _generate(args)
+    if args.command == "pipeline":
+        return _pipeline(args)
     return 2
+
+
+def _pipeline(args: argparse.Namespace) -> int:
+    from jaxalign.pipeline import run_pipeline
+
+    def run() -> None:
+        table = run_pipeline(args.config, sweeps=args.sweeps,
+                             log=lambda line: print(f"jaxalign pipeline: {line}", file=sys.stderr, flush=True))
+        print(table.read_text())
+
+    return _one_line_errors(run, "interrupted; rerun the same command to resume")
+
+
+def _one_line_errors(call, interrupted: str) -> int:
+    """Runs ``call()``; bad input (config, data rows, mesh, checkpoints, NaN loss) reads better as
+    one line than a traceback (JAXALIGN_DEBUG=1 shows it). Exit codes: 2 config, 1 error, 130 stopped."""
+    from jaxalign.configlib import ConfigError
+    from jaxalign.pipeline import PipelineStopped
+
+    try:
+        call()
+    except ConfigError as err:  # also found once a run starts: the run dir, the checkpoint's architecture
+        print(f"jaxalign: config error: {err}", file=sys.stderr)
+        return 2
+    except PipelineStopped as err:
+        print(f"jaxalign: {err}", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, FileNotFoundError) as err:
+        if os.environ.get("JAXALIGN_DEBUG"):
+            raise
+        print(f"jaxalign: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"jaxalign: {interrupted}", file=sys.stderr)
+        return 130
+    return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
