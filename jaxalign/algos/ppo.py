@@ -278,6 +278,7 @@ class PPO(Algorithm):
 
     name = "ppo"
     sections = {"ppo": PPOConfig}
+    supports_lora = False  # until PPO is rebuilt on the rollout layer
 
     def check_config(self, cfg: TrainConfig) -> None:
         cfg.ppo.check_for_run(cfg.data.batch_size)

@@ -30,23 +30,23 @@ def data_kind(cfg: TrainConfig) -> str:
     return "reward"
 
 
-def pair_rewards(graphdef: nnx.GraphDef, params, batch: Batch) -> jax.Array:
+def pair_rewards(graphdef: nnx.GraphDef, params, batch: Batch, dropout_key=None) -> jax.Array:
     """Reward of chosen and rejected for every example slot, ``[R, K, 2]`` float32."""
-    model = nnx.merge(graphdef, params)
+    model = common.merge_model(graphdef, params, dropout_key)
     hidden = model.hidden_states(batch["input_ids"], batch["positions"], batch["segment_ids"], batch["branch_ids"],
                                 batch.get("tile_pairs"))
     return model.scores_from_hidden(gather_positions(hidden, batch["end_index"]))
 
 
 def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
-    model = common.build_model(cfg.model, cfg, mesh, head="score", tokenizer=tokenizer)
+    model = common.build_model(cfg.model, cfg, mesh, head="score", tokenizer=tokenizer, lora=cfg.lora)
     graphdef, params = common.split_params(model)
-    params, frozen = common.trainable_split(cfg.model, params)
+    params, frozen = common.trainable_split(cfg.model, params, cfg.lora)
     state, optimizer = common.init_train_state(cfg, mesh, params, total_steps)
     loss = build_loss(cfg.loss)
 
-    def loss_fn(params, batch: Batch, frozen: dict):
-        rewards = pair_rewards(graphdef, common.with_frozen(params, frozen), batch)
+    def loss_fn(params, batch: Batch, frozen: dict, dropout_key=None):
+        rewards = pair_rewards(graphdef, common.with_frozen(params, frozen), batch, dropout_key)
         inputs = RewardInputs(
             chosen_rewards=rewards[..., 0].reshape(-1),
             rejected_rewards=rewards[..., 1].reshape(-1),
@@ -56,14 +56,15 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
         return loss(inputs).result()
 
     def train_step(state: TrainState, batch: Batch, frozen: dict):
-        return common.gradient_step(state, optimizer, lambda p, b: loss_fn(p, b, frozen), batch)
+        key = common.dropout_key(state, cfg.lora)
+        return common.gradient_step(state, optimizer, lambda p, b: loss_fn(p, b, frozen, key), batch)
 
     def eval_step(state: TrainState, batch: Batch, frozen: dict):
         loss_value, metrics = loss_fn(state.params, batch, frozen)
         return {**metrics, "loss": loss_value, "eval_weight": common.num_examples(batch)}
 
     return AlgoRun(state=state, frozen=frozen, train_step=train_step, eval_step=eval_step,
-                   export=common.export_with(graphdef, frozen))
+                   export=common.export_with(graphdef, frozen, cfg.lora, common.base_name(cfg.model)))
 
 
 @register_algorithm
