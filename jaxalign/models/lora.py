@@ -140,8 +140,16 @@ class AdapterSpec:
 
 
 def _linear_maps(model: nnx.Module) -> dict[tuple, Linear]:
-    return {tuple(path): node for path, node in nnx.iter_graph(model)
-            if isinstance(node, Linear) and path and path[0] == "model"}
+    """The decoder's ``Linear`` modules by path, in model order (layer, then attention before MLP)."""
+    found = {tuple(path): node for path, node in nnx.iter_graph(model)
+             if isinstance(node, Linear) and path and path[0] == "model"}
+    order = PRESETS["all-linear"]
+
+    def position(path: tuple) -> tuple:
+        layer = next((key for key in path if isinstance(key, int)), -1)
+        return layer, order.index(path[-1]) if path[-1] in order else len(order), path
+
+    return {path: found[path] for path in sorted(found, key=position)}
 
 
 def adaptable_modules(model: nnx.Module) -> dict[str, Linear]:
