@@ -14,7 +14,7 @@ from jaxalign.config import load_config
 from jaxalign.data import load_tokenizer
 from jaxalign.plan_report import knobs
 from jaxalign.sharding import batch_divisor, batch_sharding, make_mesh, replicated
-from tests.train_fixtures import tiny_run_config, write_config
+from tests.train_fixtures import TINY_LLAMA, tiny_run_config, write_config
 
 LLAMA3_8B = "configs/examples/models/llama3_8b.json"
 V5P_EXAMPLE = "configs/examples/llama3_8b_dpo_v5p64.yaml"
@@ -26,9 +26,9 @@ def llama3_8b():
     return plan.read_model_config(load_config(V5P_EXAMPLE).model, LLAMA3_8B)
 
 
-def _small_config(tmp_path, algo: str, model: dict, data: dict, mesh: dict, **sections):
+def _small_config(tmp_path, algo: str, architecture: dict, data: dict, mesh: dict, **sections):
     config = tiny_run_config(tmp_path / "run", algo=algo, mesh=mesh, **sections)
-    config["model"]["config"].update(model)
+    config["model"]["config"] = {**TINY_LLAMA, **architecture}
     config["data"].update(data)
     return load_config(write_config(tmp_path / "c.yaml", config))
 
@@ -188,16 +188,23 @@ WIDE = {"hidden_size": 512, "intermediate_size": 1024, "num_attention_heads": 8,
         "num_hidden_layers": 4}
 
 
-@pytest.mark.parametrize("algo, model, data, mesh", [
+@pytest.mark.parametrize("algo, model, data, mesh, sections", [
     # data parallel: parameters, AdamW state and gradients dominate, activations ~30%
-    ("rm", SMALL, {"batch_size": 8, "max_length": 128, "pad_to_multiple": 32}, {"data": 8}),
+    ("rm", SMALL, {"batch_size": 8, "max_length": 128, "pad_to_multiple": 32}, {"data": 8}, {}),
     # DPO with the in-step reference: two rows of 256 tokens a device, activations ~40%
-    ("dpo", SMALL, {"batch_size": 16, "max_length": 128, "pad_to_multiple": 32}, {"data": 8}),
+    ("dpo", SMALL, {"batch_size": 16, "max_length": 128, "pad_to_multiple": 32}, {"data": 8}, {}),
     # fsdp=8: sharded state, all-gathered weights dominate
-    ("rm", WIDE, {"batch_size": 8, "max_length": 32}, {"data": 1, "fsdp": 8}),
-], ids=["rm-data8", "dpo-data8", "rm-fsdp8"])
-def test_estimate_matches_xla_memory_analysis(tmp_path, algo, model, data, mesh):
-    cfg = _small_config(tmp_path, algo, model, data, mesh)
+    ("rm", WIDE, {"batch_size": 8, "max_length": 32}, {"data": 1, "fsdp": 8}, {}),
+    # LoRA DPO, frozen base in bfloat16, adapters and their AdamW state in float32, dropout on, the
+    # reference is the base with adapters off: the frozen base and activations dominate
+    ("dpo", SMALL, {"batch_size": 16, "max_length": 128, "pad_to_multiple": 32}, {"data": 8},
+     {"lora": {"rank": 16, "dropout": 0.1}, "model": {"param_dtype": "bfloat16"}}),
+    # LoRA reward model over fsdp=8: attention adapters, the score head trained fully
+    ("rm", WIDE, {"batch_size": 8, "max_length": 32}, {"data": 1, "fsdp": 8},
+     {"lora": {"rank": 8, "target_modules": "attention"}}),
+], ids=["rm-data8", "dpo-data8", "rm-fsdp8", "dpo-lora-bf16-base-data8", "rm-lora-fsdp8"])
+def test_estimate_matches_xla_memory_analysis(tmp_path, algo, model, data, mesh, sections):
+    cfg = _small_config(tmp_path, algo, model, data, mesh, **sections)
     architecture = plan.read_model_config(cfg.model, vocab_size=len(load_tokenizer("builtin")))
     estimate = plan.estimate(cfg, jax.device_count(), architecture=architecture)
     xla = _xla_bytes(cfg, estimate.workload)

@@ -199,11 +199,22 @@ class DPO(Algorithm):
         return setup(cfg, mesh, tokenizer, total_steps)
 
     def plan_terms(self, cfg: TrainConfig, ctx) -> list:
+        from jaxalign.plan import Term
+
         terms = super().plan_terms(cfg, ctx)
-        if _holds_reference(cfg):
+        if _holds_reference(cfg) and cfg.ref_model is not None:
             dtype = _reference_dtype(cfg)
             terms.append(ctx.frozen_model_term("frozen reference", ctx.model.replace(param_dtype=dtype), "causal_lm",
                                                dtype, "reference parameters"))
+        elif _holds_reference(cfg):  # the starting policy: its frozen part is shared
+            copied = ctx.starting_reference_bytes("causal_lm")
+            if cfg.lora is not None:
+                detail = "the base with adapters off: the policy's frozen weights, " + (
+                    "+ starting values of base parameters that train" if copied else "no copy")
+            else:
+                detail = f"starting values of the trained parameters in {cfg.model.param_dtype}" + (
+                    "; the frozen part is shared" if cfg.model.partial else "")
+            terms.append(Term("frozen reference", copied, detail))
         return terms
 
     def plan_knobs(self, cfg: TrainConfig, plan) -> list:
