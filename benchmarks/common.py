@@ -1,6 +1,6 @@
 """Shared pieces of the jaxalign-vs-TRL training benchmarks.
 
-* ``shared_data()``: the HH-RLHF file and GPT-2 tokenizer under ``../shared/data``
+* ``shared_data()``: the HH-RLHF file and GPT-2 tokenizer under ``tests/data/real``
   (the benchmark exits 0 with a SKIP message when they are absent);
 * ``hh_pairs()``: HH-RLHF rows split into prompt/chosen/rejected and filtered so
   that neither trainer truncates anything (both then see identical tokens);
@@ -31,7 +31,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("JAXALIGN_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED_DATA = Path(os.environ.get("JAXALIGN_SHARED_DATA", REPO / "tests" / "data" / "real"))
 HH_FILE = "hh-rlhf-helpful-base-test.jsonl.gz"
 GPT2_TOKENIZER = "gpt2-tokenizer.json"
 
@@ -40,7 +40,7 @@ GPT2_TOKENIZER = "gpt2-tokenizer.json"
 
 
 def shared_data(*names: str) -> dict[str, Path]:
-    """Paths of files in ``../shared/data``; exits 0 with a SKIP line when any is absent."""
+    """Paths of files in ``tests/data/real``; exits 0 with a SKIP line when any is absent."""
     paths = {name: SHARED_DATA / name for name in names}
     missing = [str(path) for path in paths.values() if not path.is_file()]
     if missing:

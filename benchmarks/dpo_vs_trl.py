@@ -8,7 +8,7 @@ on bf16 autocast and gradient checkpointing).
 
 Two workloads (``--workload``):
 
-* ``hh``: HH-RLHF helpful-base test pairs (``../shared/data``), GPT-2 tokenizer,
+* ``hh``: HH-RLHF helpful-base test pairs (``tests/data/real``), GPT-2 tokenizer,
   random-init Llama (vocab 50,257, hidden 512, 8 layers, 8 heads, MLP 1376,
   untied head), 8 pairs/step, max_length 512. The implicit-prompt rows are
   split once with jaxalign's implicit-prompt rule and both trainers get the

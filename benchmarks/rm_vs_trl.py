@@ -6,7 +6,7 @@ Same model, data, batch and precision on both sides:
   default hidden 512, 8 layers, 8 heads, MLP 1376, GPT-2 vocabulary 50,257),
   float32, saved once to a temp folder; jaxalign loads it through ``model.path``
   (score head), TRL through ``AutoModelForSequenceClassification``;
-* data: HH-RLHF helpful-base test pairs (``../shared/data``), GPT-2 tokenizer,
+* data: HH-RLHF helpful-base test pairs (``tests/data/real``), GPT-2 tokenizer,
   kept in file order on both sides (jaxalign ``data.shuffle: false``, TRL
   ``train_sampling_strategy="sequential"``), so step i sees the same 8 pairs on
   both. Pairs that would need truncation at ``--max-length`` are dropped before

@@ -9,7 +9,7 @@ Usage::
     python benchmarks/run_all.py [--only rm dpo_hh dpo_builtin] [--out results.jsonl]
 
 Needs the ``bench`` extra (``pip install -e ".[bench]"``) and, for the HH-RLHF
-workloads, ``../shared/data`` (they print SKIP without it). Expect 5 minutes on
+workloads, ``tests/data/real`` (they print SKIP without it). Expect 5 minutes on
 a quiet 2-core CPU, up to 20 when other work shares it.
 """
 

@@ -39,8 +39,17 @@ example_mask       [R, K] f32   1.0 where the slot holds an example
 =================  ===========  =====================================================
 
 Optional per-example columns, all ``[R, K]`` float32 unless noted: ``margin``
-(reward-model margin), ``label`` (KTO: 1 desirable, 0 undesirable),
+(reward-model margin), ``label`` (KTO: 1 desirable, 0 undesirable; pointwise
+reward models: 1 acceptable), ``weight`` (the loss is the weighted mean),
+``preference_strength`` (P(chosen is better), soft labels), ``rating`` and
+``rating_level`` (pointwise reward models; ``jaxalign.data.columns``),
 ``ref_logps`` ``[R, K, 2]`` (precomputed reference log-prob sums).
+
+Rankings (listwise reward models) use branches 1..M for a ranking's replies,
+best first, each attending to the prompt and itself; their ``end_index`` is
+``[R, K, M]`` and ``reply_mask`` ``[R, K, M]`` float32 marks the replies
+present. Nothing else changes: the mask below already lets each branch see
+only the prompt and itself.
 
 ``example_id`` ``[R, K]`` int32 is each example's index in its split (0 in
 empty slots); precomputed reference log-probs are looked up by it.

@@ -1,5 +1,5 @@
 """Command line: ``jaxalign train CONFIG [--set a.b=c ...]``, ``jaxalign generate --model DIR --prompts FILE``,
-``jaxalign dashboard RUN_DIR...``, ``jaxalign report RUN_DIR... -o report.html``."""
+``jaxalign dashboard RUN_DIR...``, ``jaxalign report RUN_DIR... -o report.html``, ``jaxalign data stats DATASET``."""
 
 from __future__ import annotations
 
@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     from jaxalign.dashboard.command import add_commands as add_dashboard_commands
 
     add_dashboard_commands(commands)
+    from jaxalign.data.stats_report import add_commands as add_data_commands
+
+    add_data_commands(commands)
     return parser
 
 
@@ -66,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         from jaxalign.dashboard.command import run as run_dashboard_command
 
         return run_dashboard_command(args)
+    if args.command == "data":  # reads rows only
+        from jaxalign.data.stats_report import run as run_data_command
+
+        return run_data_command(args)
     # Before anything touches devices: jax.distributed must come first.
     from jaxalign import distributed
 

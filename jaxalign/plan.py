@@ -189,10 +189,10 @@ def worst_case_workload(cfg: TrainConfig, mesh_sizes: Mapping[str, int], kind: s
     a single example is longer.
     """
     data = cfg.data
-    paired = kind in ("preference", "reward", "unpaired")  # unpaired rows carry KTO's mismatched second branch
+    paired = kind in ("preference", "reward", "unpaired", "listwise")  # unpaired rows carry KTO's mismatched second branch
     shards = mesh_sizes["data"] * mesh_sizes["fsdp"]
     rows = bucket_rows(-(-data.batch_size // shards), 1)
-    pack_length = data.resolved_pack_length(paired=kind in ("preference", "reward"))
+    pack_length = data.resolved_pack_length(paired=kind in ("preference", "reward", "listwise"))
     longest_example = 2 * data.max_length if paired else data.max_length
     length = pack_length if pack_length >= longest_example else round_up(longest_example, data.pad_to_multiple)
     return Workload(rows=rows, length=length, targets=round_up(length, data.pad_to_multiple))

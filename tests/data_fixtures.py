@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-HH_PATH = SHARED_DATA / "hh-rlhf-helpful-base-test.jsonl.gz"
-GPT2_PATH = SHARED_DATA / "gpt2-tokenizer.json"
+REAL_DATA = Path(__file__).resolve().parent / "data" / "real"  # HH-RLHF and GPT-2's tokenizer (README there)
+HH_PATH = REAL_DATA / "hh-rlhf-helpful-base-test.jsonl.gz"
+GPT2_PATH = REAL_DATA / "gpt2-tokenizer.json"
 
 needs_shared_data = pytest.mark.skipif(
-    not (HH_PATH.exists() and GPT2_PATH.exists()), reason="../shared/data (HH-RLHF, GPT-2 tokenizer) not present"
+    not (HH_PATH.exists() and GPT2_PATH.exists()), reason="tests/data/real (HH-RLHF, GPT-2 tokenizer) not present"
 )
 
 

@@ -41,3 +41,20 @@ def vowel_words(prompts, completions, **columns):
         words = text.split()
         scores.append(sum(word[0].lower() in "aeiou" for word in words) / max(len(words), 6))
     return scores
+
+
+# The same failures from the third call on (the third iteration's rollout), after two good steps.
+def _third_call(bad):
+    calls = {"count": 0}  # per function: a loaded module may be reused by later runs in the same process
+
+    def reward(prompts, completions, **columns):
+        calls["count"] += 1
+        return bad(prompts, completions, **columns) if calls["count"] >= 3 else [0.1] * len(completions)
+    reward.__name__ = f"{bad.__name__}_on_third_call"
+    return reward
+
+
+raises_on_third_call = _third_call(raises)
+wrong_length_on_third_call = _third_call(wrong_length)
+nan_on_third_call = _third_call(nan)
+not_a_number_on_third_call = _third_call(not_a_number)

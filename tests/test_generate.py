@@ -176,3 +176,49 @@ def test_rejects_bad_prompts_and_models(llama, tmp_path):
         generate(gpt2, ids, mask, jax.random.key(0), SamplingConfig(60))
     with pytest.raises(TypeError, match="CausalLM"):
         generate(load_pretrained(tmp_path, head="score"), ids, mask, jax.random.key(0), SamplingConfig(4))
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral_sliding", "gpt2_untied"])
+def test_the_one_forward_with_a_cache_equals_it_without(arch, tmp_path):
+    """Prefill a left-padded chunk, then feed tokens one and two at a time through the same
+    ``CausalLM.__call__`` with a KV cache: the logits equal one uncached forward over everything."""
+    from jaxalign.models.kv_cache import init_kv_cache
+
+    make_causal_lm(arch, tmp_path)
+    model = load_pretrained(tmp_path)
+    ids, mask = prompts()
+    more = np.random.RandomState(1).randint(1, 100, size=(ids.shape[0], 3))
+    full_ids = np.concatenate([ids, more], axis=1)
+    full_mask = np.concatenate([mask, np.ones_like(more)], axis=1)
+    expected = np.asarray(_forward(model, full_ids, full_mask))
+
+    cache = init_kv_cache(model.config, ids.shape[0], full_ids.shape[1])
+    got = []
+    for start, stop in [(0, ids.shape[1]), (ids.shape[1], ids.shape[1] + 1), (ids.shape[1] + 1, full_ids.shape[1])]:
+        logits, cache = model(jnp.asarray(full_ids[:, start:stop]), jnp.asarray(full_mask[:, start:stop]), cache=cache)
+        got.append(np.asarray(logits))
+    got = np.concatenate(got, axis=1)
+    real = full_mask.astype(bool)
+    np.testing.assert_allclose(got[real], expected[real], atol=2e-5)
+    assert int(cache.index) == full_ids.shape[1]
+
+
+def test_num_samples_share_each_prompts_prefill(llama):
+    """Rows p*n .. p*n+n-1 continue prompt p: greedy, each equals the one-sample continuation;
+    sampled, they differ from each other and their log-probs are a fresh forward's."""
+    _, model = llama
+    ids, mask = prompts()
+    greedy = SamplingConfig(NEW, temperature=0.0, stop_at_eos=False)
+    one = np.asarray(generate(model, ids, mask, jax.random.key(0), greedy).tokens)
+    three = np.asarray(generate(model, ids, mask, jax.random.key(0), greedy, num_samples=3).tokens)
+    np.testing.assert_array_equal(three, np.repeat(one, 3, axis=0))
+
+    cfg = SamplingConfig(NEW, temperature=1.5, stop_at_eos=False)
+    out = generate(model, ids, mask, jax.random.key(4), cfg, num_samples=4)
+    assert out.tokens.shape == (4 * ids.shape[0], NEW)
+    groups = np.asarray(out.tokens).reshape(ids.shape[0], 4, NEW)
+    assert all(len({tuple(row) for row in group}) == 4 for group in groups)
+    logits = fresh_logits(model, np.repeat(ids, 4, axis=0), np.repeat(mask, 4, axis=0), out)
+    np.testing.assert_allclose(np.asarray(out.logps), picked(log_softmax(logits), np.asarray(out.tokens)), atol=1e-5)
+    with pytest.raises(ValueError, match="num_samples"):
+        generate(model, ids, mask, jax.random.key(0), cfg, num_samples=0)

@@ -180,7 +180,8 @@ def masked_mean(values, mask):
 
 def test_every_builtin_loss_has_a_reference_test():
     builtin = {name for name in list_losses() if get_loss(name).fn.__module__.startswith("jaxalign.losses")}
-    assert builtin == set(BUILTIN_PAIR) | {"kto", "bradley_terry"}
+    feedback = {"rating_regression", "acceptability", "ordinal", "plackett_luce"}  # tests/test_feedback_losses.py
+    assert builtin == set(BUILTIN_PAIR) | {"kto", "bradley_terry"} | feedback
 
 
 PAIR_RUNS = [(n, o, True) for n, o in PAIR_CASES] + [(n, o, False) for n, o in PAIR_CASES if n in REFERENCE_FREE]
@@ -676,7 +677,7 @@ def test_register_loss_decorator(clean_registry):
     with pytest.raises(ValueError, match=r"'test_double_sigmoid' is already registered"):
         register_loss("test_double_sigmoid")(lambda inputs, cfg: inputs.mask)
     with pytest.raises(ValueError, match=r"kind must be one of"):
-        register_loss("test_bad_kind", kind="listwise")
+        register_loss("test_bad_kind", kind="tabular")
     with pytest.raises(ValueError, match=r"contain no ':'"):
         register_loss("a:b")
 

@@ -250,12 +250,17 @@ def _ppo_xla_bytes(cfg, prompt: int) -> dict[str, int]:
     model_config = nnx.merge(graphdef, policy).config
     sampling = SamplingConfig(max_new_tokens=new, temperature=cfg.ppo.temperature, stop_token_ids=(1,))
     rules = rules_from(cfg.mesh)
-    keys, values = cache_shapes(model_config, rows, prompt + new - 1)
-    cache = (logical_sharding(mesh, KEY_AXES, keys, rules), logical_sharding(mesh, VALUE_AXES, values, rules))
+
+    def cache_shardings(slots: int):
+        keys, values = cache_shapes(model_config, rows, slots)
+        return logical_sharding(mesh, KEY_AXES, keys, rules), logical_sharding(mesh, VALUE_AXES, values, rules)
+
+    cache = (cache_shardings(prompt), cache_shardings(prompt + new - 1))  # prefill, decode
     prompts = jax.ShapeDtypeStruct((rows, prompt), np.int32, sharding=logical_sharding(mesh, ("batch", None),
                                                                                         (rows, prompt), rules))
     sampler = _sample_jit.lower(graphdef, _abstract(policy), prompts, prompts, jax.random.key(0), cfg=sampling,
-                                stop_ids=stop_token_ids(sampling, model_config.eos_token_id), cache_shardings=cache)
+                                stop_ids=stop_token_ids(sampling, model_config.eos_token_id), num_samples=1,
+                                cache_shardings=cache)
     generation = _live(sampler.compile(), held - _device_bytes(policy))
     return {"update": update, "generation": generation}
 

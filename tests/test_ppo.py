@@ -19,7 +19,14 @@ from jaxalign.losses.ppo import KLControl
 from jaxalign.rewards import RewardFunctionError, check_scores, load_reward_function
 from jaxalign.trainer import Trainer, train
 from tests.learning_margins import LearningCase
-from tests.train_fixtures import TINY_LLAMA, read_metrics, tiny_run_config, write_config
+from tests.train_fixtures import (
+    TINY_LLAMA,
+    finished_checkpoints,
+    kill_and_resume,
+    read_metrics,
+    tiny_run_config,
+    write_config,
+)
 
 HELPER = str(Path(__file__).with_name("ppo_rewards_helper.py"))
 TARGET_KL = 6.0
@@ -84,7 +91,8 @@ def test_config_errors(tmp_path, overrides, message):
 
 
 def test_reward_output_checks_name_the_function():
-    assert check_scores([1, 2.5, np.float32(3)], 3, "m:f").tolist() == [1.0, 2.5, 3.0]
+    scores, valid = check_scores([1, 2.5, np.float32(3), None], 4, "m:f")
+    assert scores.tolist() == [1.0, 2.5, 3.0, 0.0] and valid.tolist() == [True, True, True, False]
     for scores, message in [([1.0], "returned 1 scores for 2 completions"), ([1.0, math.nan], "score 1 is nan"),
                             (["a", 1.0], "score 0 is 'a'"), (3.0, "must return a sequence of 2 floats"),
                             ([True, 1.0], "not a number")]:
@@ -97,19 +105,29 @@ def test_reward_output_checks_name_the_function():
 
 
 @pytest.mark.parametrize("name, message", [
-    ("raises", "raised ZeroDivisionError: boom"),
-    ("wrong_length", "returned 17 scores for 16 completions"),
-    ("nan", "score 0 is nan"),
-    ("not_a_number", "score 0 is 'good'"),
+    ("raises", "raised ZeroDivisionError: boom (on prompt row builtin:preferences"),
+    # The other cases' messages are checked without the CLI in test_rl.py and above; here ~50 s each.
+    pytest.param("wrong_length", "returned 17 scores for 16 completions (batch of rows builtin:preferences",
+                 marks=pytest.mark.slow),
+    pytest.param("nan", "score 0 is nan (scores must be finite) (prompt row builtin:preferences",
+                 marks=pytest.mark.slow),
+    pytest.param("not_a_number", "score 0 is 'good' (str), not a number or None (prompt row builtin:preferences",
+                 marks=pytest.mark.slow),
 ])
 def test_bad_reward_function_is_one_clear_cli_error(tmp_path, capsys, name, message):
-    code, err = _cli_train(ppo_config(tmp_path / "run", max_steps=1, ppo={"reward_function": f"{HELPER}:{name}"}),
-                           tmp_path, capsys)
+    """It fails in the third iteration's rollout: one line naming the function, the row and the
+    problem, exit 1, and the checkpoints of steps 1 and 2 are the last ones (step 3 never saved)."""
+    spec = f"{HELPER}:{name}_on_third_call"
+    run_dir = tmp_path / "run"
+    config = ppo_config(run_dir, max_steps=4, eval_batches=0, export=False, ppo={"reward_function": spec},
+                        checkpoint={"every_steps": 1, "keep": 0, "every_minutes": 0})
+    code, err = _cli_train(config, tmp_path, capsys)
     assert code == 1
     lines = [line for line in err.splitlines() if line.startswith("jaxalign: error")]
-    assert len(lines) == 1 and lines[0].startswith(f"jaxalign: error: reward function '{HELPER}:{name}'"), err
-    assert message in lines[0]
+    assert len(lines) == 1 and lines[0].startswith(f"jaxalign: error: reward function '{spec}'"), err
+    assert message in lines[0], lines[0]
     assert "Traceback" not in err
+    assert finished_checkpoints(run_dir) == [1, 2]
 
 
 def _prompt_file(tmp_path: Path) -> Path:
@@ -145,10 +163,22 @@ def test_overlong_prompt_dropped_or_truncated(tmp_path, policy):
     assert math.isfinite(result["train"]["objective/scores"])
 
 
-def test_reward_function_sees_the_rows_columns(tmp_path):
-    cfg = from_dict(TrainConfig, ppo_config(tmp_path / "run", max_steps=1, export=False,
-                                            ppo={"reward_function": f"{HELPER}:sees_columns"}))
+def test_reward_function_sees_the_rows_columns_and_completions_are_published(tmp_path, capsys):
+    """The function gets the rows' columns; the replies go to the completions table
+    (RUN_DIR/completions/step_00000001.jsonl, docs/logging.md's keys) and a few to the console."""
+    run_dir = tmp_path / "run"
+    cfg = from_dict(TrainConfig, ppo_config(run_dir, max_steps=1, export=False, eval_batches=0,
+                                            ppo={"reward_function": f"{HELPER}:sees_columns"},
+                                            log={"completions_every": 1, "every_steps": 1}))
     assert train(cfg)["step"] == 1
+    rows = [json.loads(line) for line in (run_dir / "completions" / "step_00000001.jsonl").read_text().splitlines()]
+    assert len(rows) == 16
+    for row in rows:
+        assert set(row) == {"step", "prompt", "completion", "reward", "rewards", "advantage", "length", "truncated"}
+        assert row["step"] == 1 and row["prompt"].startswith("\n\nHuman:") and row["rewards"] == {"sees_columns": 0.0}
+        assert row["reward"] == 0.0 and isinstance(row["advantage"], float) and 1 <= row["length"] <= 12
+    assert all(row["length"] == 12 for row in rows if row["truncated"])  # no stop token within max_new_tokens
+    assert "completions at step 1: 16 rows" in capsys.readouterr().err
 
 
 def test_reward_model_checkpoint_scores_and_starts_the_value_model(tmp_path):
@@ -258,3 +288,60 @@ def test_resume_gives_the_same_metrics(tmp_path):
     for step in (4, 5, 6):
         for name in ("train/objective/scores", "train/objective/kl", "train/objective/kl_coef", "train/loss"):
             assert resumed[step][name] == pytest.approx(straight[step][name], rel=1e-5, abs=1e-6), (step, name)
+
+
+@pytest.mark.slow
+def test_sigkill_resume_matches_uninterrupted_run(tmp_path):
+    """Killed with SIGKILL after a checkpoint, the rerun samples the same replies: same metrics at
+    every later step and the same exported policy, byte for byte."""
+    config = ppo_config(tmp_path / "placeholder", max_steps=6, eval_batches=0,
+                        ppo={"target_kl": 1.0, "kl_horizon": 16}, checkpoint={"every_steps": 2},
+                        log={"every_steps": 1, "tensorboard": False})
+    reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
+    reference_cfg = write_config(tmp_path / "reference.yaml", {**config, "run_dir": str(reference_dir)})
+    resumed_cfg = write_config(tmp_path / "resumed.yaml", {**config, "run_dir": str(resumed_dir)})
+    killed_after = kill_and_resume(reference_cfg, resumed_cfg, resumed_dir, 6)
+    reference, resumed = read_metrics(reference_dir), read_metrics(resumed_dir)
+    later = [step for step in resumed if step > killed_after]
+    assert later and max(later) == 6
+    for step in later:
+        for name in ("train/objective/scores", "train/objective/kl", "train/objective/kl_coef", "train/loss"):
+            assert resumed[step][name] == reference[step][name], (step, name)
+    assert (resumed_dir / "export" / "model.safetensors").read_bytes() == \
+        (reference_dir / "export" / "model.safetensors").read_bytes()
+
+
+@pytest.mark.slow  # ~35 s; test_rl.py parses every YAML example of docs/rl.md without training
+def test_several_weighted_reward_sources_from_the_docs(tmp_path):
+    """docs/rl.md's first YAML example (a function and a weighted verifier) trains; each source's
+    mean is logged under TRL's name and the score PPO trains on is their weighted sum."""
+    import re
+
+    import yaml
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "rl.md").read_text()
+    example = yaml.safe_load(re.findall(r"```yaml\n(.*?)```", docs, flags=re.S)[0])
+    run_dir = tmp_path / "run"
+    cfg = from_dict(TrainConfig, ppo_config(run_dir, max_steps=1, eval_batches=0, export=False, ppo={
+        "reward_function": None, "missing_eos_penalty": None, **example["ppo"]}))
+    train(cfg)
+    metrics = read_metrics(run_dir)[1]
+    words, capitalised = metrics["train/rewards/helpful_harmless/mean"], metrics["train/rewards/capitalised/mean"]
+    assert 0.0 <= capitalised <= 1.0 and "train/rewards/capitalised/std" in metrics
+    assert metrics["train/objective/scores"] == pytest.approx(words + 0.2 * capitalised, abs=1e-5)
+    assert metrics["train/rewards/unscored_rows"] == 0.0
+
+
+def test_reward_model_whose_tokenizer_cannot_encode_the_prompts_is_one_clear_cli_error(tmp_path, capsys):
+    from tests.rl_fixtures import narrow_tokenizer, save_reward_model
+
+    narrow = narrow_tokenizer()
+    save_reward_model(tmp_path / "rm", len(narrow), narrow)
+    config = ppo_config(tmp_path / "run", max_steps=1, ppo={"reward_function": None, "reward_model": str(tmp_path / "rm")})
+    code, err = _cli_train(config, tmp_path, capsys)
+    assert code == 1 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("jaxalign: error")]
+    assert len(lines) == 1, err
+    assert f"reward model {tmp_path / 'rm'}: the reward model's tokenizer cannot encode the policy's text" in lines[0]
+    assert "sample prompts are its unknown token '[UNK]'" in lines[0]
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())

@@ -16,11 +16,11 @@ from jaxalign.data import build_pipeline, load_tokenizer
 from jaxalign.sharding import MeshConfig, make_mesh, shard_batch
 from tests.train_fixtures import (
     finished_checkpoints,
+    kill_and_resume,
     read_metrics,
     run_cli,
     start_cli,
     tiny_run_config,
-    wait_for_checkpoint,
     write_config,
 )
 
@@ -63,17 +63,7 @@ def test_sigkill_resume_matches_uninterrupted_run(tmp_path):
     reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
     reference_cfg = write_config(tmp_path / "reference.yaml", {**config, "run_dir": str(reference_dir)})
     resumed_cfg = write_config(tmp_path / "resumed.yaml", {**config, "run_dir": str(resumed_dir)})
-
-    assert run_cli("train", str(reference_cfg)).returncode == 0
-
-    victim = start_cli("train", str(resumed_cfg))
-    killed_after = wait_for_checkpoint(victim, resumed_dir)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    assert killed_after < 16
-    finished = run_cli("train", str(resumed_cfg))
-    assert finished.returncode == 0, finished.stderr
-    assert "resumed from checkpoint" in finished.stderr
+    killed_after = kill_and_resume(reference_cfg, resumed_cfg, resumed_dir, 16)
 
     reference, resumed = read_metrics(reference_dir), read_metrics(resumed_dir)
     resumed_steps = [step for step in resumed if step > killed_after]

@@ -112,3 +112,20 @@ def read_metrics(run_dir: Path, prefix: str = "train/") -> dict[int, dict[str, f
         if values:
             by_step[record["step"]] = values
     return by_step
+
+
+def kill_and_resume(reference_cfg: Path, resumed_cfg: Path, resumed_dir: Path, max_steps: int) -> int:
+    """Runs ``reference_cfg`` through; starts ``resumed_cfg``, SIGKILLs it after its first checkpoint
+    and reruns it to the end. Returns the step the killed run had saved."""
+    import signal
+
+    assert run_cli("train", str(reference_cfg)).returncode == 0
+    victim = start_cli("train", str(resumed_cfg))
+    killed_after = wait_for_checkpoint(victim, resumed_dir)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert killed_after < max_steps
+    finished = run_cli("train", str(resumed_cfg))
+    assert finished.returncode == 0, finished.stderr
+    assert "resumed from checkpoint" in finished.stderr
+    return killed_after

@@ -157,6 +157,14 @@ def gradient_step(
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
+def check_soft_labels(cfg: TrainConfig) -> None:
+    """``data.strength_column`` needs a loss that reads per-pair preference strengths."""
+    if cfg.data.strength_column and not any(spec.soft_labels for spec, _ in cfg.loss.specs()):
+        raise ValueError(f"data.strength_column '{cfg.data.strength_column}' gives each pair a preference strength, "
+                         f"which loss '{cfg.loss.name}' ignores; use sigmoid, simpo, cpo (DPO family) or "
+                         "bradley_terry (reward model), or unset data.strength_column")
+
+
 def flat_examples(batch: Batch) -> jax.Array:
     """Example mask flattened to ``[N]`` (N = rows x slots)."""
     return batch["example_mask"].reshape(-1)

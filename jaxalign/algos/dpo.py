@@ -182,7 +182,7 @@ class DPO(Algorithm):
 
     def check_config(self, cfg: TrainConfig) -> None:
         loss = cfg.loss
-        if loss.kind == "reward":
+        if loss.kind not in ("pair", "unpaired"):
             raise ValueError(f"algo dpo trains a policy with a preference loss, got the reward-model loss "
                              f"'{loss.name}'; use algo: rm to train a reward model")
         if not loss.needs_reference:
@@ -191,6 +191,7 @@ class DPO(Algorithm):
                                  "no reference log-probs to precompute; remove precompute_ref_logps")
             if cfg.ref_model is not None:
                 raise ValueError(f"ref_model is set but loss '{loss.name}' is reference-free; remove ref_model")
+        common.check_soft_labels(cfg)
 
     def data_kind(self, cfg: TrainConfig) -> str:
         return data_kind(cfg)

@@ -33,16 +33,22 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from jaxalign import rl
 from jaxalign.algos import common
 from jaxalign.algos import ppo_math as pm
 from jaxalign.algos.ppo_config import VALUE_ON_POLICY, PPOConfig
 from jaxalign.algos.registry import Algorithm, register_algorithm
-from jaxalign.config import ModelSpec, TrainConfig
-from jaxalign.generation import SamplingConfig, generate
+from jaxalign.config import TrainConfig
+from jaxalign.data.rows import ExampleRows
+from jaxalign.generation import SamplingConfig
 from jaxalign.losses.ppo import KLControl
 from jaxalign.metrics_log import get_logger
 from jaxalign.models import save_pretrained
-from jaxalign.sharding import batch_sharding, replicated, rules_from
+from jaxalign.rl import RewardSet, RolloutBatch, RolloutEngine, SourceContext
+from jaxalign.rl.record import host_array
+from jaxalign.rl.reward_model import ModelSource
+from jaxalign.rl.teacher_forcing import completion_hidden
+from jaxalign.sharding import batch_sharding, rules_from
 from jaxalign.train_state import AlgoRun, Batch, TrainState
 
 log = get_logger()
@@ -74,7 +80,7 @@ def _value_model(cfg: TrainConfig, mesh: Mesh, tokenizer, policy_params: dict):
     return common.split_params(common.build_model(spec, cfg, mesh, head="score", tokenizer=tokenizer))
 
 
-def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
+def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) -> AlgoRun:
     ppo = cfg.ppo
     policy_graphdef, policy_params = common.split_params(
         common.build_model(cfg.model, cfg, mesh, head="causal_lm", tokenizer=tokenizer))
@@ -85,15 +91,14 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
     else:
         ref_graphdef, ref_params = policy_graphdef, _frozen_copy(policy_params, ppo.frozen_dtype)
     frozen: dict[str, Any] = {"ref": ref_params}
-    reward_graphdef = None
-    if ppo.reward_model is not None:
-        spec = ModelSpec(path=ppo.reward_model, dtype=cfg.model.dtype, param_dtype=ppo.frozen_dtype)
-        reward_graphdef, frozen["reward"] = common.split_params(
-            common.build_model(spec, cfg, mesh, head="score", tokenizer=tokenizer))
-        reward_vocab = nnx.merge(reward_graphdef, frozen["reward"]).config.vocab_size
-        if reward_vocab < len(tokenizer):
-            raise ValueError(f"ppo.reward_model {ppo.reward_model} has a vocabulary of {reward_vocab} tokens, fewer "
-                             f"than the policy's tokenizer ({len(tokenizer)}): it must use the same tokenizer")
+    rules = rules_from(cfg.mesh)
+    rows_by_split = _ExampleRowsBySplit(cfg, tokenizer)
+    context = SourceContext(tokenizer=tokenizer, mesh=mesh, rules=rules, dtype=cfg.model.dtype,
+                            frozen_dtype=ppo.frozen_dtype, sample_texts=rows_by_split.sample_prompts)
+    rewards = RewardSet.build(ppo.reward_specs(), context)
+    model_sources = [source for source in rewards.sources if isinstance(source, ModelSource)]
+    if model_sources:  # the (first) reward model's parameters, as before: frozen inputs of the steps
+        frozen["reward"] = model_sources[0].params
     value_graphdef, value_params = _value_model(cfg, mesh, tokenizer, policy_params)
 
     # The schedule counts optimizer updates: num_ppo_epochs x num_mini_batches per step.
@@ -101,99 +106,73 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
     state, optimizer = common.init_train_state(cfg, mesh, {"policy": policy_params, "value": value_params},
                                                total_steps * ppo.updates_per_step, extra)
     control = KLControl(init_coef=ppo.kl_coef, target=ppo.target_kl, horizon=ppo.kl_horizon)
-    stop_ids = (int(tokenizer.eos_token_id),)
     sampling = SamplingConfig(max_new_tokens=ppo.max_new_tokens, temperature=ppo.temperature, top_k=ppo.top_k,
-                              top_p=ppo.top_p, stop_token_ids=stop_ids, pad_token_id=int(tokenizer.pad_token_id or 0))
-    rules = rules_from(cfg.mesh)
+                              top_p=ppo.top_p, stop_token_ids=(int(tokenizer.eos_token_id),),
+                              pad_token_id=int(tokenizer.pad_token_id or 0))
     rows = batch_sharding(mesh)
 
-    def forward(params: dict, batch: Batch, ref: bool = False) -> tuple[jax.Array, jax.Array, jax.Array | None]:
-        """(reply log-probs, entropies, values) ``[B, N]`` of the policy (or the reference: no values)."""
-        graphdef = ref_graphdef if ref else policy_graphdef
-        model = nnx.merge(graphdef, params if ref else params["policy"])
-        ids, positions, segment_ids = pm.sequences(batch)
-        prompt_length = batch["prompt_ids"].shape[1]
-        hidden = pm.reply_hidden(model.hidden_states(ids, positions, segment_ids), prompt_length)
-        logps, entropy = pm.reply_logps(model.output_embedding(), hidden, batch["tokens"], ppo.temperature)
-        if ref:
-            return logps, entropy, None
+    def values(value_params: Any, hidden: jax.Array, *rows: jax.Array) -> jax.Array:
+        """Per-token values ``[R, N]``: a head on the policy's hidden states, or the value model's scores.
+        rows: prompt ids, prompt mask, completion ids, completion mask."""
         if value_graphdef is None:
-            values = pm.head_values(hidden, params["value"])
-        else:
-            value_model = nnx.merge(value_graphdef, params["value"])
-            values = pm.reply_hidden(value_model.scores(ids, positions, segment_ids)[..., None], prompt_length)[..., 0]
-        return logps, entropy, values
+            return pm.head_values(hidden, value_params)
+        value_model = nnx.merge(value_graphdef, value_params)
+        per_position = value_model.scores(*rl.sequences(*rows))[..., None]
+        return completion_hidden(per_position, rows[0].shape[1])[..., 0]
+
+    engine = RolloutEngine((policy_graphdef, policy_params), tokenizer, sampling, rewards=rewards,
+                           reference_graphdef=ref_graphdef, value_fn=values, mesh=mesh, rules=rules)
+
+    def forward(params: dict, batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The update's (reply log-probs, entropies, values) ``[B, N]``: the rollout's teacher-forced pass."""
+        model = nnx.merge(policy_graphdef, params["policy"])
+        rows = (batch["prompt_ids"], batch["prompt_mask"], batch["tokens"], batch["response_mask"])
+        logps, entropy, hidden = rl.policy_pass(model, *rows, ppo.temperature)
+        return logps, entropy, values(params["value"], hidden, *rows)
 
     @jax.jit
-    def reward_scores(reward_params, batch: Batch) -> jax.Array:
-        model = nnx.merge(reward_graphdef, reward_params)
-        return pm.last_token_scores(model.scores(*pm.sequences(batch)), batch)
-
-    @jax.jit
-    def prepare(params: dict, frozen: dict, batch: Batch, kl_coef: jax.Array) -> Batch:
-        """The rollout's teacher-forced pass and advantages; everything the update needs."""
-        mask = batch["response_mask"]
-        old_logps, _, old_values = forward(params, batch)
-        ref_logps, _, _ = forward(frozen["ref"], batch, ref=True)
-        ended = pm.ended_with_stop(batch["tokens"], mask, stop_ids)
-        scores = batch["scores"]
+    def prepare(record: RolloutBatch, kl_coef: jax.Array) -> Batch:
+        """The update's batch from the rollout record: scores (after ``missing_eos_penalty``), per-token
+        KL-penalised rewards, GAE advantages. Rows no reward source scored are dropped like padding rows."""
+        example_mask = record.row_mask * record.reward_valid
+        mask = record.completion_mask * example_mask[:, None]
+        ended = ~record.truncated
+        scores = record.rewards
         if ppo.missing_eos_penalty is not None:
-            scores = jnp.where(ended | (batch["example_mask"] == 0), scores, scores - ppo.missing_eos_penalty)
-        out = {**batch, "scores": scores, "old_logps": old_logps * mask, "ref_logps": ref_logps * mask,
-               "old_values": old_values * mask, "num_eos": ended.astype(jnp.float32) * batch["example_mask"]}
-        return jax.lax.with_sharding_constraint({**out, **pm.advantages(out, ppo, kl_coef)}, rows)
+            scores = jnp.where(ended | (example_mask == 0), scores, scores - ppo.missing_eos_penalty)
+        out = {"prompt_ids": record.prompt_ids, "prompt_mask": record.prompt_mask, "example_mask": example_mask,
+               "example_id": record.example_id, "tokens": record.completion_ids, "response_mask": mask,
+               "scores": scores, "old_logps": record.logps * mask, "ref_logps": record.ref_logps * mask,
+               "old_values": record.values * mask, "num_eos": ended.astype(jnp.float32) * example_mask}
+        out = {**out, **pm.advantages(out, ppo, kl_coef)}
+        # The trainer counts processed tokens from segment_ids: prompt + reply tokens of each row.
+        out["segment_ids"] = jnp.concatenate([out["prompt_mask"], mask.astype(jnp.int32)], axis=1)
+        return jax.lax.with_sharding_constraint(out, rows)
 
     @jax.jit
     def rollout_key(rng: jax.Array, step: jax.Array, split: int, index: int) -> jax.Array:
         key = jax.random.fold_in(jax.random.wrap_key_data(rng), split)
         return jax.random.fold_in(key, jnp.where(split == 0, step, index))
 
-    reward_fn = None
-    columns = {}
-    if ppo.reward_function is not None:
-        from jaxalign.rewards import load_reward_function
-
-        reward_fn = load_reward_function(ppo.reward_function)
-        columns = {split: _row_columns(cfg, split, tokenizer) for split in ("train", "eval")}
-
-    def score(state: TrainState, frozen: dict, batch: Batch, split: str) -> jax.Array:
-        """Scores ``[B]`` float32 on the rows' sharding: the reward model's, or the Python function's."""
-        if reward_fn is None:
-            return reward_scores(frozen["reward"], batch)
-        from jaxalign.rewards import call_reward_function
-
-        tokens, mask, ids, real = (_host(batch[k]) for k in ("tokens", "response_mask", "example_id", "example_mask"))
-        real_rows = np.flatnonzero(real > 0)
-        completions = [tokenizer.decode(tokens[r][mask[r] > 0], skip_special_tokens=True) for r in real_rows]
-        prompts, row_columns = columns[split].batch([int(ids[r]) for r in real_rows])
-        values = call_reward_function(reward_fn, ppo.reward_function, prompts, completions, row_columns)
-        scores = np.zeros(tokens.shape[0], np.float32)
-        scores[real_rows] = values
-        return jax.make_array_from_callback(scores.shape, rows, lambda index: scores[index])
-
     def rollout(state: TrainState, batch: Batch, frozen: dict, split: str, index: int) -> tuple[Batch, dict[str, float]]:
-        """Host-side: sample, score, teacher-forced pass. Returns the update's batch and
-        seconds spent (generation, scoring, log-probs/values/advantages) and tokens generated."""
-        start = time.monotonic()
+        """Host-side: the rollout layer (sample, score, teacher-forced pass), then PPO's advantages.
+        Returns the update's batch, seconds per phase, tokens generated and the rewards' metrics."""
         key = rollout_key(state.rng, state.step, SPLIT_CODES[split], index)
-        out = generate((policy_graphdef, state.params["policy"]), batch["prompt_ids"], batch["prompt_mask"], key,
-                       sampling, mesh=mesh, rules=rules)
-        example_mask = batch["example_mask"].astype(jnp.float32)
-        rollout_batch = {**batch, "tokens": out.tokens,
-                         "response_mask": out.mask.astype(jnp.float32) * example_mask[:, None]}
-        generated = int(jax.device_get(jnp.sum(out.lengths)))  # waits for the sampler
-        sampled = time.monotonic()
-        rollout_batch["scores"] = score(state, frozen, rollout_batch, split)
-        jax.block_until_ready(rollout_batch["scores"])
-        scored = time.monotonic()
-        rollout_batch = prepare(state.params, frozen, rollout_batch, state.extra["kl_coef"])
-        # The trainer counts processed tokens from segment_ids: prompt + reply tokens of each row.
-        rollout_batch["segment_ids"] = jnp.concatenate(
-            [rollout_batch["prompt_mask"], rollout_batch["response_mask"].astype(jnp.int32)], axis=1)
-        jax.block_until_ready(rollout_batch)
-        prepared = time.monotonic()
-        return rollout_batch, {"time/generation_s": sampled - start, "time/scoring_s": scored - sampled,
-                               "time/logps_s": prepared - scored, "tokens/generation": float(generated)}
+        record = engine(state.params["policy"], batch, key, rows=rows_by_split(split), ref_params=frozen["ref"],
+                        value_params=state.params["value"])
+        started = time.monotonic()
+        update_batch = prepare(record.batch, state.extra["kl_coef"])
+        jax.block_until_ready(update_batch)
+        timings = record.timings
+        metrics = {"time/generation_s": timings["generation"], "time/scoring_s": timings["decoding"] + timings["scoring"],
+                   "time/logps_s": timings["logps"] + time.monotonic() - started,
+                   "tokens/generation": float(record.generated_tokens)}
+        # Per-source means/stds (TRL's rewards/NAME/mean, /std) and rows no source scored (dropped).
+        metrics.update({name: value for name, value in record.metrics().items() if name.startswith("rewards/")})
+        step = int(state.step) + 1  # the step this rollout trains
+        if split == "train" and sink is not None and cfg.log.writes_completions(step):
+            sink.write_table(step, "completions", record.completion_rows(step, _reply_means(update_batch)))
+        return update_batch, metrics
 
     def train_step(state: TrainState, batch: Batch, frozen: dict) -> tuple[TrainState, dict]:
         rows_total = batch["prompt_ids"].shape[0]
@@ -244,32 +223,28 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
                    rollout=rollout, updates_per_step=ppo.updates_per_step)
 
 
-def _host(array: jax.Array) -> np.ndarray:
-    """The whole global array on this host (gathered across processes when sharded over them)."""
-    if array.is_fully_addressable:
-        return np.asarray(jax.device_get(array))
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+def _reply_means(batch: Batch) -> np.ndarray:
+    """Each row's advantage averaged over its reply tokens ``[R]`` (the completions table's ``advantage``)."""
+    advantages, mask = host_array(batch["advantages"]), host_array(batch["response_mask"])
+    return (advantages * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1.0)
 
 
-def _row_columns(cfg: TrainConfig, split: str, tokenizer):
-    """The split's rows by example id (as the pipeline numbers them), for the reward function's columns."""
-    import functools
+class _ExampleRowsBySplit:
+    """Each split's ``ExampleRows`` (prompt texts, ``file:line``, the rows' columns), read on first use."""
 
-    from jaxalign.data.chat import ChatRenderer
-    from jaxalign.data.errors import Counter
-    from jaxalign.data.formats import detect_format, format_rows
-    from jaxalign.data.pipeline import _split_rows
-    from jaxalign.rewards import RowColumns
+    def __init__(self, cfg: TrainConfig, tokenizer):
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self._loaded: dict[str, ExampleRows | None] = {}
 
-    if split == "eval" and cfg.data.eval is None and cfg.data.eval_fraction == 0:
-        return None
-    rows = _split_rows(cfg.data, split)
-    fmt = detect_format(rows) if cfg.data.format == "auto" else cfg.data.format
-    renderer = functools.cache(lambda: ChatRenderer(tokenizer))
-    examples = format_rows(rows, fmt, "prompt", renderer, cfg.data.on_bad_row, Counter())
-    return RowColumns(examples, rows)
+    def __call__(self, split: str) -> ExampleRows | None:
+        if split not in self._loaded:
+            self._loaded[split] = ExampleRows.of_split(self.cfg.data, split, self.tokenizer)
+        return self._loaded[split]
+
+    def sample_prompts(self) -> list[str]:
+        """Up to 64 training prompts: what a reward model's tokenizer is checked against."""
+        rows = self("train")
+        return rows.prompts(range(min(len(rows), 64))) if rows is not None else []
 
 
 @register_algorithm
@@ -296,7 +271,7 @@ class PPO(Algorithm):
         return data_kind(cfg)
 
     def setup(self, cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) -> AlgoRun:
-        return setup(cfg, mesh, tokenizer, total_steps)
+        return setup(cfg, mesh, tokenizer, total_steps, sink)
 
     def plan_terms(self, cfg: TrainConfig, ctx) -> list:
         from jaxalign.algos import ppo_plan

@@ -10,6 +10,7 @@ Option names follow TRL's ``PPOConfig`` where TRL has one (``num_ppo_epochs``,
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 KL_ESTIMATORS = ("k1", "k3")
 FROZEN_DTYPES = ("float32", "bfloat16")
@@ -23,8 +24,9 @@ class PPOConfig:
 
     Reward: exactly one of ``reward_model`` (a Hugging Face
     ``*ForSequenceClassification`` folder, e.g. the ``export/`` of an ``algo: rm``
-    run; it must use the policy's tokenizer) or ``reward_function``
-    (``package.module:function`` or ``path/to/file.py:function``; see docs/ppo.md).
+    run), ``reward_function`` (``package.module:function`` or
+    ``path/to/file.py:function``; see docs/ppo.md), or ``rewards``: a list of
+    weighted reward sources (functions, reward models, verifiers; see docs/rl.md).
 
     Value model: ``value_model`` is a folder to start it from, or ``"policy"``
     for a scalar head on the policy's decoder (one model, trained by both
@@ -40,6 +42,7 @@ class PPOConfig:
     # Reward and value models.
     reward_model: str | None = None
     reward_function: str | None = None
+    rewards: list[Any] | None = None  # reward sources (strings or mappings), see jaxalign.rl.sources
     value_model: str | None = None
     frozen_dtype: str = "float32"  # storage dtype of the reference and reward models
     # The update.
@@ -91,12 +94,28 @@ class PPOConfig:
 
     def check_for_run(self, batch_size: int) -> None:
         """Checks that only make sense once ``algo: ppo`` is chosen."""
-        if (self.reward_model is None) == (self.reward_function is None):
-            given = "both were given" if self.reward_model is not None else "neither was given"
-            raise ValueError(f"ppo: set exactly one of ppo.reward_model (a reward-model folder) or "
-                             f"ppo.reward_function (module:function); {given}")
+        given = [name for name in ("reward_model", "reward_function", "rewards") if getattr(self, name) is not None]
+        if len(given) != 1:
+            detail = f"{' and '.join(given)} were given" if given else "neither was given"
+            if len(given) == 2 and "rewards" not in given:
+                detail = "both were given"
+            raise ValueError(f"ppo: set exactly one of ppo.reward_model (a reward-model folder), "
+                             f"ppo.reward_function (module:function) or ppo.rewards (a list of sources); {detail}")
+        if self.rewards is not None:
+            self.reward_specs()  # a bad entry is an error now, naming it
         if batch_size % self.num_mini_batches:
             raise ValueError(f"ppo: num_mini_batches {self.num_mini_batches} does not divide data.batch_size {batch_size}")
+
+    def reward_specs(self) -> list:
+        """The configured reward sources (``jaxalign.rl.RewardSpec``): ``rewards``, or the one
+        ``reward_model`` / ``reward_function``."""
+        from jaxalign.rl.sources import RewardSpec, parse_reward_specs
+
+        if self.rewards is not None:
+            return parse_reward_specs(self.rewards, where="ppo.rewards")
+        if self.reward_model is not None:
+            return [RewardSpec("model", self.reward_model)]
+        return [RewardSpec("function", self.reward_function)]
 
     @property
     def updates_per_step(self) -> int:

@@ -17,11 +17,11 @@ import dataclasses
 from pathlib import Path
 
 from jaxalign.algos.ppo_config import VALUE_ON_POLICY
-from jaxalign.algos.ppo_math import LOGPS_CHUNK
 from jaxalign.config import ModelSpec, TrainConfig
 from jaxalign.data.packing import round_up
 from jaxalign.models.config import ModelConfig
 from jaxalign.plan import DTYPE_BYTES, PlanContext, Term, Workload, _count, forward_working_set, read_model_config
+from jaxalign.rl.teacher_forcing import LOGPS_CHUNK
 
 
 def _architecture(spec: ModelSpec, what: str) -> ModelConfig:
@@ -34,27 +34,28 @@ def _architecture(spec: ModelSpec, what: str) -> ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class _Models:
-    """The architectures of one PPO run (``value`` and ``reward`` None when absent)."""
+    """The architectures of one PPO run (``value`` None for a head on the policy; ``rewards``
+    the reward-model sources, none for Python functions and verifiers)."""
 
     policy: ModelConfig
     reference: ModelConfig
     value: ModelConfig | None  # None: a value head on the policy
-    reward: ModelConfig | None  # None: a Python reward function
+    rewards: tuple[ModelConfig, ...]
 
     @classmethod
     def of(cls, cfg: TrainConfig, policy: ModelConfig) -> "_Models":
         ppo, frozen = cfg.ppo, cfg.ppo.frozen_dtype
-        reward = None
-        if ppo.reward_model is not None:
-            reward = _architecture(ModelSpec(path=ppo.reward_model), "ppo.reward_model").replace(
-                dtype=cfg.model.dtype, param_dtype=frozen)
+        rewards = tuple(
+            _architecture(ModelSpec(path=spec.target), "ppo.reward_model" if ppo.rewards is None else f"ppo.rewards[{i}]")
+            .replace(dtype=cfg.model.dtype, param_dtype=frozen)
+            for i, spec in enumerate(ppo.reward_specs()) if spec.kind == "model")
         value = None
         if ppo.resolved_value_model() != VALUE_ON_POLICY:
             spec = dataclasses.replace(cfg.model, path=ppo.resolved_value_model(), config=None)
             value = _architecture(spec, "ppo.value_model").replace(
                 dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, remat=cfg.model.remat)
         reference = policy if cfg.ref_model is None else _architecture(cfg.ref_model, "ref_model")
-        return cls(policy, reference.replace(dtype=cfg.model.dtype, param_dtype=frozen), value, reward)
+        return cls(policy, reference.replace(dtype=cfg.model.dtype, param_dtype=frozen), value, rewards)
 
 
 def plan_terms(cfg: TrainConfig, ctx: PlanContext) -> list[Term]:
@@ -89,8 +90,8 @@ def _held_terms(cfg: TrainConfig, ctx: PlanContext, models: _Models, rollout: Wo
     terms.append(Term("optimizer state", 2 * trained, f"AdamW mu and nu of policy and value in {policy.param_dtype}"))
     terms.append(ctx.frozen_model_term("frozen reference", models.reference, "causal_lm", frozen,
                                        "reference parameters"))
-    if models.reward is not None:
-        terms.append(ctx.frozen_model_term("frozen reward model", models.reward, "score", frozen, "reward model"))
+    for reward in models.rewards:
+        terms.append(ctx.frozen_model_term("frozen reward model", reward, "score", frozen, "reward model"))
     # prompt ids and mask, segment ids and tokens (int32), and seven float32 [B, N] arrays (masks, log-probs,
     # values, advantages, returns, ...), held from the rollout to the update's end.
     reply = rollout.targets
@@ -115,7 +116,7 @@ def _generation_terms(ctx: PlanContext, policy: ModelConfig, rollout: Workload, 
 def _scoring_terms(ctx: PlanContext, models: _Models, rollout: Workload) -> list[Term]:
     """The teacher-forced passes over the whole rollout, forward only, one model at a time."""
     scored = [(models.policy, "causal_lm"), (models.reference, "causal_lm")]
-    scored += [(model, "score") for model in (models.reward, models.value) if model is not None]
+    scored += [(model, "score") for model in (*models.rewards, models.value) if model is not None]
     chunk = min(LOGPS_CHUNK, rollout.targets)
     passes = max(forward_working_set(ctx.dims(model), rollout) + _head_chunk(ctx, model, head, rollout.rows, chunk)
                  for model, head in scored)

@@ -9,12 +9,14 @@ from jaxalign.data.errors import DataError
 from jaxalign.data.formats import TextExample, detect_format, implicit_prompt
 from jaxalign.data.packing import batch_shape, pack_examples, pack_prompts, pad_batch, unpack
 from jaxalign.data.pipeline import DataPipeline, build_pipeline
+from jaxalign.data.rows import ExampleRows, split_examples, split_rows
 from jaxalign.data.tokenize import ExampleTokenizer, TokenizedExample, load_tokenizer
 
 __all__ = [
     "DataConfig",
     "DataError",
     "DataPipeline",
+    "ExampleRows",
     "ExampleTokenizer",
     "TextExample",
     "TokenizedExample",
@@ -26,5 +28,7 @@ __all__ = [
     "pack_examples",
     "pack_prompts",
     "pad_batch",
+    "split_examples",
+    "split_rows",
     "unpack",
 ]

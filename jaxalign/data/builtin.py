@@ -10,7 +10,13 @@ useless. The same pairs give ``builtin:sft`` (prompt + chosen reply),
 ``"\\n\\nHuman: ...\\n\\nAssistant:"``, which is also what the built-in
 tokenizer's chat template renders.
 
-Regenerate the shipped tokenizer with ``python -m jaxalign.data.builtin --write-tokenizer``.
+The human-feedback sets (annotators, ratings, rankings, critiques) are in
+``builtin_feedback.py``; they are rendered with the quickstart tokenizer and
+leave it unchanged. The ``builtin:alignment_*`` names are the alignment task of
+``alignment.py`` (the walkthrough's data). Each family ships its own tokenizer:
+``builtin`` (1,024 tokens, the quickstart text) and ``builtin:alignment``
+(2,048 tokens, the alignment task's training phrasings). Regenerate both with
+``python -m jaxalign.data.builtin --write-tokenizer``.
 """
 
 from __future__ import annotations
@@ -22,10 +28,13 @@ import random
 from pathlib import Path
 from typing import Any
 
+from jaxalign.data import alignment, builtin_feedback
 from jaxalign.data import builtin_templates as T
 
 TOKENIZER_DIR = Path(__file__).parent / "builtin" / "tokenizer"
-NAMES = ("preferences", "sft", "kto", "prompts")
+ALIGNMENT_TOKENIZER_DIR = Path(__file__).parent / "builtin" / "alignment_tokenizer"
+QUICKSTART_NAMES = ("preferences", "sft", "kto", "prompts")
+NAMES = QUICKSTART_NAMES + builtin_feedback.NAMES + alignment.NAMES
 SPLITS = ("train", "eval")
 EVAL_FRACTION = 0.15
 PAIRS_PER_CATEGORY = 36
@@ -50,6 +59,10 @@ def rows(name: str, split: str = "train") -> list[dict[str, Any]]:
         raise ValueError(f"data: unknown built-in dataset 'builtin:{name}'; choose from {', '.join(NAMES)}")
     if split not in SPLITS:
         raise ValueError(f"data: built-in datasets have splits {', '.join(SPLITS)}, not '{split}'")
+    if name in builtin_feedback.NAMES:
+        return builtin_feedback.rows(name, split)
+    if name in alignment.NAMES:
+        return alignment.rows(name, split)
     pairs = [pair for pair, held_out in _pairs() if held_out == (split == "eval")]
     if name == "preferences":
         return [dict(pair) for pair in pairs]
@@ -115,15 +128,24 @@ def _phrase(rng: random.Random, request: str) -> str:
 
 
 def corpus() -> list[str]:
-    """Every text the built-in data contains (the tokenizer's training data)."""
+    """Every text the quickstart data contains (the ``builtin`` tokenizer's training data)."""
     texts = []
     for pair, _ in _pairs():
         texts += [pair["prompt"], pair["chosen"], pair["rejected"]]
     return texts
 
 
-def train_tokenizer(vocab_size: int = VOCAB_SIZE):
-    """A byte-level BPE (GPT-2 style) trained on ``corpus()``, as a transformers tokenizer.
+# Shipped tokenizers: name (as ``model.tokenizer``) -> (folder, training texts, vocabulary size).
+# The alignment task's held-out wording is not in its tokenizer's texts, so held-out
+# prompts meet no token that training never showed.
+TOKENIZERS = {
+    "builtin": (TOKENIZER_DIR, corpus, VOCAB_SIZE),
+    "builtin:alignment": (ALIGNMENT_TOKENIZER_DIR, alignment.corpus, 2048),
+}
+
+
+def train_tokenizer(vocab_size: int = VOCAB_SIZE, texts: list[str] | None = None):
+    """A byte-level BPE (GPT-2 style) trained on ``texts`` (default ``corpus()``), as a transformers tokenizer.
 
     Its post-processor prepends BOS, so the pipeline's BOS handling is
     exercised; pad is id 0, matching the batch layout's padding.
@@ -138,7 +160,7 @@ def train_tokenizer(vocab_size: int = VOCAB_SIZE):
         vocab_size=vocab_size, special_tokens=[PAD, BOS, EOS],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
-    tokenizer.train_from_iterator(corpus(), trainer)
+    tokenizer.train_from_iterator(corpus() if texts is None else texts, trainer)
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, tokenizer.token_to_id(BOS))]
     )
@@ -148,11 +170,14 @@ def train_tokenizer(vocab_size: int = VOCAB_SIZE):
     )
 
 
-def write_tokenizer(directory: Path = TOKENIZER_DIR) -> Path:
-    """Writes ``tokenizer.json`` and a hand-written ``tokenizer_config.json``
-    (portable class name, special tokens, chat template inline) to ``directory``."""
+def write_tokenizer(directory: Path | None = None, name: str = "builtin") -> Path:
+    """Trains the shipped tokenizer ``name`` and writes its ``tokenizer.json`` and a hand-written
+    ``tokenizer_config.json`` (portable class name, special tokens, chat template inline) to
+    ``directory`` (default: its shipped folder)."""
+    shipped, texts, vocab_size = TOKENIZERS[name]
+    directory = shipped if directory is None else directory
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer()
+    tokenizer = train_tokenizer(vocab_size, texts())
     tokenizer.backend_tokenizer.save(str(directory / "tokenizer.json"))
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -168,12 +193,17 @@ def write_tokenizer(directory: Path = TOKENIZER_DIR) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m jaxalign.data.builtin", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--write-tokenizer", action="store_true", help=f"retrain and write the tokenizer to {TOKENIZER_DIR}")
-    parser.add_argument("--out", type=Path, default=TOKENIZER_DIR, help="tokenizer folder (default: the shipped one)")
+    parser.add_argument("--write-tokenizer", action="store_true", help="retrain and write the shipped tokenizers")
+    parser.add_argument("--tokenizer", choices=list(TOKENIZERS), default=None,
+                        help="only this tokenizer (default: all of them)")
+    parser.add_argument("--out", type=Path, default=None, help="folder for --tokenizer (default: its shipped one)")
     parser.add_argument("--show", metavar="NAME", choices=NAMES, help="print a built-in dataset's train rows as JSONL")
     args = parser.parse_args(argv)
+    if args.out is not None and args.tokenizer is None:
+        parser.error("--out needs --tokenizer NAME")
     if args.write_tokenizer:
-        print(f"wrote {write_tokenizer(args.out)}")
+        for name in [args.tokenizer] if args.tokenizer else list(TOKENIZERS):
+            print(f"wrote {write_tokenizer(args.out, name)}")
     if args.show:
         for row in rows(args.show):
             print(json.dumps(row))

@@ -10,6 +10,8 @@ FORMATS = (
     "implicit_preference",  # chosen, rejected (prompt = their common beginning)
     "ratings",  # prompt, responses, scores
     "ranking",  # prompt, ranking (best first)
+    "rating",  # prompt, completion, rating (one reply rated on data.rating_scale)
+    "critique",  # prompt, response, critique[, revision]
     "unpaired",  # prompt, completion, label
     "prompt_completion",  # prompt, completion
     "messages",  # messages
@@ -18,6 +20,38 @@ FORMATS = (
 )
 BAD_ROW_POLICIES = ("raise", "skip")
 OVERLONG_POLICIES = ("truncate", "drop", "raise")
+RATING_NORMALIZATIONS = ("scale", "per_annotator")
+CRITIQUE_SFT_MODES = ("revise", "revision", "critique")
+WEIGHT_BY = ("none", "agreement")
+
+
+@dataclasses.dataclass
+class AnnotatorConfig:
+    """``data.annotators``: who labelled each row, and how much to trust them (docs/feedback.md).
+
+    column: the row column naming the annotator (rows without it have none).
+    weight_by: ``agreement`` multiplies each training example's weight by its
+      annotator's reliability, ``max(0, kappa)^2`` of their chance-corrected agreement
+      with the reliability-weighted majority (``jaxalign.data.annotators``); ``none`` leaves weights alone.
+    min_agreement: training rows of annotators whose agreement with the majority
+      is below this are left out (counted and logged); 0 keeps everyone.
+    """
+
+    column: str = "annotator"
+    weight_by: str = "none"
+    min_agreement: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.weight_by not in WEIGHT_BY:
+            raise ValueError(f"data.annotators.weight_by must be one of {', '.join(WEIGHT_BY)}, got '{self.weight_by}'")
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise ValueError(f"data.annotators.min_agreement must be in [0, 1], got {self.min_agreement}")
+        if not self.column:
+            raise ValueError("data.annotators.column must name a row column")
+
+    @property
+    def active(self) -> bool:
+        return self.weight_by != "none" or self.min_agreement > 0
 
 
 @dataclasses.dataclass
@@ -61,6 +95,18 @@ class DataConfig:
     # Restart the data epoch instead of restoring the iterator (e.g. after the
     # process count changed, which ties the saved iterator state to the old one).
     reset_iterator_on_restore: bool = False
+    # Columns that reach the losses (docs/feedback.md): a per-row weight (finite, >= 0;
+    # every preference and reward-model loss is the weighted mean), and a per-pair
+    # preference strength P(chosen is better) in [0, 1] (soft labels: bradley_terry's
+    # target probability, label smoothing 1 - p for sigmoid/simpo/cpo).
+    weight_column: str | None = None
+    strength_column: str | None = None
+    # The declared scale [lowest, highest] of ratings (rating rows, ratings' scores):
+    # ratings outside it are errors; pointwise reward models normalise by it.
+    rating_scale: list[float] | None = None
+    rating_normalization: str = "scale"  # scale | per_annotator (map each annotator to the pool's mean and spread)
+    annotators: AnnotatorConfig = dataclasses.field(default_factory=AnnotatorConfig)
+    critique_sft: str = "revise"  # critique rows as SFT: revise (critique-conditioned) | revision | critique
     read_threads: int = 2  # Grain threads that tokenize and pack ahead of the step
     prefetch_batches: int = 4  # packed batches buffered ahead
 
@@ -99,26 +145,40 @@ class DataConfig:
             )
         if self.pack_length is not None and self.pack_length < 2:
             fail(f"pack_length must be >= 2, got {self.pack_length}")
+        if self.rating_scale is not None:
+            scale = self.rating_scale
+            if (not isinstance(scale, (list, tuple)) or len(scale) != 2
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
+                    or not scale[0] < scale[1]):
+                fail(f"rating_scale must be [lowest, highest] with lowest < highest, e.g. [1, 5]; got {scale!r}")
+            self.rating_scale = [float(scale[0]), float(scale[1])]
+        if self.rating_normalization not in RATING_NORMALIZATIONS:
+            fail(f"rating_normalization must be one of {', '.join(RATING_NORMALIZATIONS)}, got '{self.rating_normalization}'")
+        if self.critique_sft not in CRITIQUE_SFT_MODES:
+            fail(f"critique_sft must be one of {', '.join(CRITIQUE_SFT_MODES)}, got '{self.critique_sft}'")
+        if isinstance(self.annotators, dict):  # built directly from Python with a mapping
+            self.annotators = AnnotatorConfig(**self.annotators)
         if not 0 <= self.seed < 2**32:
             fail(f"seed must be in [0, 2**32), got {self.seed}")
 
     def resolved_max_prompt_length(self) -> int:
         return self.max_prompt_length if self.max_prompt_length is not None else max(1, self.max_length // 2)
 
-    def attention_tile(self, paired: bool) -> int | None:
+    def attention_tile(self, paired: bool, replies: int = 2) -> int | None:
         """Tile size of block-sparse attention, or None for dense masks. Decided
         from the config alone, so every process and every batch agree."""
         from jaxalign.batch import ATTENTION_TILE
 
-        pack_length = self.resolved_pack_length(paired)
+        pack_length = self.resolved_pack_length(paired, replies)
         aligned = self.pad_to_multiple % ATTENTION_TILE == 0 and (pack_length == 1 or pack_length % ATTENTION_TILE == 0)
         return ATTENTION_TILE if self.sparse_attention and aligned else None
 
-    def resolved_pack_length(self, paired: bool) -> int:
-        """Row capacity: a pair stores its prompt once, so two branches fit in 2*max_length.
+    def resolved_pack_length(self, paired: bool, replies: int = 2) -> int:
+        """Row capacity: a pair stores its prompt once, so two branches fit in 2*max_length
+        (``replies`` branches of a ranking in ``replies * max_length``).
         Without packing every example is longer than the capacity of 1, so each gets a row."""
         if not self.packing:
             return 1
         if self.pack_length is not None:
             return self.pack_length
-        return 2 * self.max_length if paired else self.max_length
+        return max(2, replies) * self.max_length if paired else self.max_length

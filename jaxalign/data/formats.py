@@ -8,15 +8,22 @@ so everything downstream sees text. Which formats feed which kind of batch:
 =================== =====================================================
 kind                formats
 =================== =====================================================
-preference          preference, implicit_preference, ratings, ranking
+preference          preference, implicit_preference, ratings, ranking,
+                    critique (revision preferred over the response)
 reward              the same as preference (batches without target arrays:
                     a reward model reads only the last token of each reply)
+pointwise           rating, ratings (each response), unpaired: one reply
+                    per example, for reward models trained on ratings
+listwise            ranking: every reply of a row, best first
 unpaired            unpaired; preference, implicit_preference (each pair ->
                     one desirable + one undesirable example)
 sft                 prompt_completion, messages, text; preference,
-                    implicit_preference (the chosen reply)
+                    implicit_preference (the chosen reply); critique
 prompt              prompt_only and every format with a prompt
 =================== =====================================================
+
+Configured row columns (``data.weight_column``, ``data.strength_column``) and
+the annotator id travel with every example a row gives (``columns.py``).
 """
 
 from __future__ import annotations
@@ -28,28 +35,35 @@ import os
 import re
 from typing import Any, Callable, Sequence
 
-from jaxalign.data.chat import ChatRenderer, Piece
+from jaxalign.data import formats_feedback as feedback
+from jaxalign.data.chat import ChatRenderer
+from jaxalign.data.columns import check_rating, row_annotator, row_columns
 from jaxalign.data.errors import Counter, DataError
-from jaxalign.data.report import SkippedRows, source_of
+from jaxalign.data.example import TextExample, one_piece
+from jaxalign.data.report import SkippedRows, explain_partial_rows, source_of
 from jaxalign.data.sources import RawRow
 
-KINDS = ("preference", "reward", "unpaired", "sft", "prompt")
+KINDS = ("preference", "reward", "pointwise", "listwise", "unpaired", "sft", "prompt")
 PAIRED_FORMATS = ("preference", "implicit_preference")
 FORMATS_FOR_KIND = {
-    "preference": ("preference", "implicit_preference", "ratings", "ranking"),
-    "reward": ("preference", "implicit_preference", "ratings", "ranking"),
+    "preference": ("preference", "implicit_preference", "ratings", "ranking", "critique"),
+    "reward": ("preference", "implicit_preference", "ratings", "ranking", "critique"),
+    "pointwise": ("rating", "ratings", "unpaired"),
+    "listwise": ("ranking",),
     "unpaired": ("unpaired", *PAIRED_FORMATS),
-    "sft": ("prompt_completion", "messages", "text", *PAIRED_FORMATS),
+    "sft": ("prompt_completion", "messages", "text", *PAIRED_FORMATS, "critique"),
     "prompt": ("prompt_only", "preference", "implicit_preference", "ratings", "ranking", "unpaired",
-               "prompt_completion", "messages"),
+               "prompt_completion", "messages", "rating", "critique"),
 }
 # Detection order matters: the first format whose columns are all present wins.
 FORMAT_COLUMNS = (
     ("messages", ("messages",)),
     ("ratings", ("prompt", "responses", "scores")),
     ("ranking", ("prompt", "ranking")),
+    ("critique", ("prompt", "response", "critique")),
     ("preference", ("prompt", "chosen", "rejected")),
     ("implicit_preference", ("chosen", "rejected")),
+    ("rating", ("prompt", "completion", "rating")),
     ("unpaired", ("prompt", "completion", "label")),
     ("prompt_completion", ("prompt", "completion")),
     ("text", ("text",)),
@@ -59,19 +73,6 @@ FORMAT_COLUMNS = (
 SPEAKER_TAG = re.compile(r"\n\n?[A-Z][A-Za-z]{0,30}:")
 _FROM_ROW = object()  # "read the field from the row" (None is a value a list may hold)
 DETECT_ROWS = 100  # objects read to detect the format: a bad first row must not decide it
-
-
-@dataclasses.dataclass(frozen=True)
-class TextExample:
-    """One training example as text. ``completions[b]`` is a tuple of
-    ``(text, in_loss)`` pieces; most completions are a single piece."""
-
-    prompt: str
-    completions: tuple[tuple[Piece, ...], ...]
-    where: str
-    margin: float | None = None
-    label: bool | None = None
-    chat: bool = False  # rendered by a chat template, which ends the reply itself: no EOS appended
 
 
 def _row_format(value: dict) -> str | None:
@@ -115,12 +116,13 @@ def check_kind(fmt: str, kind: str, source: str | None = None) -> None:
 
 def format_rows(
     rows: Sequence[RawRow], fmt: str, kind: str, renderer: Callable[[], ChatRenderer], on_bad_row: str, stats: Counter,
-    *, max_skipped_fraction: float = 1.0, split: str | None = None,
+    *, max_skipped_fraction: float = 1.0, split: str | None = None, cfg: Any = None,
 ) -> list[TextExample]:
     """Formats every row; bad rows raise ``DataError`` or, with ``on_bad_row ==
     "skip"``, are counted in ``stats`` under ``skipped/<reason>`` and logged per
     file with the first few reasons; more than ``max_skipped_fraction`` of a
-    file's rows skipped is an error."""
+    file's rows skipped is an error. ``cfg`` (a ``DataConfig``) names the
+    row columns that reach the losses and the declared rating scale."""
     check_kind(fmt, kind, source_of(rows[0].where) if rows else None)
     examples: list[TextExample] = []
     skipped = SkippedRows()
@@ -128,7 +130,7 @@ def format_rows(
         stats.add("rows_read")
         skipped.row_read(row.where)
         try:
-            made = row_examples(row, fmt, kind, renderer, stats)
+            made = row_examples(row, fmt, kind, renderer, stats, cfg)
         except DataError as err:
             if on_bad_row == "raise":
                 raise
@@ -140,20 +142,43 @@ def format_rows(
         examples.extend(made)
     stats.add("examples", len(examples))
     skipped.report(max_skipped_fraction, split)
+    explain_partial_rows(stats.snapshot(), split)
     return examples
 
 
 def row_examples(
-    row: RawRow, fmt: str, kind: str, renderer: Callable[[], ChatRenderer], stats: Counter
+    row: RawRow, fmt: str, kind: str, renderer: Callable[[], ChatRenderer], stats: Counter, cfg: Any = None,
 ) -> list[TextExample]:
-    """One row -> its examples for ``kind`` (a ratings row gives several pairs)."""
+    """One row -> its examples for ``kind`` (a ratings row gives several pairs),
+    each carrying the row's configured columns and annotator."""
     if row.error is not None:
         raise DataError(row.where, "bad_json", row.error)
     if not isinstance(row.value, dict):
         raise DataError(row.where, "not_an_object", f"a row must be an object with columns, got {type(row.value).__name__}")
-    reader = _Row(row.where, row.value, renderer)
+    reader = _Row(row.where, row.value, renderer, None if cfg is None else cfg.rating_scale)
+    made = _examples(reader, fmt, kind, stats, cfg)
+    columns = row_columns(row.where, row.value, cfg, kind)
+    annotator = row_annotator(row.where, row.value, cfg)
+    if columns or annotator is not None:
+        made = [dataclasses.replace(example, columns={**example.columns, **columns}, annotator=annotator)
+                for example in made]
+    return made
+
+
+def _examples(reader: "_Row", fmt: str, kind: str, stats: Counter, cfg: Any) -> list[TextExample]:
+    if fmt == "critique":
+        return feedback.critique_examples(reader, kind, "revise" if cfg is None else cfg.critique_sft, stats)
+    if kind == "pointwise":
+        if fmt == "rating":
+            return [feedback.rated_reply(reader, reader.scale)]
+        if fmt == "ratings":
+            return feedback.rated_replies(reader, reader.scale)
+        prompt, reply = reader.prompt_and_reply("completion")
+        return [TextExample(prompt, _one(reply), reader.where, label=reader.label(), chat=reader.chat)]
+    if kind == "listwise":
+        return [feedback.ranked_list(reader)]
     if kind == "prompt":
-        return [TextExample(reader.prompt_for_generation(fmt), (), row.where, chat=reader.chat)]
+        return [TextExample(reader.prompt_for_generation(fmt), (), reader.where, chat=reader.chat)]
     if fmt in PAIRED_FORMATS or fmt in ("ratings", "ranking"):
         pairs = reader.pairs(fmt, stats)
         if kind == "unpaired":
@@ -164,25 +189,26 @@ def row_examples(
         return pairs
     if fmt == "unpaired":
         prompt, reply = reader.prompt_and_reply("completion")
-        return [TextExample(prompt, _one(reply), row.where, label=reader.label(), chat=reader.chat)]
+        return [TextExample(prompt, _one(reply), reader.where, label=reader.label(), chat=reader.chat)]
     if fmt == "prompt_completion":
         prompt, reply = reader.prompt_and_reply("completion")
-        return [TextExample(prompt, _one(reply), row.where, chat=reader.chat)]
+        return [TextExample(prompt, _one(reply), reader.where, chat=reader.chat)]
     if fmt == "messages":
         prompt, pieces = reader.conversation()
-        return [TextExample(prompt, (tuple(pieces),), row.where, chat=True)]
+        return [TextExample(prompt, (tuple(pieces),), reader.where, chat=True)]
     if fmt == "text":
-        return [TextExample("", _one(reader.text("text")), row.where)]
+        return [TextExample("", _one(reader.text("text")), reader.where)]
     raise AssertionError(f"unhandled format {fmt}")
 
 
 class _Row:
     """Typed, checked access to one row's fields; every failure names the field."""
 
-    def __init__(self, where: str, value: dict, renderer: Callable[[], ChatRenderer]):
+    def __init__(self, where: str, value: dict, renderer: Callable[[], ChatRenderer], scale: list[float] | None = None):
         self.where = where
         self.value = value
         self._renderer = renderer
+        self.scale = scale  # data.rating_scale: ratings outside it are errors
         self.chat = isinstance(value.get("prompt", value.get("chosen", value.get("messages"))), list)
 
     def fail(self, field: str, reason: str, detail: str) -> DataError:
@@ -235,7 +261,7 @@ class _Row:
             return bool(label)
         raise self.fail("label", "wrong_type", f"expected a bool (desirable or not), got {label!r:.40}")
 
-    def conversation(self) -> tuple[str, list[Piece]]:
+    def conversation(self) -> tuple[str, list]:
         return self.renderer().conversation_pieces(self.messages("messages"), self.where, "messages")
 
     def prompt_for_generation(self, fmt: str) -> str:
@@ -295,27 +321,40 @@ class _Row:
                 raise self.fail(field, "empty_response", "empty response after the shared prompt")
         return TextExample(prompt, _one(chosen_reply) + _one(rejected_reply), self.where)
 
-    def _responses(self, field: str) -> list[Any]:
+    def responses(self, field: str) -> list[Any]:
         responses = self.get(field)
         if not isinstance(responses, list) or len(responses) < 2:
             raise self.fail(field, "wrong_type", f"expected a list of at least 2 responses, got {_describe(responses)}")
         return responses
 
     def _rating_pairs(self, stats: Counter) -> list[TextExample]:
-        responses, scores = self._responses("responses"), self.get("scores")
+        responses, scores = self.responses("responses"), self.get("scores")
         if not isinstance(scores, list) or len(scores) != len(responses):
             raise self.fail("scores", "wrong_type", f"expected a list of {len(responses)} numbers, got {_describe(scores)}")
         for score in scores:
             if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
                 raise self.fail("scores", "wrong_type", f"expected finite numbers, got {score!r:.40}")
+            check_rating(self.where, "scores", score, self.scale)
         order = sorted(range(len(responses)), key=lambda i: -scores[i])
         candidates = [(i, j) for a, i in enumerate(order) for j in order[a + 1:] if scores[i] > scores[j]]
+        ties = sum(scores[i] == scores[j] for a, i in enumerate(order) for j in order[a + 1:])
+        if ties:
+            stats.add("pairs_skipped/tied", ties)
         return self._pairs_from(responses, candidates, "responses", stats, lambda i, j: float(scores[i] - scores[j]))
 
     def _ranking_pairs(self, stats: Counter) -> list[TextExample]:
-        ranking = self._responses("ranking")
-        candidates = [(i, j) for i in range(len(ranking)) for j in range(i + 1, len(ranking))]
-        return self._pairs_from(ranking, candidates, "ranking", stats, lambda i, j: None)
+        """Every better/worse pair; an inner list of replies (``[a, [b, c], d]``) is a tie, giving no pair."""
+        replies, group = [], []
+        for position, entry in enumerate(self.responses("ranking")):
+            tied = isinstance(entry, list) and bool(entry) and not isinstance(entry[0], dict)
+            for reply in entry if tied else [entry]:
+                replies.append(reply)
+                group.append(position)
+        candidates = [(i, j) for i in range(len(replies)) for j in range(i + 1, len(replies)) if group[i] < group[j]]
+        ties = sum(group[i] == group[j] for i in range(len(replies)) for j in range(i + 1, len(replies)))
+        if ties:
+            stats.add("pairs_skipped/tied", ties)
+        return self._pairs_from(replies, candidates, "ranking", stats, lambda i, j: None)
 
     def _pairs_from(self, responses, candidates, field, stats, margin) -> list[TextExample]:
         pairs = []
@@ -354,9 +393,7 @@ def implicit_prompt(chosen: str, rejected: str) -> str:
     return common[:cut].rstrip() if cut > 0 else common
 
 
-def _one(text: str) -> tuple[tuple[Piece, ...], ...]:
-    """A single completion made of one piece in the loss."""
-    return (((text, True),),)
+_one = one_piece
 
 
 def _describe(value: Any) -> str:

@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxalign.data.columns import EXAMPLE_COLUMNS
 from jaxalign.data.tokenize import TokenizedExample
 
 LENGTH_KEYS = ("input_ids", "positions", "segment_ids", "branch_ids")
@@ -97,6 +98,7 @@ def pack_examples(
     row_multiple: int = 1,
     attention_tile: int | None = None,
     targets: bool = True,
+    replies: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Packs up to ``slots`` examples into the batch layout of ``jaxalign/batch.py``.
 
@@ -104,12 +106,15 @@ def pack_examples(
     ``target_index/target_ids/target_segment/target_branch`` ``[R, C]``,
     ``end_index`` ``[R, K, 2]``, float32 ``example_mask`` ``[R, K]``, int32
     ``example_id`` ``[R, K]`` (the example's index in its split; 0 in empty slots), and
-    float32 ``margin``/``label`` ``[R, K]`` when any example has one, and
-    int32 ``tile_pairs`` ``[R, P, 2]`` (see ``attention_tile_pairs``) when
+    float32 ``margin``/``label`` and every per-example column of
+    ``TokenizedExample.columns`` (``weight``, ...) ``[R, K]`` when any example
+    has one, and int32 ``tile_pairs`` ``[R, P, 2]`` (see ``attention_tile_pairs``) when
     ``attention_tile`` is given and divides L. Padding is zeros everywhere
     except in ``tile_pairs`` (-1). ``targets=False`` leaves out the ``target_*``
     arrays (reward models read only ``end_index``), so batches that differ
-    only in C share one shape.
+    only in C share one shape. ``replies=M`` packs rankings: up to M replies an
+    example (branches 1..M), ``end_index`` ``[R, K, M]`` and float32
+    ``reply_mask`` ``[R, K, M]`` (1 where the reply exists).
     """
     if len(examples) > slots:
         raise ValueError(f"{len(examples)} examples do not fit {slots} example slots")
@@ -124,12 +129,19 @@ def pack_examples(
 
     batch = {key: np.zeros((rows, length), np.int32) for key in LENGTH_KEYS}
     batch.update({key: np.zeros((rows, width), np.int32) for key in TARGET_KEYS})
-    batch["end_index"] = np.zeros((rows, slots, 2), np.int32)
+    if replies is not None:
+        most = max((len(ex.completions) for ex in examples), default=0)
+        if most > replies:
+            raise ValueError(f"an example has {most} replies; the batch was sized for {replies}")
+        batch["reply_mask"] = np.zeros((rows, slots, replies), np.float32)
+    batch["end_index"] = np.zeros((rows, slots, replies or 2), np.int32)
     batch["example_mask"] = np.zeros((rows, slots), np.float32)
     batch["example_id"] = np.zeros((rows, slots), np.int32)
     for column in ("margin", "label"):
         if any(getattr(ex, column) is not None for ex in examples):
             batch[column] = np.zeros((rows, slots), np.float32)
+    for column in sorted({name for ex in examples for name in ex.columns}):
+        batch[column] = np.zeros((rows, slots), np.float32)
 
     for r, members in enumerate(bins):
         start, filled = 0, 0
@@ -197,13 +209,19 @@ def _place(batch: dict[str, np.ndarray], r: int, slot: int, start: int, example:
         batch["segment_ids"][r, begin:stop] = slot
         batch["branch_ids"][r, begin:stop] = branch
         ends.append(stop - 1)
-    batch["end_index"][r, slot - 1] = (ends + ends)[:2] if len(ends) == 1 else ends
+    if "reply_mask" in batch:
+        batch["end_index"][r, slot - 1, : len(ends)] = ends
+        batch["reply_mask"][r, slot - 1, : len(ends)] = 1.0
+    else:
+        batch["end_index"][r, slot - 1] = (ends + ends)[:2] if len(ends) == 1 else ends
     batch["example_mask"][r, slot - 1] = 1.0
     batch["example_id"][r, slot - 1] = example.example_id
     if "margin" in batch and example.margin is not None:
         batch["margin"][r, slot - 1] = example.margin
     if "label" in batch and example.label is not None:
         batch["label"][r, slot - 1] = example.label
+    for column, value in example.columns.items():
+        batch[column][r, slot - 1] = value
 
 
 def unpack(batch: dict[str, np.ndarray]) -> list[TokenizedExample]:
@@ -239,7 +257,7 @@ def _unpack_one(batch: dict[str, np.ndarray], r: int, slot: int, where: np.ndarr
     if prompt_length == 0:
         raise fail("no prompt tokens")
     completion_branches = sorted(set(branches[branches > 0].tolist()))
-    if completion_branches not in ([1], [1, 2]):
+    if completion_branches != list(range(1, len(completion_branches) + 1)) or not completion_branches:
         raise fail(f"unexpected branches {completion_branches}")
     start, prompt_end = where[0], where[0] + prompt_length
     expected_positions = np.concatenate(
@@ -273,11 +291,18 @@ def _unpack_one(batch: dict[str, np.ndarray], r: int, slot: int, where: np.ndarr
                 raise fail(f"target at index {index} (branch {branch}) predicts no token of this example")
         masks.append(mask)
     end_index = batch["end_index"][r, slot - 1]
-    if list(end_index) != (ends * 2 if len(ends) == 1 else ends):
+    if "reply_mask" in batch:
+        expected = ends + [0] * (len(end_index) - len(ends))
+        if list(batch["reply_mask"][r, slot - 1]) != [1.0] * len(ends) + [0.0] * (len(end_index) - len(ends)):
+            raise fail(f"reply_mask {list(batch['reply_mask'][r, slot - 1])} does not mark {len(ends)} replies")
+    else:
+        expected = ends * 2 if len(ends) == 1 else ends
+    if list(end_index) != expected:
         raise fail(f"end_index {list(end_index)} != last completion positions {ends}")
     margin = float(batch["margin"][r, slot - 1]) if "margin" in batch else None
     label = float(batch["label"][r, slot - 1]) if "label" in batch else None
-    return TokenizedExample(prompt, tuple(completions), tuple(masks), prompt_loss, margin, label)
+    columns = {name: float(batch[name][r, slot - 1]) for name in EXAMPLE_COLUMNS if name in batch}
+    return TokenizedExample(prompt, tuple(completions), tuple(masks), prompt_loss, margin, label, columns=columns)
 
 
 def pack_prompts(

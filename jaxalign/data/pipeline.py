@@ -29,14 +29,15 @@ from typing import Any, Callable, Sequence
 import grain
 import numpy as np
 
-from jaxalign.data.chat import ChatRenderer
 from jaxalign.data.config import DataConfig
 from jaxalign.data.errors import Counter
-from jaxalign.data.formats import TextExample, detect_format, format_rows
+from jaxalign.data.formats import TextExample
 from jaxalign.data.packing import batch_shape, pack_examples, pack_prompts, pad_batch
-from jaxalign.data.sources import carve_eval, read_rows
+from jaxalign.data.rows import split_examples
 from jaxalign.data.tokenize import Dropped, ExampleTokenizer, TokenizedExample
 
+PAIRED_KINDS = ("preference", "reward", "listwise")  # examples with several replies sharing a prompt
+SCORE_ONLY_KINDS = ("reward", "pointwise", "listwise")  # reward models: no target arrays, scores at end_index
 ShapeAgreement = Callable[[tuple[int, int, int, int]], tuple[int, int, int, int]]
 
 
@@ -100,8 +101,10 @@ def build_pipeline(
     ordered: bool = False,
 ) -> DataPipeline | None:
     """Builds the ``split`` ("train" or "eval") pipeline for ``kind`` batches
-    ("preference", "reward", "unpaired", "sft", "prompt"; "reward" is
-    "preference" without the target arrays, which a reward model never reads).
+    ("preference", "reward", "pointwise", "listwise", "unpaired", "sft",
+    "prompt"; "reward" is "preference" without the target arrays, which a
+    reward model never reads; "pointwise" one rated reply an example and
+    "listwise" a ranking's replies, best first, both without targets).
 
     Returns None for "eval" when the config names no eval data. ``row_multiple``
     is the number of data-parallel shards this process feeds (rows of every
@@ -117,14 +120,10 @@ def build_pipeline(
         raise ValueError("data.train is required: a local file, builtin:NAME, or a hub dataset name")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
-    rows = _split_rows(cfg, split)
-    if rows is None:
+    loaded = split_examples(cfg, split, tokenizer, kind)
+    if loaded is None:
         return None
-    fmt = detect_format(rows) if cfg.format == "auto" else cfg.format
-    load_stats = Counter()
-    renderer = functools.cache(lambda: ChatRenderer(tokenizer))
-    examples = format_rows(rows, fmt, kind, renderer, cfg.on_bad_row, load_stats,
-                           max_skipped_fraction=cfg.max_skipped_fraction, split=split)
+    fmt, examples, load_stats = loaded.format, loaded.examples, loaded.stats
     if not examples:
         raise ValueError(f"data: the {split} split has no usable examples ({load_stats.snapshot()})")
 
@@ -140,8 +139,11 @@ def build_pipeline(
     else:
         steps = math.ceil(len(examples) / batch_size)
 
-    paired = kind in ("preference", "reward")
-    pack_length = cfg.resolved_pack_length(paired=paired)
+    paired = kind in PAIRED_KINDS
+    # A ranking batch holds up to `replies` replies an example: the most of the split, so every batch
+    # (and every process, which formats the whole split) has one end_index width.
+    replies = max(len(example.completions) for example in examples) if kind == "listwise" else None
+    pack_length = cfg.resolved_pack_length(paired=paired, replies=replies or 2)
     to_tokens = ExampleTokenizer(
         tokenizer, cfg.max_length, cfg.resolved_max_prompt_length(), cfg.on_overlong,
         loss_on_prompt=kind == "sft" and not cfg.completion_only_loss,
@@ -150,7 +152,7 @@ def build_pipeline(
     pack = functools.partial(
         _pack_batch, kind=kind, slots=local_batch, pack_length=pack_length,
         pad_to_multiple=cfg.pad_to_multiple, row_multiple=row_multiple,
-        attention_tile=cfg.attention_tile(paired=paired),
+        attention_tile=cfg.attention_tile(paired=paired, replies=replies or 2), replies=replies,
     )
     consume = functools.partial(_consume, stats=run_stats, shape_agreement=shape_agreement)
 
@@ -197,20 +199,9 @@ def _with_mismatched_completions(examples: list[TokenizedExample]) -> list[Token
     ]
 
 
-def _split_rows(cfg: DataConfig, split: str):
-    if split == "train":
-        rows = read_rows(cfg.train, "train")
-        return carve_eval(rows, cfg.eval_fraction)[0]
-    if cfg.eval is not None:
-        return read_rows(cfg.eval, "eval")
-    if cfg.eval_fraction > 0:
-        return carve_eval(read_rows(cfg.train, "train"), cfg.eval_fraction)[1]
-    return None
-
-
 def _pack_batch(
     items: Sequence[TokenizedExample | Dropped | None], *, kind: str, slots: int, pack_length: int,
-    pad_to_multiple: int, row_multiple: int, attention_tile: int | None,
+    pad_to_multiple: int, row_multiple: int, attention_tile: int | None, replies: int | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Grain ``batch_fn``: P tokenized examples (None = eval padding) -> (arrays, counts)."""
     examples = [item for item in items if isinstance(item, TokenizedExample)]
@@ -223,13 +214,14 @@ def _pack_batch(
     counts["truncated"] = sum(example.truncated for example in examples)
     if kind == "prompt":
         batch = pack_prompts(examples, slots=slots, pad_to_multiple=pad_to_multiple, row_multiple=row_multiple)
-        # Which example each row holds (0 in padding rows): RL reward functions look up the row's columns.
+        # Which example each row holds (0 in padding rows): RL reward sources look up the row (data.rows.ExampleRows).
         batch["example_id"] = np.zeros(batch["example_mask"].shape, np.int32)
         batch["example_id"][:len(examples)] = [example.example_id for example in examples]
         counts["tokens"], counts["token_slots"] = int(batch["prompt_mask"].sum()), batch["prompt_mask"].size
     else:
         batch = pack_examples(examples, slots=slots, pack_length=pack_length, pad_to_multiple=pad_to_multiple,
-                              row_multiple=row_multiple, attention_tile=attention_tile, targets=kind != "reward")
+                              row_multiple=row_multiple, attention_tile=attention_tile,
+                              targets=kind not in SCORE_ONLY_KINDS, replies=replies)
         counts["tokens"], counts["token_slots"] = int(np.count_nonzero(batch["segment_ids"])), batch["segment_ids"].size
     return batch, counts
 

@@ -63,6 +63,22 @@ class SkippedRows:
             log.warning("data%s: %s", label, summary)
 
 
+# Rows that were usable but not as a whole, and why (counted by the formats).
+PARTIAL_ROWS = {
+    "pairs_skipped/tied": "pairs of tied replies (equal scores, or a ranking's tied group) give no pair",
+    "pairs_skipped/identical_responses": "pairs of identical replies were left out",
+    "critique/no_revision": "critique rows without a revision give no pair and no revision SFT example",
+}
+
+
+def explain_partial_rows(counts: dict[str, int], split: str | None = None) -> None:
+    """Warns once per kind of partly used row (``PARTIAL_ROWS``) with its count."""
+    label = f" ({split})" if split else ""
+    for key, why in PARTIAL_ROWS.items():
+        if counts.get(key):
+            log.warning("data%s: %d %s: %s", label, counts[key], key, why)
+
+
 class DataReport:
     """Counts of the data a run consumed, as metrics; warns once per split on truncation.
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -45,6 +45,7 @@ class TokenizedExample:
     truncated: bool = False
     where: str = ""
     example_id: int = -1  # index of the example in its split (precomputed reference log-probs key on it)
+    columns: Mapping[str, float] = dataclasses.field(default_factory=dict)  # batch columns [R, K] (data.columns)
 
     @property
     def length(self) -> int:
@@ -137,12 +138,14 @@ class ExampleTokenizer:
             label=None if example.label is None else float(example.label),
             truncated=truncated,
             where=example.where,
+            columns=example.columns,
         )
 
     def _overlong_field(self, prompt: list[int], completions: list[list[int]]) -> tuple[str, str] | None:
         if len(prompt) > self.prompt_limit:
             return "prompt", f"prompt is {len(prompt)} tokens, over the limit of {self.prompt_limit}"
-        for field, ids in zip(BRANCH_FIELDS.get(len(completions), ()), completions):
+        fields = BRANCH_FIELDS.get(len(completions)) or [f"ranking[{i}]" for i in range(len(completions))]
+        for field, ids in zip(fields, completions):
             if len(prompt) + len(ids) > self.max_length:
                 return field, f"prompt + {field} is {len(prompt) + len(ids)} tokens, over max_length {self.max_length}"
         return None
@@ -174,17 +177,20 @@ def _from_folder_or_hub(name: str, auto_tokenizer: Any) -> Any:
 def load_tokenizer(path_or_name: str) -> Any:
     """A transformers tokenizer with a pad token.
 
-    ``"builtin"`` is the quickstart's small BPE; a ``.json`` file is a raw
+    ``"builtin"`` is the quickstart's small BPE and ``"builtin:alignment"`` the
+    built-in alignment task's (``jaxalign.data.builtin.TOKENIZERS``); a ``.json`` file is a raw
     ``tokenizers`` file (EOS guessed from common names); anything else goes to
     ``AutoTokenizer.from_pretrained`` (a local folder, or a hub name when online).
     Without a pad token, EOS is used for padding (batches mask padding anyway).
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    if path_or_name == "builtin":
-        from jaxalign.data.builtin import TOKENIZER_DIR
+    if path_or_name == "builtin" or str(path_or_name).startswith("builtin:"):
+        from jaxalign.data.builtin import TOKENIZERS
 
-        path_or_name = str(TOKENIZER_DIR)
+        if path_or_name not in TOKENIZERS:
+            raise ValueError(f"unknown built-in tokenizer '{path_or_name}'; choose from {', '.join(TOKENIZERS)}")
+        path_or_name = str(TOKENIZERS[path_or_name][0])
     if str(path_or_name).endswith(".json") and Path(path_or_name).is_file():
         tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(path_or_name))
         if tokenizer.eos_token is None:

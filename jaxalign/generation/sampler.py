@@ -1,10 +1,11 @@
 """The jitted sampler: prefill the prompts into a KV cache, then a ``lax.while_loop`` decode.
 
 One compiled program per (model graph, ``SamplingConfig``, prompt shape,
-shardings). Prompts are left-padded ``[B, Lp]``, so every row's prompt ends in
-slot ``Lp - 1`` and step ``i``'s token goes to slot ``Lp + i`` for the whole
-batch (one ``dynamic_update_slice`` per layer), while RoPE positions continue
-from each row's own prompt length. The loop stops as soon as every row has
+``num_samples``, shardings). Both phases are the model's own forward with a KV
+cache (``CausalLM.hidden_states(..., cache=...)``). Prompts are left-padded
+``[B, Lp]``, so every row's prompt ends in slot ``Lp - 1`` and step ``i``'s
+token goes to slot ``Lp + i`` for the whole batch (one ``dynamic_update_slice``
+per layer), while RoPE positions continue from each row's own prompt length. The loop stops as soon as every row has
 emitted a stop token, or after ``max_new_tokens``.
 """
 
@@ -21,13 +22,13 @@ from jax.sharding import Mesh, NamedSharding
 from jaxalign.generation.config import SamplingConfig
 from jaxalign.generation.sampling import policy_logps, sample_tokens
 from jaxalign.models.config import ModelConfig
-from jaxalign.models.kv_cache import KEY_AXES, VALUE_AXES, KVCache, cache_shapes, cached_hidden_states, init_kv_cache
+from jaxalign.models.kv_cache import KEY_AXES, VALUE_AXES, KVCache, cache_shapes, init_kv_cache
 from jaxalign.models.transformer import CausalLM
 from jaxalign.sharding import logical_sharding
 
 
 class Generation(NamedTuple):
-    """What ``generate`` returns (B rows, N = ``max_new_tokens``).
+    """What ``generate`` returns (B rows = prompts x ``num_samples``, N = ``max_new_tokens``).
 
     tokens ``[B, N]`` int32: sampled tokens; ``pad_token_id`` after a row stops.
     mask ``[B, N]`` int32: 1 for completion tokens, up to and including the stop token.
@@ -92,10 +93,8 @@ def _constrain(cache: KVCache, shardings: CacheShardings | None) -> KVCache:
     if shardings is None:
         return cache
     keys, values = shardings
-    return KVCache(
-        tuple(jax.lax.with_sharding_constraint(x, keys) for x in cache.keys),
-        tuple(jax.lax.with_sharding_constraint(x, values) for x in cache.values),
-    )
+    return cache.replace(keys=tuple(jax.lax.with_sharding_constraint(x, keys) for x in cache.keys),
+                         values=tuple(jax.lax.with_sharding_constraint(x, values) for x in cache.values))
 
 
 def _sample(
@@ -106,26 +105,25 @@ def _sample(
     rng: jax.Array,
     cfg: SamplingConfig,
     stop_ids: tuple[int, ...],
-    cache_shardings: CacheShardings | None,
+    num_samples: int,
+    cache_shardings: tuple[CacheShardings, CacheShardings] | None,
 ) -> Generation:
     model = nnx.merge(graphdef, state)
-    batch, prompt_len = prompt_ids.shape
+    prompts, prompt_len = prompt_ids.shape
+    batch = prompts * num_samples
     new = cfg.max_new_tokens
-    slots = prompt_len + new - 1  # the last sampled token is never fed back
+    prefill_shardings, decode_shardings = cache_shardings or (None, None)
     prompt_valid = prompt_mask.astype(bool)
     prompt_positions = jnp.maximum(jnp.cumsum(prompt_valid.astype(jnp.int32), axis=-1) - 1, 0)
-    prompt_lengths = prompt_valid.sum(axis=-1, dtype=jnp.int32)
 
-    cache = _constrain(init_kv_cache(model.config, batch, slots), cache_shardings)
-    hidden, cache = cached_hidden_states(model, prompt_ids, prompt_positions, cache, 0, prompt_valid, prompt_positions)
+    # Prefill once per prompt, on a cache of exactly the prompt's slots; then room for the
+    # decoded tokens (the last sampled token is never fed back), each prompt's cache copied
+    # to its num_samples rows.
+    cache = _constrain(init_kv_cache(model.config, prompts, prompt_len), prefill_shardings)
+    hidden, cache = model.hidden_states(prompt_ids, prompt_positions, prompt_mask, cache=cache)
     first_logits = model.logits_from_hidden(hidden[:, -1])  # left padding: every prompt ends in the last column
-
-    # Slot layout after the prompt, fixed for the whole loop: generated slots
-    # become valid as they are written; their positions continue each prompt.
-    slot = jnp.arange(slots)
-    generated = jnp.arange(new - 1)
-    key_positions = jnp.concatenate([prompt_positions, prompt_lengths[:, None] + generated[None]], axis=1)
-    prompt_slot_valid = jnp.pad(prompt_valid, ((0, 0), (0, new - 1)))
+    cache = _constrain(cache.grow(prompt_len + new - 1).repeat(num_samples), decode_shardings)
+    prompt_lengths = jnp.repeat(prompt_valid.sum(axis=-1, dtype=jnp.int32), num_samples)
 
     loop = _Loop(
         step=jnp.zeros((), jnp.int32),
@@ -137,19 +135,17 @@ def _sample(
         done=prompt_lengths == 0,  # padding rows (no prompt) generate nothing and never hold the loop up
         cache=cache,
     )
-    loop = _record(loop, first_logits, rng, cfg, stop_ids)
+    loop = _record(loop, jnp.repeat(first_logits, num_samples, axis=0), rng, cfg, stop_ids)
+    real_token = jnp.ones((batch, 1), jnp.int32)
 
     def keep_going(loop: _Loop) -> jax.Array:
         return (loop.step < new) & ~jnp.all(loop.done)
 
     def decode_step(loop: _Loop) -> _Loop:
-        write_slot = prompt_len + loop.step - 1  # the previous token's slot
+        # The previous token goes to slot prompt_len + step - 1 (= cache.index); its position continues the prompt.
         positions = (prompt_lengths + loop.step - 1)[:, None]
-        key_valid = prompt_slot_valid | ((slot >= prompt_len) & (slot <= write_slot))[None]
-        hidden, cache = cached_hidden_states(
-            model, loop.last_tokens[:, None], positions, loop.cache, write_slot, key_valid, key_positions
-        )
-        loop = loop._replace(cache=_constrain(cache, cache_shardings))
+        hidden, cache = model.hidden_states(loop.last_tokens[:, None], positions, real_token, cache=loop.cache)
+        loop = loop._replace(cache=_constrain(cache, decode_shardings))
         return _record(loop, model.logits_from_hidden(hidden[:, 0]), rng, cfg, stop_ids)
 
     loop = jax.lax.while_loop(keep_going, decode_step, loop)
@@ -157,7 +153,7 @@ def _sample(
     return Generation(loop.tokens, mask, loop.logps, loop.sampling_logps, loop.lengths, loop.step)
 
 
-_sample_jit = jax.jit(_sample, static_argnames=("graphdef", "cfg", "stop_ids", "cache_shardings"))
+_sample_jit = jax.jit(_sample, static_argnames=("graphdef", "cfg", "stop_ids", "num_samples", "cache_shardings"))
 
 
 def _split(model: CausalLM | tuple[nnx.GraphDef, nnx.State]) -> tuple[nnx.GraphDef, nnx.State, ModelConfig]:
@@ -194,8 +190,11 @@ def generate(
     *,
     mesh: Mesh | None = None,
     rules: dict | None = None,
+    num_samples: int = 1,
 ) -> Generation:
-    """Samples ``cfg.max_new_tokens`` tokens after each left-padded prompt.
+    """Samples ``cfg.max_new_tokens`` tokens after each left-padded prompt
+    (``num_samples`` continuations of each: rows ``p * num_samples .. p * num_samples + n - 1``
+    of the result continue prompt ``p``).
 
     model: a ``CausalLM``, or its ``nnx.split`` pair (graphdef, state): the
     sampler is a pure function of the state, so a train state's parameters
@@ -207,6 +206,9 @@ def generate(
     ``rules`` as in ``jaxalign.sharding``) and the cache follows them (kv heads
     over ``tensor`` when divisible); parameters stay where they were loaded.
     Pass already-global arrays when running on several hosts.
+
+    Each prompt is prefilled once; its cache is copied to its ``num_samples``
+    rows, which then decode independently (one uniform number per row and step).
     """
     graphdef, state, model_cfg = _split(model)
     prompt_ids, prompt_mask = _int32(prompt_ids), _int32(prompt_mask)
@@ -221,16 +223,21 @@ def generate(
             f"prompt length {np.shape(prompt_ids)[1]} + max_new_tokens {cfg.max_new_tokens} exceeds the model's "
             f"{model_cfg.max_position_embeddings} learned positions"
         )
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     cache_shardings = None
     if mesh is not None:
-        batch = np.shape(prompt_ids)[0]
-        rows = logical_sharding(mesh, ("batch", None), (batch, np.shape(prompt_ids)[1]), rules)
+        prompts, prompt_len = np.shape(prompt_ids)
+        rows = logical_sharding(mesh, ("batch", None), (prompts, prompt_len), rules)
         prompt_ids, prompt_mask = jax.device_put((prompt_ids, prompt_mask), rows)
-        key_shape, value_shape = cache_shapes(model_cfg, batch, total - 1)
-        cache_shardings = (logical_sharding(mesh, KEY_AXES, key_shape, rules),
-                           logical_sharding(mesh, VALUE_AXES, value_shape, rules))
+
+        def shardings(batch: int, slots: int) -> CacheShardings:
+            key_shape, value_shape = cache_shapes(model_cfg, batch, slots)
+            return (logical_sharding(mesh, KEY_AXES, key_shape, rules), logical_sharding(mesh, VALUE_AXES, value_shape, rules))
+
+        cache_shardings = (shardings(prompts, prompt_len), shardings(prompts * num_samples, total - 1))
     return _sample_jit(
-        graphdef, state, prompt_ids, prompt_mask, rng,
-        cfg=cfg, stop_ids=stop_token_ids(cfg, model_cfg.eos_token_id), cache_shardings=cache_shardings,
+        graphdef, state, prompt_ids, prompt_mask, rng, cfg=cfg, stop_ids=stop_token_ids(cfg, model_cfg.eos_token_id),
+        num_samples=num_samples, cache_shardings=cache_shardings,
     )
 

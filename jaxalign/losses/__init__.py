@@ -20,7 +20,9 @@ from jaxalign.losses.accounting import LossOutput, Stat, max_stat, mean_stat, me
 from jaxalign.losses.build import build_loss, build_per_example_loss, compute_loss
 from jaxalign.losses.config import LossConfig
 from jaxalign.losses.inputs import (
+    ListwiseInputs,
     LossInputs,
+    PointwiseInputs,
     PreferenceInputs,
     RewardInputs,
     UnpairedInputs,
@@ -28,16 +30,19 @@ from jaxalign.losses.inputs import (
     completion_lengths,
     example_column,
 )
-from jaxalign.losses.registry import LossSpec, LossTerms, get_loss, list_losses, register_loss
+from jaxalign.losses.registry import LossParams, LossSpec, LossTerms, get_loss, list_losses, register_loss
 
 # Importing the catalogue registers the built-in losses; ``ppo`` is PPO's math (public API).
-from jaxalign.losses import ppo, preference, reward, unpaired  # noqa: E402,F401  isort: skip
+from jaxalign.losses import listwise, pointwise, ppo, preference, reward, unpaired  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "LossConfig",
+    "ListwiseInputs",
     "LossInputs",
     "LossOutput",
+    "LossParams",
     "LossSpec",
+    "PointwiseInputs",
     "LossTerms",
     "PreferenceInputs",
     "RewardInputs",

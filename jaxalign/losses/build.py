@@ -3,6 +3,11 @@
 The one place where per-example losses become a loss: the weighted sum of the
 configured terms, reduced with the mask by ``mean_stat``, plus the standard
 metrics of the loss's kind. Built-in and user losses go through it alike.
+
+With a ``weight`` batch column (``data.weight_column``, annotator reliability)
+the loss is the weighted mean ``sum(w * loss) / sum(w)`` over real examples,
+kept as ``(sum, weight)`` so micro-batches still combine exactly; metrics stay
+plain means over examples (they describe the data, not the objective).
 """
 
 from __future__ import annotations
@@ -15,13 +20,23 @@ import jax.numpy as jnp
 
 from jaxalign.losses.accounting import LossOutput, Stat, mean_stat
 from jaxalign.losses.config import LossConfig
-from jaxalign.losses.inputs import INPUTS_BY_KIND, BatchColumns, LossInputs, MissingColumnError, with_safe_padding
+from jaxalign.losses.inputs import (
+    INPUTS_BY_KIND,
+    STRENGTH_COLUMN,
+    WEIGHT_COLUMN,
+    BatchColumns,
+    LossInputs,
+    MissingColumnError,
+    example_column,
+    with_safe_padding,
+)
 from jaxalign.losses.metrics import (
+    SCORE_COLUMNS,
+    SCORE_METRICS,
     UNPAIRED_DIFFERENCES,
     implicit_pair_rewards,
     implicit_unpaired_rewards,
     pair_metrics,
-    reward_model_metrics,
     unpaired_metrics,
 )
 from jaxalign.losses.registry import LossSpec, LossTerms
@@ -46,18 +61,26 @@ def loss_from_terms(terms: Sequence[tuple[LossSpec, float]], cfg: LossConfig) ->
     def loss_fn(inputs: LossInputs) -> LossOutput:
         inputs, total, evaluated = _evaluate(terms, cfg, inputs)
         mask = inputs.mask
+        loss_weights = example_weights(inputs)
         stats: dict[str, Stat] = {}
         for spec, term in evaluated:
             if combined:
-                stats[f"loss/{spec.name}"] = mean_stat(term.per_example, mask)
+                stats[f"loss/{spec.name}"] = mean_stat(term.per_example, loss_weights)
             for name, value in term.metrics.items():
                 stats.setdefault(name, value if isinstance(value, Stat) else mean_stat(value, mask))
         standard, differences = _standard_metrics(kind, inputs, cfg, _first(evaluated, "rewards"),
                                                   _first(evaluated, "logps"))
         metrics = jax.lax.stop_gradient({**standard, **stats})  # only the loss trains
-        return LossOutput(mean_stat(total, mask), metrics, differences)
+        return LossOutput(mean_stat(total, loss_weights), metrics, differences)
 
     return loss_fn
+
+
+def example_weights(inputs: LossInputs) -> Array:
+    """``mask`` times the ``weight`` batch column when there is one, ``[N]``."""
+    if WEIGHT_COLUMN not in inputs.batch:
+        return inputs.mask
+    return inputs.mask * example_column(inputs, WEIGHT_COLUMN)
 
 
 def build_per_example_loss(cfg: LossConfig) -> Callable[[LossInputs], dict[str, Array]]:
@@ -85,6 +108,8 @@ def build_per_example_loss(cfg: LossConfig) -> Callable[[LossInputs], dict[str, 
                 if not isinstance(value, Stat):
                     columns.setdefault(name, jnp.broadcast_to(value, total.shape))
         columns.update(_standard_columns(kind, inputs, cfg, _first(evaluated, "rewards"), _first(evaluated, "logps")))
+        if WEIGHT_COLUMN in inputs.batch:
+            columns[WEIGHT_COLUMN] = example_column(inputs, WEIGHT_COLUMN)
         real = inputs.mask > 0
         columns = {name: jnp.where(real, value, 0.0) for name, value in columns.items()}
         return {**columns, "mask": inputs.mask}
@@ -103,6 +128,11 @@ def _evaluate(terms: Sequence[tuple[LossSpec, float]], cfg: LossConfig, inputs: 
                 f"loss {spec.name!r} needs reference log-probs, but the inputs have none; "
                 "configure a reference model (or precomputed ref_logps), or pick a reference-free loss"
             )
+    if STRENGTH_COLUMN in inputs.batch and not any(spec.soft_labels for spec, _ in terms):
+        raise ValueError(
+            f"the batch has per-pair preference strengths ({STRENGTH_COLUMN!r}, data.strength_column), which loss "
+            f"{_describe(terms)} ignores; soft labels work with sigmoid, simpo, cpo and bradley_terry "
+            "(or unset data.strength_column)")
     inputs = dataclasses.replace(with_safe_padding(inputs), batch=BatchColumns(inputs.batch))
     mask = inputs.mask
     total = jnp.zeros_like(mask, dtype=jnp.float32)
@@ -161,7 +191,7 @@ def _standard_metrics(kind: str, inputs: LossInputs, cfg: LossConfig, rewards: t
     if kind == "unpaired":
         unpaired_rewards = rewards[0] if rewards is not None else implicit_unpaired_rewards(inputs, cfg.beta)
         return unpaired_metrics(inputs, unpaired_rewards), UNPAIRED_DIFFERENCES
-    return reward_model_metrics(inputs), ()
+    return SCORE_METRICS[kind](inputs), ()
 
 
 def _standard_columns(kind: str, inputs: LossInputs, cfg: LossConfig, rewards: tuple[Array, Array] | None,
@@ -176,8 +206,7 @@ def _standard_columns(kind: str, inputs: LossInputs, cfg: LossConfig, rewards: t
     if kind == "unpaired":
         return {"rewards": rewards[0] if rewards is not None else implicit_unpaired_rewards(inputs, cfg.beta),
                 "logps": inputs.policy_logps}
-    return {"rewards/chosen": inputs.chosen_rewards, "rewards/rejected": inputs.rejected_rewards,
-            "margin": inputs.chosen_rewards - inputs.rejected_rewards}
+    return SCORE_COLUMNS[kind](inputs)
 
 
 def _describe(terms) -> str:

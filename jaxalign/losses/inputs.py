@@ -13,6 +13,10 @@ Three kinds, one per family of losses (the registry's ``kind``):
   desirable/undesirable ``label`` (KTO).
 * ``RewardInputs`` ("reward"): reward-model scores of a chosen and a rejected
   completion (Bradley-Terry).
+* ``PointwiseInputs`` ("pointwise"): one reward-model score per example, with
+  its rating or acceptability label in ``batch`` (regression, ordinal, BCE).
+* ``ListwiseInputs`` ("listwise"): the scores ``[N, M]`` of up to M replies
+  per example in rank order, best first (Plackett-Luce).
 
 Each bundle carries ``batch``, the dict of batch columns, so a loss can read an
 extra column (``margin``, ``label``, ``bco_delta``, ...) without a new field;
@@ -108,7 +112,42 @@ class RewardInputs:
         return False
 
 
-LossInputs = Union[PreferenceInputs, UnpairedInputs, RewardInputs]
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PointwiseInputs:
+    """One reward-model score per example, ``rewards`` ``[N]``; the targets are batch
+    columns (``rating``, ``rating_level``, ``label``). ``params`` holds the loss's own
+    trained parameters (e.g. ``ordinal_thresholds``; ``LossSpec.params``)."""
+
+    rewards: Array
+    mask: Array
+    batch: dict[str, Array] = dataclasses.field(default_factory=dict)
+    params: dict[str, Array] = dataclasses.field(default_factory=dict)
+
+    @property
+    def has_reference(self) -> bool:
+        return False
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ListwiseInputs:
+    """Scores of each example's replies in rank order (best first), ``rewards``
+    ``[N, M]``; ``reply_mask`` ``[N, M]`` is 1 where the reply exists."""
+
+    rewards: Array
+    reply_mask: Array
+    mask: Array
+    batch: dict[str, Array] = dataclasses.field(default_factory=dict)
+
+    @property
+    def has_reference(self) -> bool:
+        return False
+
+
+LossInputs = Union[PreferenceInputs, UnpairedInputs, RewardInputs, PointwiseInputs, ListwiseInputs]
+WEIGHT_COLUMN = "weight"  # per-example weights: every loss is the weighted mean (losses.build)
+STRENGTH_COLUMN = "preference_strength"  # P(chosen is better) per pair: soft labels
 
 
 class MissingColumnError(KeyError, ValueError):
@@ -138,6 +177,8 @@ INPUTS_BY_KIND: dict[str, type] = {
     "pair": PreferenceInputs,
     "unpaired": UnpairedInputs,
     "reward": RewardInputs,
+    "pointwise": PointwiseInputs,
+    "listwise": ListwiseInputs,
 }
 
 _LOGP_FIELDS = (
@@ -151,7 +192,8 @@ _LOGP_FIELDS = (
     "ref_kl_logps",
 )
 _LENGTH_FIELDS = ("chosen_lengths", "rejected_lengths", "lengths")
-_ZERO_FIELDS = ("chosen_logits_mean", "rejected_logits_mean", "logits_mean", "chosen_rewards", "rejected_rewards", "label")
+_ZERO_FIELDS = ("chosen_logits_mean", "rejected_logits_mean", "logits_mean", "chosen_rewards", "rejected_rewards", "label",
+                "rewards", "reply_mask")
 
 
 def with_safe_padding(inputs: LossInputs) -> LossInputs:
@@ -165,7 +207,7 @@ def with_safe_padding(inputs: LossInputs) -> LossInputs:
     replaced = {}
     for field in dataclasses.fields(inputs):
         value = getattr(inputs, field.name)
-        if value is None or field.name in ("mask", "batch"):
+        if value is None or field.name in ("mask", "batch", "params"):
             continue
         if field.name in _LOGP_FIELDS:
             safe = _SAFE_LOGP
@@ -175,7 +217,8 @@ def with_safe_padding(inputs: LossInputs) -> LossInputs:
             safe = 0.0
         else:  # a field added later without a safe value: leave it alone
             continue
-        replaced[field.name] = jnp.where(real, value, jnp.asarray(safe, dtype=value.dtype))
+        where_real = real.reshape(real.shape + (1,) * (value.ndim - real.ndim))  # [N] -> [N, M] for listwise
+        replaced[field.name] = jnp.where(where_real, value, jnp.asarray(safe, dtype=value.dtype))
     return dataclasses.replace(inputs, **replaced)
 
 

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxalign.losses.accounting import Stat, max_stat, mean_stat, min_stat
-from jaxalign.losses.inputs import PreferenceInputs, RewardInputs, UnpairedInputs
+from jaxalign.losses.inputs import ListwiseInputs, PointwiseInputs, PreferenceInputs, RewardInputs, UnpairedInputs
 
 Array = jax.Array
 
@@ -98,3 +98,38 @@ def reward_model_metrics(inputs: RewardInputs) -> dict[str, Stat]:
         "max_reward": max_stat(both, both_mask),
     }
     return stats
+
+
+def _reward_range(scores: Array, weights: Array) -> dict[str, Stat]:
+    return {"mean_reward": mean_stat(scores, weights), "min_reward": min_stat(scores, weights),
+            "max_reward": max_stat(scores, weights)}
+
+
+def pointwise_metrics(inputs: PointwiseInputs) -> dict[str, Stat]:
+    """``mean_reward``, ``min_reward``, ``max_reward`` over the examples' scores."""
+    return _reward_range(inputs.rewards, inputs.mask)
+
+
+def listwise_metrics(inputs: ListwiseInputs) -> dict[str, Stat]:
+    """``accuracy``: per example, the share of its reply pairs (i better than j) scored
+    in that order, averaged over examples (for two replies, Bradley-Terry's accuracy);
+    ``top1_accuracy``: the best reply scored highest; reward range over all replies."""
+    scores, replies = inputs.rewards, inputs.reply_mask
+    better = jnp.triu(jnp.ones((scores.shape[1], scores.shape[1]), bool), k=1)  # i ranked above j
+    pairs = better[None] & (replies[:, :, None] > 0) & (replies[:, None, :] > 0)
+    right = jnp.sum(pairs & (scores[:, :, None] > scores[:, None, :]), axis=(1, 2))
+    per_example = right / jnp.maximum(jnp.sum(pairs, axis=(1, 2)), 1)
+    top = jnp.argmax(jnp.where(replies > 0, scores, -jnp.inf), axis=1) == 0
+    mask = inputs.mask
+    return {"accuracy": mean_stat(per_example, mask), "top1_accuracy": mean_stat(top.astype(jnp.float32), mask),
+            **_reward_range(scores.reshape(-1), (mask[:, None] * replies).reshape(-1))}
+
+
+# The standard metrics and per-example columns of the reward-model kinds.
+SCORE_METRICS = {"reward": reward_model_metrics, "pointwise": pointwise_metrics, "listwise": listwise_metrics}
+SCORE_COLUMNS = {
+    "reward": lambda inputs: {"rewards/chosen": inputs.chosen_rewards, "rewards/rejected": inputs.rejected_rewards,
+                              "margin": inputs.chosen_rewards - inputs.rejected_rewards},
+    "pointwise": lambda inputs: {"rewards": inputs.rewards},
+    "listwise": lambda inputs: {"rewards/best": inputs.rewards[:, 0]},
+}

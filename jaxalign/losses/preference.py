@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxalign.losses.config import LossConfig
-from jaxalign.losses.inputs import PreferenceInputs, batch_scalar, completion_lengths
+from jaxalign.losses.inputs import STRENGTH_COLUMN, PreferenceInputs, batch_scalar, completion_lengths, example_column
 from jaxalign.losses.registry import LossTerms, register_loss
 
 Array = jax.Array
@@ -54,19 +54,31 @@ def smoothed_logistic(z: Array, label_smoothing: float) -> Array:
     return -(1.0 - label_smoothing) * jax.nn.log_sigmoid(z) - label_smoothing * jax.nn.log_sigmoid(-z)
 
 
+def pair_label_smoothing(inputs, label_smoothing: float) -> Array | float:
+    """Each pair's label smoothing: ``label_smoothing`` (eps) alone, or, with a
+    ``preference_strength`` column p (P(chosen is better)), ``1 - p'`` where
+    ``p' = p (1 - eps) + (1 - p) eps``: eps read as a further flip rate on top of
+    the stated strength. p = 1 gives eps, eps = 0 gives ``1 - p``."""
+    if STRENGTH_COLUMN not in inputs.batch:
+        return label_smoothing
+    strength = example_column(inputs, STRENGTH_COLUMN)
+    return 1.0 - (strength * (1.0 - label_smoothing) + (1.0 - strength) * label_smoothing)
+
+
 def chosen_nll(inputs: PreferenceInputs) -> Array:
     """Per-token NLL of the chosen completion, ``-policy_chosen / length_c`` ``[N]``."""
     return -inputs.policy_chosen_logps / completion_lengths(inputs.chosen_lengths)
 
 
-@register_loss("sigmoid", uses_label_smoothing=True)
+@register_loss("sigmoid", uses_label_smoothing=True, soft_labels=True)
 def sigmoid_loss(inputs: PreferenceInputs, cfg: LossConfig) -> Array:
     """DPO (Rafailov et al. 2023): ``-log sigma(beta * logits)``.
 
     With ``label_smoothing`` eps > 0, conservative DPO (cDPO, Mitchell 2023):
-    ``-(1 - eps) log sigma(beta * logits) - eps log sigma(-beta * logits)``.
+    ``-(1 - eps) log sigma(beta * logits) - eps log sigma(-beta * logits)``;
+    per pair from a ``preference_strength`` column (``pair_label_smoothing``).
     """
-    return smoothed_logistic(cfg.beta * preference_logits(inputs), cfg.label_smoothing)
+    return smoothed_logistic(cfg.beta * preference_logits(inputs), pair_label_smoothing(inputs, cfg.label_smoothing))
 
 
 @register_loss("robust", uses_label_smoothing=True)
@@ -177,7 +189,7 @@ def sigmoid_norm_loss(inputs: PreferenceInputs, cfg: LossConfig) -> Array:
     return -jax.nn.log_sigmoid(cfg.beta * d)
 
 
-@register_loss("simpo", needs_reference=False, uses_label_smoothing=True)
+@register_loss("simpo", needs_reference=False, uses_label_smoothing=True, soft_labels=True)
 def simpo_loss(inputs: PreferenceInputs, cfg: LossConfig) -> LossTerms:
     """SimPO (Meng et al. 2024), reference-free: ``-log sigma(beta (avg_c - avg_r) - gamma)``.
 
@@ -187,7 +199,7 @@ def simpo_loss(inputs: PreferenceInputs, cfg: LossConfig) -> LossTerms:
     chosen, rejected = average_logps(inputs)
     z = cfg.beta * (chosen - rejected) - cfg.simpo_gamma
     return LossTerms(
-        smoothed_logistic(z, cfg.label_smoothing),
+        smoothed_logistic(z, pair_label_smoothing(inputs, cfg.label_smoothing)),
         chosen_rewards=cfg.beta * chosen,
         rejected_rewards=cfg.beta * rejected,
         chosen_logps=chosen,  # TRL's CPOTrainer logs SimPO's per-token averages as logps/*
@@ -195,7 +207,7 @@ def simpo_loss(inputs: PreferenceInputs, cfg: LossConfig) -> LossTerms:
     )
 
 
-@register_loss("cpo", needs_reference=False, uses_label_smoothing=True)
+@register_loss("cpo", needs_reference=False, uses_label_smoothing=True, soft_labels=True)
 def cpo_loss(inputs: PreferenceInputs, cfg: LossConfig) -> LossTerms:
     """CPO (Xu et al. 2024): ``-log sigma(beta (policy_c - policy_r)) + cpo_alpha * nll_c``.
 
@@ -203,7 +215,8 @@ def cpo_loss(inputs: PreferenceInputs, cfg: LossConfig) -> LossTerms:
     ``beta * policy`` summed log-probs, as in TRL's CPOTrainer.
     """
     preference = smoothed_logistic(
-        cfg.beta * (inputs.policy_chosen_logps - inputs.policy_rejected_logps), cfg.label_smoothing
+        cfg.beta * (inputs.policy_chosen_logps - inputs.policy_rejected_logps),
+        pair_label_smoothing(inputs, cfg.label_smoothing),
     )
     nll = chosen_nll(inputs)
     return LossTerms(

@@ -20,7 +20,23 @@ from jaxalign.plugins import load_attribute
 
 Array = jax.Array
 
-LOSS_KINDS = ("pair", "unpaired", "reward")
+LOSS_KINDS = ("pair", "unpaired", "reward", "pointwise", "listwise")
+
+
+class LossParams:
+    """Parameters a loss trains alongside the model (e.g. ordinal thresholds).
+
+    ``init(levels)`` returns ``{name: array}`` (``levels``: the rating scale's
+    number of levels); the reward-model algorithm keeps them in the train
+    state, passes them to the loss as ``inputs.params``, and writes
+    ``export(params)`` (JSON-able) into the exported ``config.json``.
+    """
+
+    def init(self, levels: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def export(self, params: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +78,8 @@ class LossSpec:
     kind: str = "pair"
     needs_reference: bool = True
     uses_label_smoothing: bool = False
+    soft_labels: bool = False  # reads the per-pair ``preference_strength`` column
+    params: LossParams | None = None
 
     def output(self, inputs: Any, cfg: Any) -> Any:
         """This loss alone (weight 1, ``cfg``'s hyperparameters) as a ``LossOutput``."""
@@ -96,6 +114,8 @@ def register_loss(
     needs_reference: bool = True,
     kind: str = "pair",
     uses_label_smoothing: bool = False,
+    soft_labels: bool = False,
+    params: LossParams | None = None,
 ) -> Callable[[LossFn], LossFn]:
     """Decorator registering ``fn(inputs, cfg)`` under ``name``.
 
@@ -105,6 +125,10 @@ def register_loss(
       provide a reference model or precomputed reference log-probs.
     uses_label_smoothing: the loss reads ``cfg.label_smoothing``; a nonzero
       value with a loss that ignores it is a config error.
+    soft_labels: the loss reads the per-pair ``preference_strength`` batch
+      column (``data.strength_column``); data with that column and no loss
+      reading it is an error.
+    params: a ``LossParams`` for a loss that trains parameters of its own.
 
     Returns ``fn`` unchanged (with a ``loss_spec`` attribute), so it can still
     be called directly.
@@ -121,7 +145,7 @@ def register_loss(
                 f"a loss named {name!r} is already registered ({_qualified_name(existing.fn)}); "
                 "pick another name"
             )
-        spec = LossSpec(name, fn, kind, needs_reference, uses_label_smoothing)
+        spec = LossSpec(name, fn, kind, needs_reference, uses_label_smoothing, soft_labels, params)
         _REGISTRY[name] = spec
         fn.loss_spec = spec  # lets get_loss("module:function") find the options
         return fn

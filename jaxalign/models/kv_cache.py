@@ -1,159 +1,136 @@
-"""A key/value cache for incremental decoding with ``CausalLM``.
+"""The key/value cache that the one decoder forward takes as an optional argument.
 
-Sampling runs the decoder over a few new tokens at a time (the whole prompt
-once, then one token per step); each layer's keys and values of earlier tokens
-are kept in a preallocated buffer instead of being recomputed.
+``Decoder.__call__(..., cache=cache)`` (and ``CausalLM.hidden_states`` /
+``CausalLM.__call__``) runs the usual layers over a few new tokens, writes
+their keys and values into the cache at ``cache.index`` and lets them attend
+to every valid slot written so far; it returns the hidden states and the
+updated cache. Sampling calls it twice: over the whole prompt (prefill) and
+then once per decode step over one token.
 
-*Slots* index the cache buffer and are shared by the whole batch, so a step
-writes every row with one ``lax.dynamic_update_slice`` per layer. *Positions*
-are what RoPE / GPT-2's position table see and are per row, so left-padded
-prompts of different lengths each continue from their own length.
+*Slots* index the cache buffer and are shared by the whole batch, so a write
+is one ``lax.dynamic_update_slice`` per layer. *Positions* are what RoPE /
+GPT-2's position table see and are per row, so left-padded prompts of
+different lengths each continue from their own length. The cache records,
+per slot, whether it holds a real token (``valid``) and its position, so the
+attention mask (valid, causal in slots, sliding window in positions) needs
+nothing else.
 
 Layouts are chosen for the decode step's two attention dots, both plain
 batched matmuls over (batch, kv_heads) that read the cache in place: keys
 ``[batch, kv_heads, head_dim, slots]`` (q @ keys), values ``[batch, kv_heads,
 slots, head_dim]`` (probs @ values). With slots before kv heads XLA copied a
 transpose of the whole cache per layer and step; with keys untransposed the
-scores dot was ~2x slower (CPU measurements).
-
-``cached_hidden_states`` follows ``Decoder.__call__`` / ``Block.__call__`` /
-``Attention.__call__`` step for step, reusing their submodules; the
-generation tests check it against the uncached forward and against
-transformers' ``generate``.
+scores dot was ~2x slower (CPU measurements). Attention reads every slot of
+the cache it is given, so a prefill runs on a cache of exactly the prompt's
+slots and ``grow`` pads it for the decode loop (one copy, instead of every
+prefill query scanning the empty decode slots).
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 
-from jaxalign.models.attention import MASK_VALUE, Attention
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.layers import to_dtype
-from jaxalign.models.rope import apply_rope
-from jaxalign.models.transformer import CausalLM
 
 KEY_AXES = ("batch", "kv_heads", "head_dim", None)  # logical axes of one layer's key buffer
 VALUE_AXES = ("batch", "kv_heads", None, "head_dim")  # ... and of its value buffer
 
 
-class KVCache(NamedTuple):
-    """Per layer, keys ``[batch, kv_heads, head_dim, slots]`` and values ``[batch, kv_heads, slots, head_dim]``,
-    in the model's compute dtype."""
+class LayerCache(NamedTuple):
+    """One layer's buffers and the slot where the new tokens go (what ``Attention`` reads and writes)."""
+
+    keys: jax.Array  # [batch, kv_heads, head_dim, slots]
+    values: jax.Array  # [batch, kv_heads, slots, head_dim]
+    index: jax.Array  # [] int32
+
+    def write(self, k: jax.Array, v: jax.Array) -> "LayerCache":
+        """Stores the new tokens' k, v ``[batch, s, kv_heads, head_dim]`` at slots ``index .. index + s - 1``."""
+        keys = jax.lax.dynamic_update_slice(self.keys, k.transpose(0, 2, 3, 1).astype(self.keys.dtype),
+                                            (0, 0, 0, self.index))
+        values = jax.lax.dynamic_update_slice(self.values, v.transpose(0, 2, 1, 3).astype(self.values.dtype),
+                                              (0, 0, self.index, 0))
+        return self._replace(keys=keys, values=values)
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Per layer, keys ``[batch, kv_heads, head_dim, slots]`` and values ``[batch, kv_heads, slots, head_dim]``
+    in the model's compute dtype; per slot ``valid`` ``[batch, slots]`` bool and ``positions``
+    ``[batch, slots]`` int32; ``index`` ``[]`` int32, the next slot to write (the same for every row)."""
 
     keys: tuple[jax.Array, ...]
     values: tuple[jax.Array, ...]
+    valid: jax.Array
+    positions: jax.Array
+    index: jax.Array
+
+    @property
+    def slots(self) -> int:
+        return self.valid.shape[1]
+
+    def layer(self, i: int) -> LayerCache:
+        return LayerCache(self.keys[i], self.values[i], self.index)
+
+    def mark_slots(self, positions: jax.Array, segment_ids: jax.Array) -> "KVCache":
+        """Marks the slots of new tokens (``[batch, s]`` positions; segment 0 = padding) before the layers run."""
+        start = (0, self.index)
+        valid = jax.lax.dynamic_update_slice(self.valid, segment_ids > 0, start)
+        positions = jax.lax.dynamic_update_slice(self.positions, positions.astype(jnp.int32), start)
+        return self.replace(valid=valid, positions=positions)
+
+    def with_layers(self, layers: list[LayerCache], new_tokens: int) -> "KVCache":
+        """The cache after every layer wrote ``new_tokens`` tokens: their buffers, ``index`` advanced."""
+        return self.replace(keys=tuple(layer.keys for layer in layers), values=tuple(layer.values for layer in layers),
+                            index=self.index + new_tokens)
+
+    def mask(self, query_positions: jax.Array, sliding_window: int | None = None) -> jax.Array:
+        """Boolean ``[batch, s, slots]`` for the ``s`` tokens just written at ``index``: each sees the
+        valid slots up to its own; the window is measured in positions, as in ``packed_mask``."""
+        query_slots = self.index + jnp.arange(query_positions.shape[1])
+        causal = jnp.arange(self.slots)[None, :] <= query_slots[:, None]  # [s, slots]
+        mask = self.valid[:, None, :] & causal[None]
+        if sliding_window is not None:
+            distance = query_positions[:, :, None] - self.positions[:, None, :]
+            mask = mask & (distance < sliding_window)
+        return mask
+
+    def grow(self, slots: int) -> "KVCache":
+        """The same cache with ``slots`` slots in all (new ones empty): room for the tokens to decode."""
+        extra = slots - self.slots
+        if extra < 0:
+            raise ValueError(f"cannot shrink a {self.slots}-slot cache to {slots} slots")
+        pad = lambda x, axis: jnp.pad(x, [(0, extra if a == axis else 0) for a in range(x.ndim)])  # noqa: E731
+        return self.replace(keys=tuple(pad(k, 3) for k in self.keys), values=tuple(pad(v, 2) for v in self.values),
+                            valid=pad(self.valid, 1), positions=pad(self.positions, 1))
+
+    def repeat(self, n: int) -> "KVCache":
+        """Every row ``n`` times in a row (row ``r`` -> rows ``r*n .. r*n + n-1``): ``n`` continuations of
+        each prefilled prompt share its prefill."""
+        if n == 1:
+            return self
+        rows = lambda x: jnp.repeat(x, n, axis=0)  # noqa: E731
+        return self.replace(keys=tuple(map(rows, self.keys)), values=tuple(map(rows, self.values)),
+                            valid=rows(self.valid), positions=rows(self.positions))
 
 
 def init_kv_cache(cfg: ModelConfig, batch: int, slots: int) -> KVCache:
-    """An all-zero cache with ``slots`` slots per row."""
+    """An empty cache (nothing valid, ``index`` 0) with ``slots`` slots per row."""
     key_shape, value_shape = cache_shapes(cfg, batch, slots)
     dtype = to_dtype(cfg.dtype)
     return KVCache(
         keys=tuple(jnp.zeros(key_shape, dtype) for _ in range(cfg.num_layers)),
         values=tuple(jnp.zeros(value_shape, dtype) for _ in range(cfg.num_layers)),
+        valid=jnp.zeros((batch, slots), bool),
+        positions=jnp.zeros((batch, slots), jnp.int32),
+        index=jnp.zeros((), jnp.int32),
     )
 
 
 def cache_shapes(cfg: ModelConfig, batch: int, slots: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Shapes of one layer's key and value buffers."""
     return (batch, cfg.num_kv_heads, cfg.head_dim, slots), (batch, cfg.num_kv_heads, slots, cfg.head_dim)
-
-
-def cached_attention_mask(
-    key_valid: jax.Array,
-    key_positions: jax.Array,
-    query_slots: jax.Array,
-    query_positions: jax.Array,
-    sliding_window: int | None = None,
-) -> jax.Array:
-    """Boolean ``[batch, queries, keys]``: a query sees valid keys in earlier (or its own) slots.
-
-    key_valid, key_positions ``[batch, keys]`` (keys = the leading cache slots
-    attended); query_slots ``[queries]``; query_positions ``[batch, queries]``.
-    The window is measured in positions, as in ``packed_mask``.
-    """
-    num_keys = key_valid.shape[1]
-    causal = jnp.arange(num_keys)[None, :] <= query_slots[:, None]  # [queries, keys]
-    mask = key_valid[:, None, :] & causal[None]
-    if sliding_window is not None:
-        distance = query_positions[:, :, None] - key_positions[:, None, :]
-        mask = mask & (distance < sliding_window)
-    return mask
-
-
-def cached_attention(q: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
-    """q ``[b, s, heads, d]``, keys ``[b, kv_heads, d, t]``, values ``[b, kv_heads, t, d]``, mask ``[b, s, t]``
-    -> ``[b, s, heads, d]``.
-
-    ``dot_product_attention`` over the cache layout: scores and softmax in
-    float32, the weighted sum in the values' dtype. The query heads of a kv
-    head and the query tokens are folded into one matrix dimension, so both
-    dots are plain batched matmuls over (batch, kv_heads) (XLA's CPU backend
-    ran the unfolded weighted sum 3-4x slower).
-    """
-    batch, seq, heads, dim = q.shape
-    kv_heads = keys.shape[1]
-    group = heads // kv_heads
-    folded = q.reshape(batch, seq, kv_heads, group, dim).transpose(0, 2, 3, 1, 4).reshape(batch, kv_heads, group * seq, dim)
-    scores = jnp.einsum("bkmd,bkdt->bkmt", folded, keys, preferred_element_type=jnp.float32) * scale
-    scores = scores.reshape(batch, kv_heads, group, seq, -1)
-    scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype).reshape(batch, kv_heads, group * seq, -1)
-    out = jnp.einsum("bkmt,bktd->bkmd", probs, values).reshape(batch, kv_heads, group, seq, dim)
-    return out.transpose(0, 3, 1, 2, 4).reshape(batch, seq, heads, dim)
-
-
-def _project_qkv(attn: Attention, x: jax.Array, cos: jax.Array | None, sin: jax.Array | None):
-    """q ``[b, s, heads, d]``, k/v ``[b, s, kv_heads, d]`` exactly as ``Attention.__call__`` computes them."""
-    q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
-    if attn.q_norm is not None:
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    if attn.use_rope:
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    return q, k, v
-
-
-def cached_hidden_states(
-    model: CausalLM,
-    input_ids: jax.Array,
-    positions: jax.Array,
-    cache: KVCache,
-    start: jax.Array | int,
-    key_valid: jax.Array,
-    key_positions: jax.Array,
-) -> tuple[jax.Array, KVCache]:
-    """Runs the decoder over new tokens that attend to the cache; writes their keys/values into it.
-
-    input_ids, positions ``[batch, s]``: the new tokens, written to slots
-    ``start .. start + s - 1`` (``start`` a scalar, possibly traced).
-    key_valid ``[batch, k]`` bool, key_positions ``[batch, k]`` int: which of
-    the first ``k`` slots hold real tokens after this write, and their
-    positions; attention reads only those ``k`` slots (``k`` = s for a prompt
-    prefill from slot 0, the whole cache when decoding).
-    Returns hidden states ``[batch, s, hidden]`` after the final norm and the
-    updated cache.
-    """
-    decoder = model.model
-    cfg = decoder.config
-    num_keys = key_valid.shape[1]
-    x, cos, sin = decoder.embed(input_ids, positions)
-    query_slots = start + jnp.arange(input_ids.shape[1])
-    full_mask = cached_attention_mask(key_valid, key_positions, query_slots, positions)
-    sliding_mask = None
-    if any(block.sliding for block in decoder.layers):
-        sliding_mask = cached_attention_mask(key_valid, key_positions, query_slots, positions, cfg.sliding_window)
-
-    keys, values = list(cache.keys), list(cache.values)
-    for i, block in enumerate(decoder.layers):
-        attn = block.self_attn
-        q, k, v = _project_qkv(attn, block.input_layernorm(x), cos, sin)
-        keys[i] = jax.lax.dynamic_update_slice(keys[i], k.transpose(0, 2, 3, 1).astype(keys[i].dtype), (0, 0, 0, start))
-        values[i] = jax.lax.dynamic_update_slice(values[i], v.transpose(0, 2, 1, 3).astype(values[i].dtype), (0, 0, start, 0))
-        mask = sliding_mask if block.sliding else full_mask
-        attended = cached_attention(q, keys[i][..., :num_keys], values[i][:, :, :num_keys], mask, attn.scale)
-        x = x + attn.o_proj(attended)
-        x = x + block.mlp(block.post_attention_layernorm(x))
-    return decoder.norm(x), KVCache(tuple(keys), tuple(values))

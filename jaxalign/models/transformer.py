@@ -14,6 +14,7 @@ from flax import nnx
 from jaxalign.batch import ATTENTION_TILE
 from jaxalign.models.attention import Attention, packed_mask
 from jaxalign.models.config import ModelConfig
+from jaxalign.models.kv_cache import KVCache, LayerCache
 from jaxalign.models.layers import ACTIVATION_FNS, Embed, LayerNorm, Linear, RMSNorm, matmul, residual_std, to_dtype
 from jaxalign.models.rope import inverse_frequencies, rope_tables
 from jaxalign.models.tiled_attention import tile_layout
@@ -95,9 +96,16 @@ class Block(nnx.Module):
         self.mlp = MLP(cfg, rngs=rngs)
         self.sliding = cfg.uses_sliding_window(layer_index)
 
-    def __call__(self, x: jax.Array, cos: jax.Array | None, sin: jax.Array | None, mask) -> jax.Array:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def __call__(
+        self, x: jax.Array, cos: jax.Array | None, sin: jax.Array | None, mask, cache: LayerCache | None = None
+    ) -> jax.Array | tuple[jax.Array, LayerCache]:
+        """With ``cache`` (see ``Attention``) also returns the updated layer cache."""
+        attended = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+        if cache is not None:
+            attended, cache = attended
+        x = x + attended
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x if cache is None else (x, cache)
 
 
 def _run_block(block: Block, remat: str, *args: jax.Array | None) -> jax.Array:
@@ -143,16 +151,29 @@ class Decoder(nnx.Module):
         segment_ids: jax.Array,
         branch_ids: jax.Array | None = None,
         tile_pairs: jax.Array | None = None,
-    ) -> jax.Array:
+        cache: KVCache | None = None,
+    ) -> jax.Array | tuple[jax.Array, KVCache]:
         """All inputs ``[batch, seq]`` int -> hidden states ``[batch, seq, hidden]`` in ``cfg.dtype``.
 
         With ``tile_pairs`` ``[batch, P, 2]`` (``jaxalign.batch``), attention
         runs on those tiles only; real tokens get the same outputs, and query
         tiles with no pair (row padding) come out of attention as zeros.
+
+        With ``cache`` (``jaxalign.models.kv_cache``) the ``seq`` tokens are new
+        tokens of each row (segment 0 = padding, anything else = a real token;
+        no packing): they are written at ``cache.index`` and attend to the
+        cache's valid slots up to their own. Returns ``(hidden, updated cache)``.
         """
         cfg = self.config
         x, cos, sin = self.embed(input_ids, positions)
-        if tile_pairs is None:
+        if cache is not None:
+            if branch_ids is not None or tile_pairs is not None:
+                raise ValueError("a KV-cache forward takes one sequence per row: no branch_ids or tile_pairs")
+            cache = cache.mark_slots(positions, segment_ids)
+
+            def mask_for(window: int | None):
+                return cache.mask(positions, window)
+        elif tile_pairs is None:
             def mask_for(window: int | None):
                 return packed_mask(segment_ids, branch_ids, positions, window)
         else:
@@ -162,10 +183,16 @@ class Decoder(nnx.Module):
         sliding_mask = None
         if any(block.sliding for block in self.layers):
             sliding_mask = mask_for(cfg.sliding_window)
-        for block in self.layers:
+        layer_caches = []
+        for i, block in enumerate(self.layers):
             mask = sliding_mask if block.sliding else full_mask
-            x = _run_block(block, cfg.remat, x, cos, sin, mask)
-        return self.norm(x)
+            if cache is None:
+                x = _run_block(block, cfg.remat, x, cos, sin, mask)
+            else:  # inference: nothing to rematerialise
+                x, layer_cache = block(x, cos, sin, mask, cache.layer(i))
+                layer_caches.append(layer_cache)
+        x = self.norm(x)
+        return x if cache is None else (x, cache.with_layers(layer_caches, input_ids.shape[1]))
 
 
 class CausalLM(nnx.Module):
@@ -186,13 +213,15 @@ class CausalLM(nnx.Module):
         segment_ids: jax.Array,
         branch_ids: jax.Array | None = None,
         tile_pairs: jax.Array | None = None,
-    ) -> jax.Array:
+        cache: KVCache | None = None,
+    ) -> jax.Array | tuple[jax.Array, KVCache]:
         """``[batch, seq]`` ids/positions/segments (/branches) -> ``[batch, seq, hidden]`` after the final norm.
 
         Attention follows ``jaxalign.batch.attention_mask(segment_ids, branch_ids)``
         (``branch_ids`` None = all zeros), block-sparse over ``tile_pairs`` if given.
+        With a KV ``cache``: ``(hidden, updated cache)`` (see ``Decoder.__call__``).
         """
-        return self.model(input_ids, positions, segment_ids, branch_ids, tile_pairs)
+        return self.model(input_ids, positions, segment_ids, branch_ids, tile_pairs, cache)
 
     def output_embedding(self) -> jax.Array:
         """The ``[hidden, vocab]`` projection from hidden states to logits (parameter dtype)."""
@@ -213,12 +242,20 @@ class CausalLM(nnx.Module):
         positions: jax.Array | None = None,
         segment_ids: jax.Array | None = None,
         branch_ids: jax.Array | None = None,
-    ) -> jax.Array:
-        """Logits ``[batch, seq, vocab]`` float32.
+        cache: KVCache | None = None,
+    ) -> jax.Array | tuple[jax.Array, KVCache]:
+        """Logits ``[batch, seq, vocab]`` float32 (and the updated cache when one is given).
 
         Give either a 0/1 ``attention_mask`` ``[batch, seq]`` (left or right
         padding; positions = cumsum(mask) - 1) or the packed layout
-        (``positions`` + ``segment_ids`` [+ ``branch_ids``]).
+        (``positions`` + ``segment_ids`` [+ ``branch_ids``]). With a KV
+        ``cache`` and a mask, positions continue from the tokens the cache holds.
         """
+        derived = positions is None
         positions, segment_ids = resolve_layout(input_ids, attention_mask, positions, segment_ids)
-        return self.logits_from_hidden(self.hidden_states(input_ids, positions, segment_ids, branch_ids))
+        if cache is None:
+            return self.logits_from_hidden(self.hidden_states(input_ids, positions, segment_ids, branch_ids))
+        if derived:
+            positions = positions + jnp.sum(cache.valid, axis=1, dtype=jnp.int32)[:, None]
+        hidden, cache = self.hidden_states(input_ids, positions, segment_ids, branch_ids, cache=cache)
+        return self.logits_from_hidden(hidden), cache

@@ -21,16 +21,21 @@ class LogConfig:
     tensorboard: with the default sinks, whether TensorBoard is one of them.
     wandb: ``wandb.init`` arguments (e.g. ``{project: my-project}``); used only if
       the wandb package is installed.
+    completions_every: RL algorithms write the replies they sampled (the
+      ``completions`` table) every this many steps; default ``every_steps``, 0 = never.
     """
 
     every_steps: int = 10
     sinks: list[Any] | None = None
     tensorboard: bool = True
     wandb: dict[str, Any] | None = None
+    completions_every: int | None = None
 
     def __post_init__(self) -> None:
         if self.every_steps < 1:
             raise ValueError(f"log.every_steps must be >= 1, got {self.every_steps}")
+        if self.completions_every is not None and self.completions_every < 0:
+            raise ValueError(f"log.completions_every must be >= 0 (0 = never), got {self.completions_every}")
         if self.sinks is None:
             return
         names = [name for name, _ in self.resolved_sinks()]
@@ -44,6 +49,11 @@ class LogConfig:
 
         for name in names:
             get_sink_factory(name)  # unknown names and bad import paths fail at load, not at the first write
+
+    def writes_completions(self, step: int) -> bool:
+        """Whether step ``step`` (1-based) writes the ``completions`` table."""
+        every = self.every_steps if self.completions_every is None else self.completions_every
+        return every > 0 and step % every == 0
 
     def resolved_sinks(self) -> list[tuple[str, dict[str, Any]]]:
         """``(name, options)`` of every sink the run opens."""
