@@ -383,9 +383,11 @@ class PlanContext:
                           "packed input arrays"))
         return terms
 
-    def trained_bytes(self, shards: list[tuple[tuple, int, int, int]], model_config: ModelConfig) -> int:
-        """Per-device bytes of the parameters that train: all of them, except for ``cfg.model``'s
-        own architecture with ``model.trainable``/``model.freeze`` set."""
+    def trained_bytes(self, shards: list[tuple[tuple, int, int, int]], model_config: ModelConfig,
+                      dtype: str | None = None) -> int:
+        """Per-device bytes (in ``dtype``, default ``param_dtype``) of the parameters that train: all
+        of them, except for ``cfg.model``'s own architecture with ``model.trainable``/``model.freeze``
+        or ``lora:`` set."""
         spec = self.cfg.model
         paths = ["/".join(str(key) for key in s[0]) for s in shards]
         patterns = spec.trainable if self.adapters is None else trained_patterns(spec.trainable, paths)
@@ -393,14 +395,15 @@ class PlanContext:
         freeze = compile_patterns(spec.freeze, "model.freeze")
         selected = [s for s, path in zip(shards, paths) if model_config is not self.model or
                     is_trained(path, trainable, freeze)]
-        return self.bytes_of_shards(selected, model_config.param_dtype)
+        return self.bytes_of_shards(selected, dtype or model_config.param_dtype)
 
-    def starting_reference_bytes(self, head: str) -> int:
+    def starting_reference_bytes(self, head: str, dtype: str | None = None) -> int:
         """Per-device bytes a reference that is the starting policy (``common.starting_reference``)
         adds: copies of the trained parameters; adapters are left out (the base with adapters
-        off is the reference) and the frozen part is shared."""
+        off is the reference) and the frozen part is shared. ``dtype``: the copies' (PPO's
+        ``frozen_dtype``; default the model's ``param_dtype``)."""
         shards = [s for s in self.shards(self.model, head) if not is_adapter(s[0])]
-        return self.trained_bytes(shards, self.model)
+        return self.trained_bytes(shards, self.model, dtype)
 
     def activation_terms(self, head: str, workload: Workload, model_config: ModelConfig | None = None,
                          phase: str | None = None, label: str = "") -> list[Term]:

@@ -17,7 +17,6 @@ from jax.sharding import PartitionSpec as P
 from jaxalign import cli
 from jaxalign.algos import common, dpo
 from jaxalign.config import ModelSpec, load_config
-from jaxalign.configlib import ConfigError
 from jaxalign.data import build_pipeline, load_tokenizer
 from jaxalign.models import ModelConfig, init_model
 from jaxalign.models.lora import LoraConfig, adapted_modules, select_modules
@@ -203,10 +202,13 @@ def test_bad_lora_values_are_config_errors(cli_config, capsys, override, fragmen
     assert_one_line(*_main(capsys, "train", cli_config(lora={}), "--set", override), 2, fragment)
 
 
-def test_ppo_refuses_lora_until_it_supports_it(tmp_path):
-    with pytest.raises(ConfigError, match="lora: algo ppo does not train LoRA adapters yet"):
-        _config(tmp_path, algo="ppo", ppo={"reward_function": "jaxalign.rewards_builtin:helpful_harmless"},
-                data={"train": "builtin:prompts"})
+@pytest.mark.parametrize("export", ["adapter", "both"])
+def test_an_ordinal_reward_model_refuses_an_adapter_export_at_startup(cli_config, capsys, export):
+    """Learned thresholds live in config.json, which a PEFT adapter folder lacks: one line before any training."""
+    code, err = _main(capsys, "train", cli_config(
+        algo="rm", lora={"export": export}, loss={"name": "ordinal"},
+        data={"train": "builtin:ratings", "eval": None, "rating_scale": [1, 5]}))
+    assert_one_line(code, err, 2, f"lora.export: {export} writes a PEFT adapter folder", "set lora.export: merged")
 
 
 def test_an_adapter_for_another_base_names_both(tmp_path, capsys):

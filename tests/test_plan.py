@@ -245,8 +245,9 @@ def _ppo_xla_bytes(cfg, prompt: int) -> dict[str, int]:
                                         sharding=batch_sharding(mesh)) for name, shape in shapes.items()}
     update = _live(_compiled_train_step(run, batch, mesh))
 
-    graphdef, _ = nnx.split(common.build_model(cfg.model, cfg, mesh, head="causal_lm", tokenizer=tokenizer))
-    policy = run.state.params["policy"]
+    graphdef, _ = nnx.split(common.build_model(cfg.model, cfg, mesh, head="causal_lm", tokenizer=tokenizer,
+                                               lora=cfg.lora))
+    policy = common.with_frozen(run.state.params["policy"], run.frozen)  # the sampler's: adapters + base
     model_config = nnx.merge(graphdef, policy).config
     sampling = SamplingConfig(max_new_tokens=new, temperature=cfg.ppo.temperature, stop_token_ids=(1,))
     rules = rules_from(cfg.mesh)
@@ -275,14 +276,17 @@ def _save_reward_model(path) -> None:
     transformers.LlamaForSequenceClassification(config).save_pretrained(path)
 
 
-@pytest.mark.parametrize("case", ["value-head-data8",
+@pytest.mark.parametrize("case", ["value-head-data8", "lora-value-head-data8",
                                   pytest.param("reward-model-bf16-long-replies", marks=pytest.mark.slow)])
 def test_ppo_estimate_matches_xla_memory_analysis(tmp_path, case):
     """PPO's plan, phase by phase: held state + the update phase against the compiled train step,
     held state + the generation phase against the compiled sampler (the two programs that peak)."""
-    if case == "value-head-data8":  # update-heavy: a SMALL policy with its value head, 4 prompts a device
+    sections = {}
+    if case.endswith("value-head-data8"):  # update-heavy: a SMALL policy with its value head, 4 prompts a device
         model, data, ppo = SMALL, {"batch_size": 32, "max_prompt_length": 64, "max_length": 128,
                                    "pad_to_multiple": 16}, {"max_new_tokens": 64, "num_mini_batches": 2}
+        if case.startswith("lora"):  # adapters train, the reference is the base with adapters off
+            sections["lora"] = {"rank": 8}
     else:  # generation-heavy: long replies, many small minibatches, reward + value model from a folder, bf16 frozen
         _save_reward_model(tmp_path / "rm")
         model = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 8, "num_key_value_heads": 8,
@@ -291,7 +295,7 @@ def test_ppo_estimate_matches_xla_memory_analysis(tmp_path, case):
         ppo = {"max_new_tokens": 224, "num_mini_batches": 8, "reward_function": None,
                "reward_model": str(tmp_path / "rm"), "frozen_dtype": "bfloat16"}
     ppo = {"reward_function": "jaxalign.rewards_builtin:helpful_harmless", **ppo}
-    cfg = _small_config(tmp_path, "ppo", model, data, {"data": 8}, ppo=ppo)
+    cfg = _small_config(tmp_path, "ppo", model, data, {"data": 8}, ppo=ppo, **sections)
     architecture = plan.read_model_config(cfg.model, vocab_size=len(load_tokenizer("builtin")))
     estimate = plan.estimate(cfg, jax.device_count(), architecture=architecture)
     held = estimate.total - max(estimate.phase_bytes().values())

@@ -69,7 +69,8 @@ def with_frozen(params: dict, frozen: dict) -> dict:
 REF_TRAINED = "ref_trained"  # AlgoRun.frozen: the trained parameters' starting values, for a reference
 
 
-def starting_reference(model, graphdef: nnx.GraphDef, trained: dict, copy: bool = True) -> tuple[nnx.GraphDef, dict]:
+def starting_reference(model, graphdef: nnx.GraphDef, trained: dict, copy: bool = True,
+                       dtype: str | None = None) -> tuple[nnx.GraphDef, dict]:
     """The model as it starts, as a frozen reference policy, without a second copy of what
     is frozen anyway: ``(graph definition, entries for AlgoRun.frozen)``. The reference's
     parameters are the model's frozen part (``FROZEN_PARAMS``, shared) plus the starting
@@ -77,7 +78,8 @@ def starting_reference(model, graphdef: nnx.GraphDef, trained: dict, copy: bool 
     donated every step). With LoRA adapters it is the base with adapters off: the base's
     graph definition, and copies of trained base parameters only (``model.trainable``;
     usually none). ``reference_params(frozen)`` assembles them inside the step. ``copy=False``
-    shares the trained arrays too, for a use before the first step (precomputing log-probs)."""
+    shares the trained arrays too, for a use before the first step (precomputing log-probs).
+    ``dtype``: the copies' storage dtype (PPO's ``frozen_dtype``; the shared part keeps its own)."""
     if lora_lib.has_adapters(model):
         from jaxalign.models.init import abstract_model
         from jaxalign.models.peft_io import head_of
@@ -85,8 +87,16 @@ def starting_reference(model, graphdef: nnx.GraphDef, trained: dict, copy: bool 
         graphdef = abstract_model(model.config, head_of(model))[0]
         trained = lora_lib.without_adapters(trained)
     if copy:
-        trained = jax.tree.map(jnp.copy, trained)
+        trained = jax.tree.map(lambda leaf: stored_copy(leaf, dtype), trained)
     return graphdef, ({REF_TRAINED: trained} if trained else {})
+
+
+def stored_copy(leaf: jax.Array, dtype: str | None = None) -> jax.Array:
+    """A separate copy of ``leaf`` (floating leaves in ``dtype`` when given)."""
+    if dtype is not None and jnp.issubdtype(leaf.dtype, jnp.floating) and leaf.dtype != jnp.dtype(dtype):
+        return leaf.astype(dtype)
+    # astype to the same dtype returns the same buffer, which the first donated step would delete.
+    return jnp.copy(leaf)
 
 
 def base_name(spec: ModelSpec) -> str | None:

@@ -123,10 +123,7 @@ def _export_with_loss_params(cfg: TrainConfig, graphdef: nnx.GraphDef, frozen: d
         written = export_model(state.replace(params={k: v for k, v in state.params.items() if k != LOSS_PARAMS}), path)
         if not specs or jax.process_index() != 0:
             return written
-        config_path = Path(path) / "config.json"
-        if not config_path.exists():  # a PEFT adapter folder has no config.json to annotate
-            raise ValueError("rm: a loss with learned parameters (ordinal thresholds) cannot be exported as a "
-                             "LoRA adapter folder; set lora.export: merged")
+        config_path = Path(path) / "config.json"  # a full folder: check_config refused adapter-only exports
         host = jax.device_get(loss_params)
         extras = {"loss": cfg.loss.names[0], "rating_scale": cfg.data.rating_scale}
         for spec in specs:
@@ -151,9 +148,14 @@ class RewardModel(Algorithm):
         if cfg.loss.kind not in REWARD_KINDS:
             raise ValueError(f"algo rm trains with a reward-model loss (bradley_terry; rating_regression, ordinal, "
                              f"acceptability; plackett_luce), got loss.name '{cfg.loss.name}'")
-        if any(spec.params is not None for spec, _ in cfg.loss.specs()) and cfg.data.rating_scale is None:
+        learns_params = any(spec.params is not None for spec, _ in cfg.loss.specs())
+        if learns_params and cfg.data.rating_scale is None:
             raise ValueError(f"loss '{cfg.loss.name}' learns one threshold between each two rating levels; declare "
                              "the scale as data.rating_scale: [lowest, highest] (e.g. [1, 5])")
+        if learns_params and cfg.export and cfg.lora is not None and cfg.lora.export != "merged":
+            raise ValueError(f"lora.export: {cfg.lora.export} writes a PEFT adapter folder, which has no config.json "
+                             f"to hold loss '{cfg.loss.name}''s learned thresholds; set lora.export: merged "
+                             "(the adapters merged into a full folder) or export: false")
         common.check_soft_labels(cfg)
 
     def data_kind(self, cfg: TrainConfig) -> str:
