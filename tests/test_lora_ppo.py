@@ -15,7 +15,7 @@ from flax import nnx
 from jaxalign import rl
 from jaxalign.algos import common, policy as policy_lib
 from jaxalign.config import TrainConfig
-from jaxalign.configlib import ConfigError, from_dict
+from jaxalign.configlib import from_dict
 from jaxalign.data import build_pipeline, load_tokenizer
 from jaxalign.generation import SamplingConfig
 from jaxalign.models.lora import is_adapter
@@ -95,5 +95,28 @@ def test_lora_ppo_trains_resumes_exactly_and_exports_an_adapter(tmp_path):
 
 
 def test_lora_ppo_refuses_dropout(tmp_path):
-    with pytest.raises(ConfigError, match="lora.dropout: 0.1 would make PPO's ratio"):
+    with pytest.raises(ValueError, match="lora.dropout: 0.1 would make PPO's ratio"):
         from_dict(TrainConfig, ppo_config(tmp_path / "run", lora={"dropout": 0.1}))
+
+
+@pytest.mark.slow
+def test_lora_ppo_value_model_from_a_folder_trains_adapters_and_its_score_head(tmp_path):
+    """A separate value model gets its own adapters and a fully trained score head; its base is frozen."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=2, num_labels=1, pad_token_id=0)
+    transformers.LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm")
+    cfg = _cfg(tmp_path / "run", max_steps=2, eval_batches=0, ppo={"value_model": str(tmp_path / "rm")})
+    trainer = Trainer(cfg)
+    value = [path for path, _ in leaf_paths(trainer.state.params["value"])]
+    assert "score/kernel" in value and all(is_adapter(path) or path == "score/kernel" for path in value)
+    assert set(trainer.algo.frozen) == {"frozen_params", "value"}
+    start = jax.device_get(trainer.state.params["value"])
+    result = trainer.run()
+    assert result["step"] == 2
+    moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), start,
+                         jax.device_get(trainer.state.params["value"]))
+    assert moved["score"]["kernel"] > 0
