@@ -5,7 +5,6 @@ hold adapters and their optimizer state; resume is exact; bad input gets one cle
 from __future__ import annotations
 
 import json
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +22,7 @@ from jaxalign.models.lora import LoraConfig, adapted_modules, select_modules
 from jaxalign.sharding import MeshConfig, make_mesh, rules_from, shard_batch
 from jaxalign.trainer import Trainer
 from tests.test_bad_input import assert_one_line
-from tests.train_fixtures import TINY_LLAMA, read_metrics, tiny_run_config, write_config
+from tests.train_fixtures import TINY_LLAMA, resume_from_copy, tiny_run_config, write_config
 
 IDS = jnp.array([[5, 17, 42, 7, 99, 300, 12, 8]])
 
@@ -152,13 +151,8 @@ def test_lora_dpo_resumes_exactly_and_checkpoints_hold_adapters_only(tmp_path):
     adam = straight.state.opt_state[1][0]
     assert jax.tree.structure(adam.mu) == jax.tree.structure(straight.state.params)
 
-    shutil.copytree(tmp_path / "run" / "checkpoints" / "2", tmp_path / "resumed" / "checkpoints" / "2")
-    shutil.copy(tmp_path / "run" / "ref_logps_train.npy", tmp_path / "resumed")
-    resumed = Trainer(config(tmp_path / "resumed"))
-    resumed.run()
-    jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight.state.params),
-                 jax.device_get(resumed.state.params))
-    first, again = read_metrics(tmp_path / "run"), read_metrics(tmp_path / "resumed")
+    first, again = resume_from_copy(straight, config, tmp_path / "run", tmp_path / "resumed", 2,
+                                    files=("ref_logps_train.npy",))
     for step in (3, 4):
         assert again[step]["train/loss"] == first[step]["train/loss"]
     assert first[4]["train/loss"] != first[3]["train/loss"]

@@ -4,7 +4,6 @@ with adapters off (no copy), the sampler uses the adapted policy, resume is exac
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import jax
@@ -23,7 +22,7 @@ from jaxalign.models.trainable import leaf_paths
 from jaxalign.sharding import MeshConfig, make_mesh, shard_batch
 from jaxalign.trainer import Trainer
 from tests.test_ppo import ppo_config
-from tests.train_fixtures import read_metrics
+from tests.train_fixtures import resume_from_copy
 
 
 def _cfg(run_dir: Path, **sections) -> TrainConfig:
@@ -79,12 +78,7 @@ def test_lora_ppo_trains_resumes_exactly_and_exports_an_adapter(tmp_path):
     straight.run()
     metadata = json.dumps(json.loads((tmp_path / "run" / "checkpoints" / "2" / "state" / "_METADATA").read_text()))
     assert "lora_a" in metadata and "lora_b" in metadata and "embedding" not in metadata
-    shutil.copytree(tmp_path / "run" / "checkpoints" / "2", tmp_path / "resumed" / "checkpoints" / "2")
-    resumed = Trainer(config(tmp_path / "resumed"))
-    resumed.run()
-    jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight.state.params),
-                 jax.device_get(resumed.state.params))
-    first, again = read_metrics(tmp_path / "run"), read_metrics(tmp_path / "resumed")
+    first, again = resume_from_copy(straight, config, tmp_path / "run", tmp_path / "resumed", 2)
     for step in (3, 4):
         for name in ("train/objective/scores", "train/objective/kl", "train/loss"):
             assert again[step][name] == first[step][name], (step, name)
