@@ -93,7 +93,8 @@ class TrainConfig:
         if self.ref_model is not None and self.ref_model.partial:
             raise ValueError("ref_model.trainable/ref_model.freeze: the reference is frozen whole; remove them")
         if self.lora is not None and not self.algorithm.supports_lora:
-            raise ValueError(f"lora: algo {self.algo} does not train LoRA adapters yet; remove the lora section")
+            raise ValueError(f"lora: algo {self.algo} does not train LoRA adapters (its class does not set "
+                             "supports_lora = True); remove the lora section")
         self.algorithm.check_config(self)
 
     @property

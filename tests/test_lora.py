@@ -240,3 +240,12 @@ def test_the_docs_yaml_examples_are_valid_configs():
     assert LoraConfig(**section["lora"]).spec().scale == 2.0
     cfg = from_dict(TrainConfig, run)
     assert cfg.algo == "dpo" and cfg.lora.rank == 16 and cfg.lora.targets == ("all-linear",)
+
+
+def test_an_algorithm_that_does_not_declare_lora_support_refuses_the_section(cli_config, capsys):
+    """A user's algorithm that never reads ``lora:`` (supports_lora is off by default) must not
+    silently train the whole model: one line, exit 2."""
+    code, err = _main(capsys, "train", cli_config(algo="tests.user_algos_helper:ScaledNLL", lora={"rank": 4},
+                                                  data={"train": "builtin:sft", "eval": None}))
+    assert_one_line(code, err, 2, "lora: algo tests.user_algos_helper:ScaledNLL does not train LoRA adapters",
+                    "supports_lora = True")

@@ -178,6 +178,7 @@ class DPO(Algorithm):
     (``ref_model``, or a copy of the starting policy; ``precompute_ref_logps``)."""
 
     name = "dpo"
+    supports_lora = True  # builds its trained model through the trainable-subset seam
     sections = {"loss": LossConfig}
 
     def check_config(self, cfg: TrainConfig) -> None:

@@ -258,6 +258,7 @@ class PPO(Algorithm):
     """``algo: ppo``: RLHF with a rollout hook (``ppo:`` section, ``ppo_config.PPOConfig``)."""
 
     name = "ppo"
+    supports_lora = True  # builds its trained model through the trainable-subset seam
     sections = {"ppo": PPOConfig}
 
     def check_config(self, cfg: TrainConfig) -> None:

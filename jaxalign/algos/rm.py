@@ -141,6 +141,7 @@ class RewardModel(Algorithm):
     """``algo: rm``: a scalar-head model trained on preference pairs (``loss:`` section, reward losses)."""
 
     name = "rm"
+    supports_lora = True  # builds its trained model through the trainable-subset seam
     sections = {"loss": RewardLossConfig}
     head = "score"
 

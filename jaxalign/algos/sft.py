@@ -62,6 +62,7 @@ class SFT(Algorithm):
     """``algo: sft``: next-token NLL on completions; no section of its own."""
 
     name = "sft"
+    supports_lora = True  # builds its trained model through the trainable-subset seam
 
     def data_kind(self, cfg: TrainConfig) -> str:
         return data_kind(cfg)
