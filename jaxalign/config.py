@@ -21,6 +21,7 @@ from jaxalign.checkpoint import CheckpointConfig
 from jaxalign.data import DataConfig
 from jaxalign.health import HealthConfig
 from jaxalign.metrics_log import get_logger
+from jaxalign.models.lora import LoraConfig
 from jaxalign.models.trainable import compile_patterns
 from jaxalign.optim import OptimConfig
 from jaxalign.sharding import MeshConfig
@@ -72,6 +73,8 @@ class TrainConfig:
     # DPO family: compute reference log-probs in one pass before training (saved in
     # run_dir, reused on resume), so training holds only the policy in memory.
     precompute_ref_logps: bool = False
+    # Train LoRA adapters on model instead of all its weights (docs/lora.md); None = full fine-tuning.
+    lora: LoraConfig | None = None
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
@@ -89,6 +92,9 @@ class TrainConfig:
             raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
         if self.ref_model is not None and self.ref_model.partial:
             raise ValueError("ref_model.trainable/ref_model.freeze: the reference is frozen whole; remove them")
+        if self.lora is not None and not self.algorithm.supports_lora:
+            raise ValueError(f"lora: algo {self.algo} does not train LoRA adapters (its class does not set "
+                             "supports_lora = True); remove the lora section")
         self.algorithm.check_config(self)
 
     @property

@@ -17,7 +17,14 @@ gathered weights    fsdp > 1 only: decoder weights all-gathered over ``fsdp``
                     copy is reused by the backward), two layers with remat
 activations         see ``activation_terms``
 frozen models       the DPO reference (unless reference-free or precomputed),
-                    sharded like the policy, in ``ref_model.param_dtype``
+                    sharded like the policy, in ``ref_model.param_dtype``; a
+                    reference that is the starting policy shares its frozen part
+                    and copies only what trains (with LoRA: nothing but base
+                    parameters trained fully)
+
+With ``lora:`` the trained model's parameters include its adapters (in
+``lora.param_dtype``), and the optimizer state, gradients and update
+temporaries count only the adapters (and a score head, and ``model.trainable``).
 
 Those are the default terms (``PlanContext.trained_model_terms``); each
 algorithm composes its own in ``Algorithm.plan_terms`` (PPO: policy, value,
@@ -42,6 +49,7 @@ from jaxalign.config import ModelSpec, TrainConfig
 from jaxalign.data.packing import bucket_rows, round_up
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.logps import DEFAULT_CHUNK_SIZE
+from jaxalign.models.lora import AdapterSpec, is_adapter, trained_patterns
 from jaxalign.models.trainable import compile_patterns, is_trained
 from jaxalign.sharding import MESH_AXES, _resolve_axis_sizes, logical_to_spec, rules_from
 
@@ -135,21 +143,23 @@ def abstract_mesh(mesh_sizes: Mapping[str, int]) -> AbstractMesh:
 
 
 @functools.lru_cache(maxsize=16)
-def _parameter_layout(model_config: ModelConfig, head: str) -> tuple[tuple[tuple, tuple[int, ...], tuple], ...]:
-    """``(path, shape, logical axes)`` of every parameter, from an abstract model
-    (no device memory). Cached: the knobs re-plan the same architecture often."""
+def _parameter_layout(model_config: ModelConfig, head: str,
+                      adapters: AdapterSpec | None = None) -> tuple[tuple[tuple, tuple[int, ...], tuple], ...]:
+    """``(path, shape, logical axes)`` of every parameter (LoRA ``adapters`` included), from an
+    abstract model (no device memory). Cached: the knobs re-plan the same architecture often."""
     from jaxalign.models.init import abstract_model  # local: NNX graph building is only needed here
     from jaxalign.models.partition import logical_axes
 
-    _, variables = abstract_model(model_config, head)
+    _, variables = abstract_model(model_config, head, adapters)
     return tuple((path, tuple(v.get_value().shape), logical_axes(v)) for path, v in variables.items())
 
 
-def parameter_shards(model_config: ModelConfig, head: str, mesh: AbstractMesh, rules: Mapping[str, Any]) -> list[tuple[tuple, int, int, int]]:
+def parameter_shards(model_config: ModelConfig, head: str, mesh: AbstractMesh, rules: Mapping[str, Any],
+                     adapters: AdapterSpec | None = None) -> list[tuple[tuple, int, int, int]]:
     """``(path, elements, elements per device, elements per device gathered over fsdp)`` of every parameter."""
     shapes_only = model_config.replace(dtype="float32", param_dtype="float32", remat="none")
     shards = []
-    for path, shape, axes in _parameter_layout(shapes_only, head):
+    for path, shape, axes in _parameter_layout(shapes_only, head, adapters):
         spec = logical_to_spec(axes, shape, mesh, rules)
         divisors = [_axes_size(entry, mesh) for entry in spec] + [1] * (len(shape) - len(spec))
         no_fsdp = [_axes_size(entry, mesh, skip="fsdp") for entry in spec] + [1] * (len(shape) - len(spec))
@@ -295,6 +305,7 @@ class PlanContext:
     workload: Workload | None = None
     param_count: int | None = None
     note: str | None = None  # an algorithm's own line for the plan's header (PPO: the rollout's shape)
+    adapters: AdapterSpec | None = None  # cfg.lora's adapters on ``model`` (resolved by ``estimate``)
 
     def dims(self, model_config: ModelConfig | None = None) -> _Dims:
         return _dims(model_config or self.model, self.mesh, self.rules)
@@ -315,13 +326,20 @@ class PlanContext:
         return worst_case_workload(self.cfg, self.mesh_sizes, kind)
 
     def shards(self, model_config: ModelConfig, head: str) -> list[tuple[tuple, int, int, int]]:
-        return parameter_shards(model_config, head, self.mesh, self.rules)
+        """Every parameter's shard; ``cfg.model``'s own architecture (``model``, the trained
+        model) carries the LoRA adapters when ``lora:`` is set."""
+        adapters = self.adapters if model_config is self.model else None
+        return parameter_shards(model_config, head, self.mesh, self.rules, adapters)
 
     def parameter_bytes(self, model_config: ModelConfig, head: str, dtype: str | None = None) -> int:
         """Per-device bytes of ``model_config``'s parameters with ``head``, in ``dtype``
-        (default: its ``param_dtype``)."""
-        dtype = dtype or model_config.param_dtype
-        return sum(s[2] for s in self.shards(model_config, head)) * DTYPE_BYTES[dtype]
+        (default: its ``param_dtype``; adapters in ``lora.param_dtype``)."""
+        return self.bytes_of_shards(self.shards(model_config, head), dtype or model_config.param_dtype)
+
+    def bytes_of_shards(self, shards: list[tuple[tuple, int, int, int]], dtype: str) -> int:
+        """Per-device bytes of ``shards``: ``dtype``, adapters in their own dtype."""
+        adapter_dtype = self.adapters.param_dtype if self.adapters is not None else dtype
+        return sum(s[2] * DTYPE_BYTES[adapter_dtype if is_adapter(s[0]) else dtype] for s in shards)
 
     def frozen_model_term(self, name: str, model_config: ModelConfig, head: str, dtype: str, detail: str) -> Term:
         """A model held for inference only (a reference, a reward model), sharded like the policy."""
@@ -332,16 +350,23 @@ class PlanContext:
         activations and the batch of one model trained with ``head`` on ``workload``."""
         model_config = model_config or self.model
         shards = self.shards(model_config, head)
-        params = sum(s[2] for s in shards) * DTYPE_BYTES[model_config.param_dtype]
-        param_count = sum(s[1] for s in shards)
+        params = self.bytes_of_shards(shards, model_config.param_dtype)
+        adapter_count = sum(s[1] for s in shards if is_adapter(s[0]))
+        param_count = sum(s[1] for s in shards) - adapter_count
         if self.workload is None:
             self.workload, self.param_count = workload, param_count
         trained, share = self.trained_bytes(shards, model_config), ""
-        if trained != params:
+        dtype = model_config.param_dtype
+        detail = f"{_count(param_count)} parameters in {dtype}"
+        if adapter_count:
+            dtype = self.adapters.param_dtype
+            detail += f" + {_count(adapter_count)} LoRA adapter parameters (rank {self.adapters.rank}) in {dtype}"
+            share = f" of the trained {trained / params:.1%} (adapters{' + score head' if head == 'score' else ''})"
+        elif trained != params:
             share = f" of the trained {trained / params:.0%} (model.trainable/freeze)"
         terms = [
-            Term("parameters", params, f"{_count(param_count)} parameters in {model_config.param_dtype}"),
-            Term("optimizer state", 2 * trained, f"AdamW mu and nu in {model_config.param_dtype}{share}"),
+            Term("parameters", params, detail),
+            Term("optimizer state", 2 * trained, f"AdamW mu and nu in {dtype}{share}"),
         ]
         accumulation = self.cfg.optim.grad_accum_steps
         if accumulation > 1:
@@ -352,19 +377,33 @@ class PlanContext:
         ]
         terms += self.gathered_weights(model_config, head)
         terms += self.activation_terms(head, workload, model_config)
+        if adapter_count:
+            terms += self.adapter_activation_terms(shards, workload, model_config)
         terms.append(Term("batch", workload.rows * (4 * workload.length + 4 * workload.targets) * 4,
                           "packed input arrays"))
         return terms
 
-    def trained_bytes(self, shards: list[tuple[tuple, int, int, int]], model_config: ModelConfig) -> int:
-        """Per-device bytes of the parameters that train: all of them, except for ``cfg.model``'s
-        own architecture with ``model.trainable``/``model.freeze`` set."""
+    def trained_bytes(self, shards: list[tuple[tuple, int, int, int]], model_config: ModelConfig,
+                      dtype: str | None = None) -> int:
+        """Per-device bytes (in ``dtype``, default ``param_dtype``) of the parameters that train: all
+        of them, except for ``cfg.model``'s own architecture with ``model.trainable``/``model.freeze``
+        or ``lora:`` set."""
         spec = self.cfg.model
-        trainable = compile_patterns(spec.trainable, "model.trainable")
+        paths = ["/".join(str(key) for key in s[0]) for s in shards]
+        patterns = spec.trainable if self.adapters is None else trained_patterns(spec.trainable, paths)
+        trainable = compile_patterns(patterns, "model.trainable")
         freeze = compile_patterns(spec.freeze, "model.freeze")
-        selected = [s for s in shards if model_config is not self.model or
-                    is_trained("/".join(str(key) for key in s[0]), trainable, freeze)]
-        return sum(s[2] for s in selected) * DTYPE_BYTES[model_config.param_dtype]
+        selected = [s for s, path in zip(shards, paths) if model_config is not self.model or
+                    is_trained(path, trainable, freeze)]
+        return self.bytes_of_shards(selected, dtype or model_config.param_dtype)
+
+    def starting_reference_bytes(self, head: str, dtype: str | None = None) -> int:
+        """Per-device bytes a reference that is the starting policy (``common.starting_reference``)
+        adds: copies of the trained parameters; adapters are left out (the base with adapters
+        off is the reference) and the frozen part is shared. ``dtype``: the copies' (PPO's
+        ``frozen_dtype``; default the model's ``param_dtype``)."""
+        shards = [s for s in self.shards(self.model, head) if not is_adapter(s[0])]
+        return self.trained_bytes(shards, self.model, dtype)
 
     def activation_terms(self, head: str, workload: Workload, model_config: ModelConfig | None = None,
                          phase: str | None = None, label: str = "") -> list[Term]:
@@ -382,11 +421,36 @@ class PlanContext:
                  "embeddings, attention mask, output head", phase),
         ]
 
+    def adapter_activation_terms(self, shards: list[tuple[tuple, int, int, int]], workload: Workload,
+                                 model_config: ModelConfig, phase: str | None = None) -> list[Term]:
+        """What LoRA adds to the saved activations (measured against XLA): each adapter's
+        output ``[tokens, out]`` (the two matmul outputs stay apart for the backward) and,
+        with dropout, its dropped input ``[tokens, in]`` and keep mask (kept as 32-bit random
+        bits). Every layer keeps them
+        unless remat is "full", which keeps one layer's."""
+        rank, compute = self.adapters.rank, DTYPE_BYTES[model_config.dtype]
+        outs = sum(s[3] // rank for s in shards if s[0][-1] == "lora_b")  # gathered: activations are not fsdp-split
+        ins = sum(s[3] // rank for s in shards if s[0][-1] == "lora_a")
+        per_token = outs * compute + (ins * (compute + 4) if self.adapters.dropout > 0 else 0)
+        layers = model_config.num_layers
+        kept = layers if model_config.remat != "full" else 1
+        dropout = f", dropped inputs (dropout {self.adapters.dropout})" if self.adapters.dropout > 0 else ""
+        return [Term("activations: LoRA", workload.tokens * per_token * kept // layers,
+                     f"adapter outputs{dropout}, {'every layer' if kept == layers else 'one layer'}", phase)]
+
     def gathered_weights(self, model_config: ModelConfig, head: str, phase: str | None = None) -> list[Term]:
-        """fsdp > 1: the all-gathered copies of ``model_config``'s weights (none otherwise)."""
-        if self.mesh_sizes["fsdp"] <= 1:
+        """fsdp > 1: the all-gathered copies of ``model_config``'s weights. fsdp = 1 with weights
+        stored in another dtype than the compute dtype (a bfloat16 base computing in float32):
+        their converted copies, which the backward keeps in the same way. None otherwise."""
+        converted = model_config.param_dtype != model_config.dtype
+        if self.mesh_sizes["fsdp"] <= 1 and not converted:
             return []
-        return [dataclasses.replace(_gathered_weights(self.shards(model_config, head), model_config), phase=phase)]
+        shards = [s for s in self.shards(model_config, head) if not is_adapter(s[0])]
+        term = dataclasses.replace(_gathered_weights(shards, model_config), phase=phase)
+        if self.mesh_sizes["fsdp"] <= 1:
+            term = dataclasses.replace(term, name="converted weights", detail=term.detail.replace(
+                "fsdp all-gathers", f"{model_config.param_dtype} weights converted to {model_config.dtype}"))
+        return [term]
 
 
 def estimate(
@@ -407,6 +471,10 @@ def estimate(
     model_config = (architecture or read_model_config(spec)).replace(
         dtype=spec.dtype, param_dtype=spec.param_dtype, remat=spec.remat)
     ctx = PlanContext(cfg, num_devices, mesh_sizes, abstract_mesh(mesh_sizes), rules_from(cfg.mesh), model_config)
+    if cfg.lora is not None:
+        from jaxalign.models.init import resolve_lora
+
+        ctx.adapters = resolve_lora(cfg.lora, model_config, cfg.algorithm.head, spec.path)
     terms = cfg.algorithm.plan_terms(cfg, ctx)
     if ctx.workload is None:  # an algorithm that trains no model through trained_model_terms
         ctx.workload, ctx.param_count = Workload(0, 0, 0), sum(s[1] for s in ctx.shards(model_config, "causal_lm"))

@@ -56,6 +56,7 @@ def _candidates(cfg: TrainConfig, plan: MemoryPlan) -> list[Candidate]:
             out.append(Candidate(f"recompute activations in the backward (remat={policy})",
                                  set_flags(f"model.remat={policy}"),
                                  lambda policy=policy: with_changes(cfg, model={"remat": policy})))
+    out += _lora_candidates(cfg)
     out += cfg.algorithm.plan_knobs(cfg, plan)
     if data.max_length >= 4 * data.pad_to_multiple:
         shorter = {"max_length": data.max_length // 2}
@@ -69,6 +70,21 @@ def _candidates(cfg: TrainConfig, plan: MemoryPlan) -> list[Candidate]:
         out.append(Candidate("shorter sequences (packed rows halve with them)", set_flags(*overrides),
                              lambda: with_changes(cfg, data=shorter)))
     return out
+
+
+def _lora_candidates(cfg: TrainConfig) -> list[Candidate]:
+    """Full fine-tuning: train LoRA adapters instead. LoRA on a float32 base: keep the base
+    (and the compute) in bfloat16; the adapters stay in ``lora.param_dtype``."""
+    from jaxalign.models.lora import LoraConfig
+
+    if cfg.lora is None and cfg.algorithm.supports_lora:
+        return [Candidate("train LoRA adapters instead of the whole model (rank 16 on every linear map; docs/lora.md)",
+                          set_flags("lora.rank=16"), lambda: with_changes(cfg, lora=LoraConfig(rank=16)))]
+    if cfg.lora is not None and "float32" in (cfg.model.param_dtype, cfg.model.dtype):
+        return [Candidate("keep the frozen base and the compute in bfloat16 (the adapters stay in lora.param_dtype)",
+                          set_flags("model.param_dtype=bfloat16", "model.dtype=bfloat16"),
+                          lambda: with_changes(cfg, model={"param_dtype": "bfloat16", "dtype": "bfloat16"}))]
+    return []
 
 
 def halve_micro_batch(cfg: TrainConfig, plan: MemoryPlan) -> list[Candidate]:

@@ -58,7 +58,10 @@ class AlgoRun:
     frozen: Any
     train_step: Callable[[TrainState, Batch, Any], tuple[TrainState, Metrics]]
     eval_step: Callable[[TrainState, Batch, Any], Metrics]
-    export: Callable[[TrainState, str], None]
+    # Writes the trained model under the path: a Hugging Face folder, or (LoRA) a PEFT adapter
+    # folder and/or the merged model; returns the folders written (None: just the path), each
+    # of which gets the tokenizer.
+    export: Callable[[TrainState, str], list[str] | None]
     # Derived eval metrics from the split's averages (e.g. perplexity = exp(loss)).
     summarize_eval: Callable[[dict[str, float]], dict[str, float]] | None = None
     # RL: ``rollout(state, batch, frozen, split, index) -> (batch, host_metrics)`` runs on

@@ -289,11 +289,14 @@ class Trainer:
         export_dir = None
         if self.cfg.export:
             export_dir = self.run_dir / "export"
-            self.algo.export(self.state, str(export_dir))
+            folders = self.algo.export(self.state, str(export_dir)) or [str(export_dir)]
             if self.is_main:
-                self.tokenizer.save_pretrained(export_dir)
-                _record_special_tokens(export_dir, self.tokenizer)
-                log.info("exported a Hugging Face folder to %s", export_dir)
+                for folder in map(Path, folders):  # each loads on its own: a model or a PEFT adapter
+                    self.tokenizer.save_pretrained(folder)
+                    if (folder / "config.json").exists():
+                        _record_special_tokens(folder, self.tokenizer)
+                    log.info("exported %s to %s", "a PEFT adapter" if (folder / "adapter_config.json").exists()
+                             else "a Hugging Face folder", folder)
         self.sinks.write_event(step, "finish", export=None if export_dir is None else str(export_dir))
         return last_eval
 

@@ -14,7 +14,7 @@ from jaxalign.config import load_config
 from jaxalign.data import load_tokenizer
 from jaxalign.plan_report import knobs
 from jaxalign.sharding import batch_divisor, batch_sharding, make_mesh, replicated
-from tests.train_fixtures import tiny_run_config, write_config
+from tests.train_fixtures import TINY_LLAMA, tiny_run_config, write_config
 
 LLAMA3_8B = "configs/examples/models/llama3_8b.json"
 V5P_EXAMPLE = "configs/examples/llama3_8b_dpo_v5p64.yaml"
@@ -26,9 +26,9 @@ def llama3_8b():
     return plan.read_model_config(load_config(V5P_EXAMPLE).model, LLAMA3_8B)
 
 
-def _small_config(tmp_path, algo: str, model: dict, data: dict, mesh: dict, **sections):
+def _small_config(tmp_path, algo: str, architecture: dict, data: dict, mesh: dict, **sections):
     config = tiny_run_config(tmp_path / "run", algo=algo, mesh=mesh, **sections)
-    config["model"]["config"].update(model)
+    config["model"]["config"] = {**TINY_LLAMA, **architecture}
     config["data"].update(data)
     return load_config(write_config(tmp_path / "c.yaml", config))
 
@@ -188,16 +188,23 @@ WIDE = {"hidden_size": 512, "intermediate_size": 1024, "num_attention_heads": 8,
         "num_hidden_layers": 4}
 
 
-@pytest.mark.parametrize("algo, model, data, mesh", [
+@pytest.mark.parametrize("algo, model, data, mesh, sections", [
     # data parallel: parameters, AdamW state and gradients dominate, activations ~30%
-    ("rm", SMALL, {"batch_size": 8, "max_length": 128, "pad_to_multiple": 32}, {"data": 8}),
+    ("rm", SMALL, {"batch_size": 8, "max_length": 128, "pad_to_multiple": 32}, {"data": 8}, {}),
     # DPO with the in-step reference: two rows of 256 tokens a device, activations ~40%
-    ("dpo", SMALL, {"batch_size": 16, "max_length": 128, "pad_to_multiple": 32}, {"data": 8}),
+    ("dpo", SMALL, {"batch_size": 16, "max_length": 128, "pad_to_multiple": 32}, {"data": 8}, {}),
     # fsdp=8: sharded state, all-gathered weights dominate
-    ("rm", WIDE, {"batch_size": 8, "max_length": 32}, {"data": 1, "fsdp": 8}),
-], ids=["rm-data8", "dpo-data8", "rm-fsdp8"])
-def test_estimate_matches_xla_memory_analysis(tmp_path, algo, model, data, mesh):
-    cfg = _small_config(tmp_path, algo, model, data, mesh)
+    ("rm", WIDE, {"batch_size": 8, "max_length": 32}, {"data": 1, "fsdp": 8}, {}),
+    # LoRA DPO, frozen base in bfloat16, adapters and their AdamW state in float32, dropout on, the
+    # reference is the base with adapters off: the frozen base and activations dominate
+    ("dpo", SMALL, {"batch_size": 16, "max_length": 128, "pad_to_multiple": 32}, {"data": 8},
+     {"lora": {"rank": 16, "dropout": 0.1}, "model": {"param_dtype": "bfloat16"}}),
+    # LoRA reward model over fsdp=8: attention adapters, the score head trained fully
+    ("rm", WIDE, {"batch_size": 8, "max_length": 32}, {"data": 1, "fsdp": 8},
+     {"lora": {"rank": 8, "target_modules": "attention"}}),
+], ids=["rm-data8", "dpo-data8", "rm-fsdp8", "dpo-lora-bf16-base-data8", "rm-lora-fsdp8"])
+def test_estimate_matches_xla_memory_analysis(tmp_path, algo, model, data, mesh, sections):
+    cfg = _small_config(tmp_path, algo, model, data, mesh, **sections)
     architecture = plan.read_model_config(cfg.model, vocab_size=len(load_tokenizer("builtin")))
     estimate = plan.estimate(cfg, jax.device_count(), architecture=architecture)
     xla = _xla_bytes(cfg, estimate.workload)
@@ -238,8 +245,9 @@ def _ppo_xla_bytes(cfg, prompt: int) -> dict[str, int]:
                                         sharding=batch_sharding(mesh)) for name, shape in shapes.items()}
     update = _live(_compiled_train_step(run, batch, mesh))
 
-    graphdef, _ = nnx.split(common.build_model(cfg.model, cfg, mesh, head="causal_lm", tokenizer=tokenizer))
-    policy = run.state.params["policy"]
+    graphdef, _ = nnx.split(common.build_model(cfg.model, cfg, mesh, head="causal_lm", tokenizer=tokenizer,
+                                               lora=cfg.lora))
+    policy = common.with_frozen(run.state.params["policy"], run.frozen)  # the sampler's: adapters + base
     model_config = nnx.merge(graphdef, policy).config
     sampling = SamplingConfig(max_new_tokens=new, temperature=cfg.ppo.temperature, stop_token_ids=(1,))
     rules = rules_from(cfg.mesh)
@@ -268,14 +276,17 @@ def _save_reward_model(path) -> None:
     transformers.LlamaForSequenceClassification(config).save_pretrained(path)
 
 
-@pytest.mark.parametrize("case", ["value-head-data8",
+@pytest.mark.parametrize("case", ["value-head-data8", "lora-value-head-data8",
                                   pytest.param("reward-model-bf16-long-replies", marks=pytest.mark.slow)])
 def test_ppo_estimate_matches_xla_memory_analysis(tmp_path, case):
     """PPO's plan, phase by phase: held state + the update phase against the compiled train step,
     held state + the generation phase against the compiled sampler (the two programs that peak)."""
-    if case == "value-head-data8":  # update-heavy: a SMALL policy with its value head, 4 prompts a device
+    sections = {}
+    if case.endswith("value-head-data8"):  # update-heavy: a SMALL policy with its value head, 4 prompts a device
         model, data, ppo = SMALL, {"batch_size": 32, "max_prompt_length": 64, "max_length": 128,
                                    "pad_to_multiple": 16}, {"max_new_tokens": 64, "num_mini_batches": 2}
+        if case.startswith("lora"):  # adapters train, the reference is the base with adapters off
+            sections["lora"] = {"rank": 8}
     else:  # generation-heavy: long replies, many small minibatches, reward + value model from a folder, bf16 frozen
         _save_reward_model(tmp_path / "rm")
         model = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 8, "num_key_value_heads": 8,
@@ -284,7 +295,7 @@ def test_ppo_estimate_matches_xla_memory_analysis(tmp_path, case):
         ppo = {"max_new_tokens": 224, "num_mini_batches": 8, "reward_function": None,
                "reward_model": str(tmp_path / "rm"), "frozen_dtype": "bfloat16"}
     ppo = {"reward_function": "jaxalign.rewards_builtin:helpful_harmless", **ppo}
-    cfg = _small_config(tmp_path, "ppo", model, data, {"data": 8}, ppo=ppo)
+    cfg = _small_config(tmp_path, "ppo", model, data, {"data": 8}, ppo=ppo, **sections)
     architecture = plan.read_model_config(cfg.model, vocab_size=len(load_tokenizer("builtin")))
     estimate = plan.estimate(cfg, jax.device_count(), architecture=architecture)
     held = estimate.total - max(estimate.phase_bytes().values())

@@ -44,7 +44,9 @@ def _close(actual, expected, name: str, tolerance: float = TOLERANCE) -> None:
 
 @pytest.fixture(scope="module")
 def replay(tmp_path_factory):
-    stored = dict(np.load(FIXTURE))
+    # The starting-policy reference moved from frozen['ref'] to frozen['ref_trained'] when PPO built its
+    # policy through the trainable-subset seam (jaxalign/algos/policy.py); the arrays are the same.
+    stored = {name.replace("frozen['ref']", "frozen['ref_trained']", 1): value for name, value in np.load(FIXTURE).items()}
     trainer = Trainer(from_dict(TrainConfig, fixture_config(str(tmp_path_factory.mktemp("run")))))
     state = trainer.state
     state = state.replace(

@@ -129,3 +129,24 @@ def kill_and_resume(reference_cfg: Path, resumed_cfg: Path, resumed_dir: Path, m
     assert finished.returncode == 0, finished.stderr
     assert "resumed from checkpoint" in finished.stderr
     return killed_after
+
+
+def resume_from_copy(straight, make_config, run_dir: Path, resumed_dir: Path, step: int, files: tuple[str, ...] = ()):
+    """Copies checkpoint ``step`` of ``run_dir`` (and ``files`` beside it) into ``resumed_dir``, trains a
+    ``Trainer(make_config(resumed_dir))`` from there, asserts its final parameters equal ``straight``'s
+    (a finished ``Trainer``) exactly and returns both runs' train metrics ``(straight, resumed)``."""
+    import shutil
+
+    import jax
+    import numpy as np
+
+    from jaxalign.trainer import Trainer
+
+    shutil.copytree(run_dir / "checkpoints" / str(step), resumed_dir / "checkpoints" / str(step))
+    for name in files:
+        shutil.copy(run_dir / name, resumed_dir)
+    resumed = Trainer(make_config(resumed_dir))
+    resumed.run()
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight.state.params),
+                 jax.device_get(resumed.state.params))
+    return read_metrics(run_dir), read_metrics(resumed_dir)

@@ -14,24 +14,28 @@ from jax.sharding import Mesh, NamedSharding
 from jaxalign.batch import gather_positions, per_example_sums
 from jaxalign.config import ModelSpec, TrainConfig
 from jaxalign.models import ModelConfig, init_model, load_pretrained, token_logps
-from jaxalign.models.trainable import combine, partition
+from jaxalign.models import lora as lora_lib
+from jaxalign.models.lora import LoraConfig
+from jaxalign.models.trainable import combine, leaf_paths, partition
 from jaxalign.optim import build_optimizer
 from jaxalign.sharding import replicated, rules_from
 from jaxalign.train_state import Batch, Metrics, TrainState
 
 
-def build_model(spec: ModelSpec, cfg: TrainConfig, mesh: Mesh, head: str, tokenizer=None):
+def build_model(spec: ModelSpec, cfg: TrainConfig, mesh: Mesh, head: str, tokenizer=None,
+                lora: LoraConfig | None = None):
     """Loads ``spec.path`` (an HF folder) or random-initialises ``spec.config``
-    (whose ``vocab_size`` defaults to the tokenizer's)."""
+    (whose ``vocab_size`` defaults to the tokenizer's). With ``lora`` (pass ``cfg.lora``
+    for the model an algorithm trains) the model carries LoRA adapters (docs/lora.md)."""
     rules = rules_from(cfg.mesh)
     options = dict(dtype=spec.dtype, param_dtype=spec.param_dtype, remat=spec.remat)
     if spec.path is not None:
-        return load_pretrained(spec.path, mesh=mesh, rules=rules, head=head, seed=spec.seed, **options)
+        return load_pretrained(spec.path, mesh=mesh, rules=rules, head=head, seed=spec.seed, lora=lora, **options)
     hf_config = dict(spec.config)
     if "vocab_size" not in hf_config and tokenizer is not None:
         hf_config["vocab_size"] = len(tokenizer)
     model_config = ModelConfig.from_hf(hf_config, **options)
-    return init_model(model_config, head=head, seed=spec.seed, mesh=mesh, rules=rules)
+    return init_model(model_config, head=head, seed=spec.seed, mesh=mesh, rules=rules, lora=lora)
 
 
 def split_params(model) -> tuple[nnx.GraphDef, dict]:
@@ -43,18 +47,81 @@ def split_params(model) -> tuple[nnx.GraphDef, dict]:
 FROZEN_PARAMS = "frozen_params"  # the key of AlgoRun.frozen that holds the trained model's frozen part
 
 
-def trainable_split(spec: ModelSpec, params: dict) -> tuple[dict, dict]:
+def trainable_split(spec: ModelSpec, params: dict, lora: LoraConfig | None = None) -> tuple[dict, dict]:
     """``(trained params, frozen)`` per ``spec.trainable``/``spec.freeze``: the train state
     gets the first; the second (``{}`` when everything trains, else
     ``{FROZEN_PARAMS: the rest}``) goes into ``AlgoRun.frozen``, an input of every
-    step that is never donated or checkpointed. ``with_frozen`` puts them back together."""
-    trained, frozen = partition(params, spec.trainable, spec.freeze)
+    step that is never donated or checkpointed. ``with_frozen`` puts them back together.
+    With ``lora`` the adapters (and a score head) train, plus what ``spec.trainable`` adds,
+    and the base is the frozen part (``lora.trained_patterns``)."""
+    trainable = spec.trainable
+    if lora is not None:
+        trainable = lora_lib.trained_patterns(spec.trainable, [path for path, _ in leaf_paths(params)])
+    trained, frozen = partition(params, trainable, spec.freeze)
     return trained, ({FROZEN_PARAMS: frozen} if frozen else {})
 
 
 def with_frozen(params: dict, frozen: dict) -> dict:
     """The whole parameter tree from the trained part and the step's ``frozen`` input."""
     return combine(params, frozen.get(FROZEN_PARAMS, {}))
+
+
+REF_TRAINED = "ref_trained"  # AlgoRun.frozen: the trained parameters' starting values, for a reference
+
+
+def starting_reference(model, graphdef: nnx.GraphDef, trained: dict, copy: bool = True,
+                       dtype: str | None = None) -> tuple[nnx.GraphDef, dict]:
+    """The model as it starts, as a frozen reference policy, without a second copy of what
+    is frozen anyway: ``(graph definition, entries for AlgoRun.frozen)``. The reference's
+    parameters are the model's frozen part (``FROZEN_PARAMS``, shared) plus the starting
+    values of its trained parameters, copied under ``REF_TRAINED`` (the policy's buffers are
+    donated every step). With LoRA adapters it is the base with adapters off: the base's
+    graph definition, and copies of trained base parameters only (``model.trainable``;
+    usually none). ``reference_params(frozen)`` assembles them inside the step. ``copy=False``
+    shares the trained arrays too, for a use before the first step (precomputing log-probs).
+    ``dtype``: the copies' storage dtype (PPO's ``frozen_dtype``; the shared part keeps its own)."""
+    if lora_lib.has_adapters(model):
+        from jaxalign.models.init import abstract_model
+        from jaxalign.models.peft_io import head_of
+
+        graphdef = abstract_model(model.config, head_of(model))[0]
+        trained = lora_lib.without_adapters(trained)
+    if copy:
+        trained = jax.tree.map(lambda leaf: stored_copy(leaf, dtype), trained)
+    return graphdef, ({REF_TRAINED: trained} if trained else {})
+
+
+def stored_copy(leaf: jax.Array, dtype: str | None = None) -> jax.Array:
+    """A separate copy of ``leaf`` (floating leaves in ``dtype`` when given)."""
+    if dtype is not None and jnp.issubdtype(leaf.dtype, jnp.floating) and leaf.dtype != jnp.dtype(dtype):
+        return leaf.astype(dtype)
+    # astype to the same dtype returns the same buffer, which the first donated step would delete.
+    return jnp.copy(leaf)
+
+
+def base_name(spec: ModelSpec) -> str | None:
+    """The base an exported LoRA adapter names (``base_model_name_or_path``)."""
+    from jaxalign.models.peft_io import base_name as folder_name
+
+    return folder_name(spec.path)
+
+
+def reference_params(frozen: dict) -> dict:
+    """``starting_reference``'s parameters from the step's ``frozen`` input."""
+    return combine(frozen.get(REF_TRAINED, {}), frozen.get(FROZEN_PARAMS, {}))
+
+
+def dropout_key(state: TrainState, lora: LoraConfig | None) -> jax.Array | None:
+    """This train step's LoRA dropout key (None without dropout): from the state's rng and
+    step, so a resumed run draws the masks a straight one does."""
+    if lora is None or not lora.dropout:
+        return None
+    return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+
+def merge_model(graphdef: nnx.GraphDef, params: dict, key: jax.Array | None = None):
+    """``nnx.merge`` inside a step; with a dropout ``key`` the LoRA adapters drop out."""
+    return lora_lib.with_dropout(nnx.merge(graphdef, params), key)
 
 
 def init_train_state(cfg: TrainConfig, mesh: Mesh, params: dict, total_steps: int, extra: dict | None = None):
@@ -117,12 +184,21 @@ def num_examples(batch: Batch) -> jax.Array:
     return jnp.sum(batch["example_mask"])
 
 
-def export_with(graphdef: nnx.GraphDef, frozen: dict | None = None) -> Callable[[TrainState, str], None]:
-    """Writes the whole model (trained part + frozen part) as a Hugging Face folder."""
+def export_with(graphdef: nnx.GraphDef, frozen: dict | None = None, lora: LoraConfig | None = None,
+                base_name: str | None = None) -> Callable[[TrainState, str], list[str] | None]:
+    """Writes the whole model (trained part + frozen part) as a Hugging Face folder; with
+    ``lora``, what ``lora.export`` says (a PEFT adapter folder naming ``base_name`` as its
+    base, the merged model, or both) and returns the folders written."""
     from jaxalign.models import save_pretrained
+    from jaxalign.models.peft_io import export_lora
 
-    def export(state: TrainState, path: str) -> None:
-        save_pretrained(nnx.merge(graphdef, with_frozen(state.params, frozen or {})), path)
+    def export(state: TrainState, path: str) -> list[str] | None:
+        model = nnx.merge(graphdef, with_frozen(state.params, frozen or {}))
+        if lora is None:
+            save_pretrained(model, path)
+            return None
+        trained = {name for name, _ in leaf_paths(state.params)}
+        return export_lora(model, path, lora.export, trained, base_name)
 
     return export
 

@@ -3,7 +3,8 @@ against a frozen reference, with any registered loss (``jaxalign.losses``).
 
 Chosen and rejected go through the model in one forward over packed rows that
 store the prompt once. The reference is, by default, a frozen copy of the
-starting policy; ``ref_model`` names another checkpoint; with
+starting policy (with LoRA, the base with adapters off: no copy of the
+weights); ``ref_model`` names another checkpoint; with
 ``precompute_ref_logps`` its log-probs are computed in one pass before
 training, saved in the run directory, and the reference leaves memory.
 Reference-free losses (SimPO, ORPO, CPO) hold no reference at all.
@@ -63,50 +64,57 @@ def loss_inputs(batch: Batch, policy: dict[str, jax.Array], reference: jax.Array
 
 
 def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
-    policy = common.build_model(cfg.model, cfg, mesh, head="causal_lm", tokenizer=tokenizer)
+    policy = common.build_model(cfg.model, cfg, mesh, head="causal_lm", tokenizer=tokenizer, lora=cfg.lora)
     graphdef, params = common.split_params(policy)
     kind = cfg.loss.kind
-    frozen: dict[str, Any] = {}
+    params, policy_frozen = common.trainable_split(cfg.model, params, cfg.lora)
+    frozen: dict[str, Any] = dict(policy_frozen)
     ref_graphdef = graphdef
+
+    def ref_params_of(frozen: dict) -> dict:
+        return frozen["ref_params"] if cfg.ref_model is not None else common.reference_params(frozen)
+
     if cfg.loss.needs_reference:
         if cfg.ref_model is not None:
             ref_graphdef, ref_params = common.split_params(
                 common.build_model(cfg.ref_model, cfg, mesh, head="causal_lm", tokenizer=tokenizer))
-        else:  # a separate copy: the policy's buffers are donated every step
-            ref_params = jax.tree.map(jnp.copy, params)
+            reference = {"ref_params": ref_params}
+        else:  # the starting policy (with LoRA: the base, adapters off), sharing the frozen part
+            ref_graphdef, reference = common.starting_reference(policy, graphdef, params,
+                                                                copy=not cfg.precompute_ref_logps)
         if cfg.precompute_ref_logps:
-            frozen = precomputed_reference(cfg, mesh, tokenizer, ref_graphdef, ref_params)
-            del ref_params
+            frozen.update(precomputed_reference(cfg, mesh, tokenizer, ref_graphdef,
+                                                ref_params_of({**frozen, **reference})))
+            del reference
         else:
-            frozen = {"ref_params": ref_params}
-    params, policy_frozen = common.trainable_split(cfg.model, params)
-    frozen.update(policy_frozen)
+            frozen.update(reference)
     state, optimizer = common.init_train_state(cfg, mesh, params, total_steps)
     loss = build_loss(cfg.loss)
 
     def reference_sums(frozen: dict, batch: Batch, split: str) -> jax.Array | None:
         if not cfg.loss.needs_reference:
             return None
-        if "ref_params" in frozen:
-            reference = nnx.merge(ref_graphdef, frozen["ref_params"])
-            return jax.lax.stop_gradient(common.completion_logps(reference, batch)["sums"])
-        return frozen[f"ref_{split}"][batch["example_id"]]
+        if cfg.precompute_ref_logps:
+            return frozen[f"ref_{split}"][batch["example_id"]]
+        reference = nnx.merge(ref_graphdef, ref_params_of(frozen))
+        return jax.lax.stop_gradient(common.completion_logps(reference, batch)["sums"])
 
-    def loss_fn(params, batch: Batch, frozen: dict, split: str):
-        policy = nnx.merge(graphdef, common.with_frozen(params, frozen))
+    def loss_fn(params, batch: Batch, frozen: dict, split: str, dropout_key=None):
+        policy = common.merge_model(graphdef, common.with_frozen(params, frozen), dropout_key)
         policy_out = common.completion_logps(policy, batch, with_logits_mean=True)
         inputs = loss_inputs(batch, policy_out, reference_sums(frozen, batch, split), kind)
         return loss(inputs).result()
 
     def train_step(state: TrainState, batch: Batch, frozen: dict):
-        return common.gradient_step(state, optimizer, lambda p, b: loss_fn(p, b, frozen, "train"), batch)
+        key = common.dropout_key(state, cfg.lora)
+        return common.gradient_step(state, optimizer, lambda p, b: loss_fn(p, b, frozen, "train", key), batch)
 
     def eval_step(state: TrainState, batch: Batch, frozen: dict):
         loss_value, metrics = loss_fn(state.params, batch, frozen, "eval")
         return {**metrics, "loss": loss_value, "eval_weight": common.num_examples(batch)}
 
     return AlgoRun(state=state, frozen=frozen, train_step=train_step, eval_step=eval_step,
-                   export=common.export_with(graphdef, policy_frozen))
+                   export=common.export_with(graphdef, policy_frozen, cfg.lora, common.base_name(cfg.model)))
 
 
 def precomputed_reference(cfg: TrainConfig, mesh: Mesh, tokenizer, ref_graphdef, ref_params) -> dict[str, jax.Array]:
@@ -170,6 +178,7 @@ class DPO(Algorithm):
     (``ref_model``, or a copy of the starting policy; ``precompute_ref_logps``)."""
 
     name = "dpo"
+    supports_lora = True  # builds its trained model through the trainable-subset seam
     sections = {"loss": LossConfig}
 
     def check_config(self, cfg: TrainConfig) -> None:
@@ -192,11 +201,22 @@ class DPO(Algorithm):
         return setup(cfg, mesh, tokenizer, total_steps)
 
     def plan_terms(self, cfg: TrainConfig, ctx) -> list:
+        from jaxalign.plan import Term
+
         terms = super().plan_terms(cfg, ctx)
-        if _holds_reference(cfg):
+        if _holds_reference(cfg) and cfg.ref_model is not None:
             dtype = _reference_dtype(cfg)
             terms.append(ctx.frozen_model_term("frozen reference", ctx.model.replace(param_dtype=dtype), "causal_lm",
                                                dtype, "reference parameters"))
+        elif _holds_reference(cfg):  # the starting policy: its frozen part is shared
+            copied = ctx.starting_reference_bytes("causal_lm")
+            if cfg.lora is not None:
+                detail = "the base with adapters off: the policy's frozen weights, " + (
+                    "+ starting values of base parameters that train" if copied else "no copy")
+            else:
+                detail = f"starting values of the trained parameters in {cfg.model.param_dtype}" + (
+                    "; the frozen part is shared" if cfg.model.partial else "")
+            terms.append(Term("frozen reference", copied, detail))
         return terms
 
     def plan_knobs(self, cfg: TrainConfig, plan) -> list:

@@ -15,9 +15,15 @@ One trainer step = one iteration:
 
 State: ``params = {"policy": ..., "value": ...}`` under one optimizer (the
 value is a separate ``ScoreModel`` or a head on the policy's decoder);
-``extra = {"kl_coef": []}``. Frozen: the reference (the starting policy by
-default) and the reward model, optionally stored in bfloat16. Export writes
-the policy alone as a ``*ForCausalLM`` folder.
+``extra = {"kl_coef": []}``. The policy is built through the trainable-subset
+seam (``algos.policy.build_policy``): with ``lora:`` or ``model.trainable``
+the state holds only the trained part (the adapters), the rest is frozen.
+Frozen: that part, the reference (the starting policy by default: with LoRA
+the base with adapters off, sharing the frozen part; otherwise copies in
+``ppo.frozen_dtype``) and the reward model. A separate value model gets its own
+adapters (its score head trained fully); a value head on the policy trains fully.
+Export writes the policy alone as a ``*ForCausalLM`` folder (with LoRA what
+``lora.export`` says).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from jax.sharding import Mesh
 from jaxalign import rl
 from jaxalign.algos import common
 from jaxalign.algos import ppo_math as pm
+from jaxalign.algos.policy import build_policy, build_trained
 from jaxalign.algos.ppo_config import VALUE_ON_POLICY, PPOConfig
 from jaxalign.algos.registry import Algorithm, register_algorithm
 from jaxalign.config import TrainConfig
@@ -43,7 +50,6 @@ from jaxalign.data.rows import ExampleRows
 from jaxalign.generation import SamplingConfig
 from jaxalign.losses.ppo import KLControl
 from jaxalign.metrics_log import get_logger
-from jaxalign.models import save_pretrained
 from jaxalign.rl import RewardSet, RolloutBatch, RolloutEngine, SourceContext
 from jaxalign.rl.record import host_array
 from jaxalign.rl.reward_model import ModelSource
@@ -59,38 +65,31 @@ def data_kind(cfg: TrainConfig) -> str:
     return "prompt"
 
 
-def _frozen_copy(params: Any, dtype: str) -> Any:
-    """A separate copy (the policy's buffers are donated every step), in ``dtype`` for storage."""
-    target = jnp.dtype(dtype)
-    # astype to the same dtype returns the same buffer, which the first donated step would delete.
-    return jax.tree.map(
-        lambda x: x.astype(target) if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != target else jnp.copy(x),
-        params)
+VALUE_FROZEN = "value"  # AlgoRun.frozen: a separate value model's frozen part (with LoRA), {FROZEN_PARAMS: ...}
 
 
-def _value_model(cfg: TrainConfig, mesh: Mesh, tokenizer, policy_params: dict):
-    """(graphdef or None, value params): a ``ScoreModel`` from a folder, or a zero-initialised
-    head ``{"kernel": [H, 1]}`` on the policy's decoder."""
+def _value_model(cfg: TrainConfig, mesh: Mesh, tokenizer, hidden_size: int):
+    """(graphdef or None, trained value params, frozen entries): a zero-initialised head
+    ``{"kernel": [H, 1]}`` on the policy's decoder, or a ``ScoreModel`` from a folder. With
+    ``lora:`` that model gets fresh adapters of the same settings (not ``lora.init_from``, which
+    is the policy's) and its score head trains fully; its base is frozen."""
     source = cfg.ppo.resolved_value_model()
     if source == VALUE_ON_POLICY:
-        hidden = policy_params["model"]["embed_tokens"]["embedding"].shape[1]
-        kernel = jnp.zeros((hidden, 1), jnp.dtype(cfg.model.param_dtype))
-        return None, {"kernel": common.on_mesh(kernel, mesh)}
-    spec = dataclasses.replace(cfg.model, path=source, config=None)
-    return common.split_params(common.build_model(spec, cfg, mesh, head="score", tokenizer=tokenizer))
+        kernel = jnp.zeros((hidden_size, 1), jnp.dtype(cfg.model.param_dtype))
+        return None, {"kernel": common.on_mesh(kernel, mesh)}, {}
+    spec = dataclasses.replace(cfg.model, path=source, config=None, trainable=None, freeze=None)
+    lora = None if cfg.lora is None else dataclasses.replace(cfg.lora, init_from=None)
+    _, graphdef, trained, frozen = build_trained(spec, cfg, mesh, "score", tokenizer, lora)
+    return graphdef, trained, ({VALUE_FROZEN: frozen} if frozen else {})
 
 
 def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) -> AlgoRun:
     ppo = cfg.ppo
-    policy_graphdef, policy_params = common.split_params(
-        common.build_model(cfg.model, cfg, mesh, head="causal_lm", tokenizer=tokenizer))
-    if cfg.ref_model is not None:
-        spec = dataclasses.replace(cfg.ref_model, param_dtype=ppo.frozen_dtype)
-        ref_graphdef, ref_params = common.split_params(
-            common.build_model(spec, cfg, mesh, head="causal_lm", tokenizer=tokenizer))
-    else:
-        ref_graphdef, ref_params = policy_graphdef, _frozen_copy(policy_params, ppo.frozen_dtype)
-    frozen: dict[str, Any] = {"ref": ref_params}
+    # The policy through the trainable-subset seam: with LoRA the adapters train and the
+    # reference is the base with adapters off (the frozen part itself, no copy).
+    policy = build_policy(cfg, mesh, tokenizer, reference=True, frozen_dtype=ppo.frozen_dtype)
+    policy_graphdef = policy.graphdef
+    frozen: dict[str, Any] = dict(policy.frozen)
     rules = rules_from(cfg.mesh)
     rows_by_split = _ExampleRowsBySplit(cfg, tokenizer)
     context = SourceContext(tokenizer=tokenizer, mesh=mesh, rules=rules, dtype=cfg.model.dtype,
@@ -99,11 +98,12 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) 
     model_sources = [source for source in rewards.sources if isinstance(source, ModelSource)]
     if model_sources:  # the (first) reward model's parameters, as before: frozen inputs of the steps
         frozen["reward"] = model_sources[0].params
-    value_graphdef, value_params = _value_model(cfg, mesh, tokenizer, policy_params)
+    value_graphdef, value_params, value_frozen = _value_model(cfg, mesh, tokenizer, policy.hidden_size)
+    frozen.update(value_frozen)
 
     # The schedule counts optimizer updates: num_ppo_epochs x num_mini_batches per step.
     extra = {"kl_coef": jnp.asarray(ppo.kl_coef, jnp.float32)}
-    state, optimizer = common.init_train_state(cfg, mesh, {"policy": policy_params, "value": value_params},
+    state, optimizer = common.init_train_state(cfg, mesh, {"policy": policy.params, "value": value_params},
                                                total_steps * ppo.updates_per_step, extra)
     control = KLControl(init_coef=ppo.kl_coef, target=ppo.target_kl, horizon=ppo.kl_horizon)
     sampling = SamplingConfig(max_new_tokens=ppo.max_new_tokens, temperature=ppo.temperature, top_k=ppo.top_k,
@@ -111,24 +111,30 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) 
                               pad_token_id=int(tokenizer.pad_token_id or 0))
     rows = batch_sharding(mesh)
 
+    def whole_value(trained: Any, frozen: dict) -> Any:
+        """The value parameters from the trained part and the step's ``frozen`` input."""
+        return common.with_frozen(trained, frozen.get(VALUE_FROZEN, {}))
+
     def values(value_params: Any, hidden: jax.Array, *rows: jax.Array) -> jax.Array:
         """Per-token values ``[R, N]``: a head on the policy's hidden states, or the value model's scores.
-        rows: prompt ids, prompt mask, completion ids, completion mask."""
+        value_params: the whole head or model (``whole_value``). rows: prompt ids, prompt mask,
+        completion ids, completion mask."""
         if value_graphdef is None:
             return pm.head_values(hidden, value_params)
         value_model = nnx.merge(value_graphdef, value_params)
         per_position = value_model.scores(*rl.sequences(*rows))[..., None]
         return completion_hidden(per_position, rows[0].shape[1])[..., 0]
 
-    engine = RolloutEngine((policy_graphdef, policy_params), tokenizer, sampling, rewards=rewards,
-                           reference_graphdef=ref_graphdef, value_fn=values, mesh=mesh, rules=rules)
+    engine = RolloutEngine((policy_graphdef, policy.full(policy.params, frozen)), tokenizer, sampling,
+                           rewards=rewards, reference_graphdef=policy.reference_graphdef, value_fn=values,
+                           mesh=mesh, rules=rules)
 
-    def forward(params: dict, batch: Batch) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def forward(params: dict, batch: Batch, frozen: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
         """The update's (reply log-probs, entropies, values) ``[B, N]``: the rollout's teacher-forced pass."""
-        model = nnx.merge(policy_graphdef, params["policy"])
+        model = policy.model(params["policy"], frozen)
         rows = (batch["prompt_ids"], batch["prompt_mask"], batch["tokens"], batch["response_mask"])
         logps, entropy, hidden = rl.policy_pass(model, *rows, ppo.temperature)
-        return logps, entropy, values(params["value"], hidden, *rows)
+        return logps, entropy, values(whole_value(params["value"], frozen), hidden, *rows)
 
     @jax.jit
     def prepare(record: RolloutBatch, kl_coef: jax.Array) -> Batch:
@@ -158,8 +164,8 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) 
         """Host-side: the rollout layer (sample, score, teacher-forced pass), then PPO's advantages.
         Returns the update's batch, seconds per phase, tokens generated and the rewards' metrics."""
         key = rollout_key(state.rng, state.step, SPLIT_CODES[split], index)
-        record = engine(state.params["policy"], batch, key, rows=rows_by_split(split), ref_params=frozen["ref"],
-                        value_params=state.params["value"])
+        record = engine(policy.full(state.params["policy"], frozen), batch, key, rows=rows_by_split(split),
+                        ref_params=policy.reference(frozen), value_params=whole_value(state.params["value"], frozen))
         started = time.monotonic()
         update_batch = prepare(record.batch, state.extra["kl_coef"])
         jax.block_until_ready(update_batch)
@@ -189,7 +195,7 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) 
         rollout = {name: batch[name] for name in update_keys}
 
         def loss_fn(params: dict, minibatch: Batch):
-            logps, entropy, values = forward(params, minibatch)
+            logps, entropy, values = forward(params, minibatch, frozen)
             return pm.minibatch_loss(logps, entropy, values, minibatch, ppo)
 
         def update(carry, rows_index):
@@ -216,8 +222,8 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) 
     def eval_step(state: TrainState, batch: Batch, frozen: dict) -> dict:
         return {**pm.rollout_metrics(batch), "eval_weight": jnp.sum(batch["example_mask"])}
 
-    def export(state: TrainState, path: str) -> None:
-        save_pretrained(nnx.merge(policy_graphdef, state.params["policy"]), path)
+    def export(state: TrainState, path: str) -> list[str] | None:
+        return policy.export(state.replace(params=state.params["policy"]), path)
 
     return AlgoRun(state=state, frozen=frozen, train_step=train_step, eval_step=eval_step, export=export,
                    rollout=rollout, updates_per_step=ppo.updates_per_step)
@@ -252,13 +258,15 @@ class PPO(Algorithm):
     """``algo: ppo``: RLHF with a rollout hook (``ppo:`` section, ``ppo_config.PPOConfig``)."""
 
     name = "ppo"
+    supports_lora = True  # builds its trained model through the trainable-subset seam
     sections = {"ppo": PPOConfig}
 
     def check_config(self, cfg: TrainConfig) -> None:
         cfg.ppo.check_for_run(cfg.data.batch_size)
-        if cfg.model.partial:
-            raise ValueError("model.trainable/model.freeze are not supported by algo ppo yet: it trains the "
-                             "whole policy; remove them")
+        if cfg.lora is not None and cfg.lora.dropout:
+            raise ValueError(f"lora.dropout: {cfg.lora.dropout} would make PPO's ratio against the rollout's "
+                             "log-probs (computed without dropout) measure dropout noise; set lora.dropout: 0 "
+                             "(TRL's PPO disables dropout too)")
         if cfg.optim.grad_accum_steps != 1:
             raise ValueError("optim.grad_accum_steps must be 1 for algo ppo: each step's rollout is split "
                              "into ppo.num_mini_batches instead")

@@ -20,7 +20,9 @@ from jaxalign.algos.ppo_config import VALUE_ON_POLICY
 from jaxalign.config import ModelSpec, TrainConfig
 from jaxalign.data.packing import round_up
 from jaxalign.models.config import ModelConfig
-from jaxalign.plan import DTYPE_BYTES, PlanContext, Term, Workload, _count, forward_working_set, read_model_config
+from jaxalign.models.lora import is_adapter
+from jaxalign.plan import (DTYPE_BYTES, PlanContext, Term, Workload, _count, forward_working_set, parameter_shards,
+                           read_model_config)
 from jaxalign.rl.teacher_forcing import LOGPS_CHUNK
 
 
@@ -75,21 +77,44 @@ def plan_terms(cfg: TrainConfig, ctx: PlanContext) -> list[Term]:
 
 def _held_terms(cfg: TrainConfig, ctx: PlanContext, models: _Models, rollout: Workload,
                 prompt: int) -> tuple[list[Term], int]:
-    """What the iteration holds throughout, and the bytes of what trains (policy + value)."""
+    """What the iteration holds throughout, and the bytes of what trains (policy + value).
+    With ``lora:`` the policy's adapters train and its base is frozen (``algos.policy``); a value
+    model from a folder gets adapters of the same settings, its score head trained fully."""
     policy, frozen = models.policy, cfg.ppo.frozen_dtype
-    policy_bytes = ctx.parameter_bytes(policy, "causal_lm")
-    terms = [Term("parameters", policy_bytes, f"policy, {_count(ctx.param_count)} parameters in {policy.param_dtype}")]
+    shards = ctx.shards(policy, "causal_lm")
+    policy_bytes = ctx.bytes_of_shards(shards, policy.param_dtype)
+    policy_trained = ctx.trained_bytes(shards, policy)
+    adapters = sum(s[1] for s in shards if is_adapter(s[0]))
+    detail = f"policy, {_count(ctx.param_count - adapters)} parameters in {policy.param_dtype}"
+    if adapters:
+        detail += f" + {_count(adapters)} LoRA adapter parameters (rank {ctx.adapters.rank}) in {ctx.adapters.param_dtype}"
+    terms = [Term("parameters", policy_bytes, detail)]
     if models.value is None:
-        value_bytes = policy.hidden_size * DTYPE_BYTES[policy.param_dtype]
+        value_bytes = value_trained = policy.hidden_size * DTYPE_BYTES[policy.param_dtype]
         terms.append(Term("value model", value_bytes, "a value head on the policy's decoder"))
     else:
-        value_bytes = ctx.parameter_bytes(models.value, "score")
-        terms.append(Term("value model", value_bytes,
-                          f"from {cfg.ppo.resolved_value_model()}, in {models.value.param_dtype}"))
-    trained = policy_bytes + value_bytes
-    terms.append(Term("optimizer state", 2 * trained, f"AdamW mu and nu of policy and value in {policy.param_dtype}"))
-    terms.append(ctx.frozen_model_term("frozen reference", models.reference, "causal_lm", frozen,
-                                       "reference parameters"))
+        value_shards = parameter_shards(models.value, "score", ctx.mesh, ctx.rules, ctx.adapters)
+        value_bytes = ctx.bytes_of_shards(value_shards, models.value.param_dtype)
+        value_trained = ctx.bytes_of_shards(
+            [s for s in value_shards if ctx.adapters is None or is_adapter(s[0]) or s[0][0] == "score"],
+            models.value.param_dtype)
+        terms.append(Term("value model", value_bytes, f"from {cfg.ppo.resolved_value_model()}, in "
+                          f"{models.value.param_dtype}" + (" with LoRA adapters" if ctx.adapters else "")))
+    trained = policy_trained + value_trained
+    what = "policy adapters and value" if ctx.adapters else "policy and value"
+    terms.append(Term("optimizer state", 2 * trained, f"AdamW mu and nu of {what} in {policy.param_dtype}"))
+    if cfg.ref_model is not None:
+        terms.append(ctx.frozen_model_term("frozen reference", models.reference, "causal_lm", frozen,
+                                           "reference parameters"))
+    else:  # the starting policy (common.starting_reference): copies of what trains, the frozen part shared
+        copied = ctx.starting_reference_bytes("causal_lm", frozen)
+        if ctx.adapters is not None:
+            detail = "the base with adapters off: the policy's frozen weights, " + (
+                f"+ starting values of base parameters that train in {frozen}" if copied else "no copy")
+        else:
+            detail = f"starting values of the trained parameters in {frozen}" + (
+                "; the frozen part is shared" if cfg.model.partial else "")
+        terms.append(Term("frozen reference", copied, detail))
     for reward in models.rewards:
         terms.append(ctx.frozen_model_term("frozen reward model", reward, "score", frozen, "reward model"))
     # prompt ids and mask, segment ids and tokens (int32), and seven float32 [B, N] arrays (masks, log-probs,
@@ -133,6 +158,8 @@ def _update_terms(ctx: PlanContext, models: _Models, minibatch: Workload, traine
     ]
     terms += ctx.gathered_weights(models.policy, "causal_lm", "update")
     terms += ctx.activation_terms("causal_lm", minibatch, models.policy, "update")
+    if ctx.adapters is not None:
+        terms += ctx.adapter_activation_terms(ctx.shards(models.policy, "causal_lm"), minibatch, models.policy, "update")
     if models.value is not None:
         terms += ctx.gathered_weights(models.value, "score", "update")
         terms += ctx.activation_terms("score", minibatch, models.value, "update", label="value ")

@@ -44,11 +44,18 @@ class Algorithm:
       (defaults, ``__post_init__`` checks, unknown keys suggest the close one).
     head: the trained model's output head, ``"causal_lm"`` or ``"score"`` (the
       default plan counts that model).
+    supports_lora: whether ``setup`` honours the ``lora:`` section (builds its trained
+      model with ``common.build_model(..., lora=cfg.lora)`` and splits it with
+      ``common.trainable_split(..., lora=cfg.lora)``, or for a policy with
+      ``algos.policy.build_policy``); a config with ``lora:`` for an algorithm that does
+      not is an error. Off by default, so an algorithm that never reads ``lora:`` cannot
+      silently train the whole model when adapters were asked for.
     """
 
     name: ClassVar[str] = ""
     sections: ClassVar[Mapping[str, type]] = {}
     head: ClassVar[str] = "causal_lm"
+    supports_lora: ClassVar[bool] = False
 
     def check_config(self, cfg: Any) -> None:
         """Checks that span sections (e.g. a loss that needs a reference with

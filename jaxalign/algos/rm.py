@@ -44,10 +44,10 @@ def data_kind(cfg: TrainConfig) -> str:
     return cfg.loss.kind
 
 
-def pair_rewards(graphdef: nnx.GraphDef, params, batch: Batch) -> jax.Array:
+def pair_rewards(graphdef: nnx.GraphDef, params, batch: Batch, dropout_key=None) -> jax.Array:
     """Reward of every reply of every example slot, ``[R, K, M]`` float32 (M = 2 for
     pairs: chosen, rejected; the ranking's width for listwise batches)."""
-    model = nnx.merge(graphdef, params)
+    model = common.merge_model(graphdef, params, dropout_key)
     hidden = model.hidden_states(batch["input_ids"], batch["positions"], batch["segment_ids"], batch["branch_ids"],
                                 batch.get("tile_pairs"))
     return model.scores_from_hidden(gather_positions(hidden, batch["end_index"]))
@@ -84,9 +84,9 @@ def initial_loss_params(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
-    model = common.build_model(cfg.model, cfg, mesh, head="score", tokenizer=tokenizer)
+    model = common.build_model(cfg.model, cfg, mesh, head="score", tokenizer=tokenizer, lora=cfg.lora)
     graphdef, params = common.split_params(model)
-    params, frozen = common.trainable_split(cfg.model, params)
+    params, frozen = common.trainable_split(cfg.model, params, cfg.lora)
     loss_params = initial_loss_params(cfg)
     if loss_params:  # a few numbers: replicated on the mesh like the step counter
         params = {**params, LOSS_PARAMS: jax.tree.map(lambda leaf: jax.device_put(leaf, replicated(mesh)), loss_params)}
@@ -94,13 +94,14 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
     loss = build_loss(cfg.loss)
     make_inputs = INPUTS_FROM_SCORES[cfg.loss.kind]
 
-    def loss_fn(params, batch: Batch, frozen: dict):
+    def loss_fn(params, batch: Batch, frozen: dict, dropout_key=None):
         model_params = {key: value for key, value in params.items() if key != LOSS_PARAMS}
-        scores = pair_rewards(graphdef, common.with_frozen(model_params, frozen), batch)
+        scores = pair_rewards(graphdef, common.with_frozen(model_params, frozen), batch, dropout_key)
         return loss(make_inputs(scores, batch, params.get(LOSS_PARAMS, {}))).result()
 
     def train_step(state: TrainState, batch: Batch, frozen: dict):
-        return common.gradient_step(state, optimizer, lambda p, b: loss_fn(p, b, frozen), batch)
+        key = common.dropout_key(state, cfg.lora)
+        return common.gradient_step(state, optimizer, lambda p, b: loss_fn(p, b, frozen, key), batch)
 
     def eval_step(state: TrainState, batch: Batch, frozen: dict):
         loss_value, metrics = loss_fn(state.params, batch, frozen)
@@ -111,24 +112,26 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
 
 
 def _export_with_loss_params(cfg: TrainConfig, graphdef: nnx.GraphDef, frozen: dict):
-    """The HF folder of the model; the loss's parameters (if any) and the rating scale
-    go into its config.json under ``jaxalign``, which transformers keeps as an attribute."""
-    export_model = common.export_with(graphdef, frozen)
+    """The HF folder of the model (a PEFT adapter folder under ``lora``); the loss's
+    parameters (if any) and the rating scale go into its config.json under ``jaxalign``,
+    which transformers keeps as an attribute."""
+    export_model = common.export_with(graphdef, frozen, cfg.lora, common.base_name(cfg.model))
     specs = [spec for spec, _ in cfg.loss.specs() if spec.params is not None]
 
-    def export(state: TrainState, path: str) -> None:
+    def export(state: TrainState, path: str):
         loss_params = state.params.get(LOSS_PARAMS)
-        export_model(state.replace(params={k: v for k, v in state.params.items() if k != LOSS_PARAMS}), path)
+        written = export_model(state.replace(params={k: v for k, v in state.params.items() if k != LOSS_PARAMS}), path)
         if not specs or jax.process_index() != 0:
-            return
+            return written
+        config_path = Path(path) / "config.json"  # a full folder: check_config refused adapter-only exports
         host = jax.device_get(loss_params)
         extras = {"loss": cfg.loss.names[0], "rating_scale": cfg.data.rating_scale}
         for spec in specs:
             extras.update(spec.params.export(host))
-        config_path = Path(path) / "config.json"
         config = json.loads(config_path.read_text())
         config["jaxalign"] = extras
         config_path.write_text(json.dumps(config, indent=2) + "\n")
+        return written
 
     return export
 
@@ -138,6 +141,7 @@ class RewardModel(Algorithm):
     """``algo: rm``: a scalar-head model trained on preference pairs (``loss:`` section, reward losses)."""
 
     name = "rm"
+    supports_lora = True  # builds its trained model through the trainable-subset seam
     sections = {"loss": RewardLossConfig}
     head = "score"
 
@@ -145,9 +149,14 @@ class RewardModel(Algorithm):
         if cfg.loss.kind not in REWARD_KINDS:
             raise ValueError(f"algo rm trains with a reward-model loss (bradley_terry; rating_regression, ordinal, "
                              f"acceptability; plackett_luce), got loss.name '{cfg.loss.name}'")
-        if any(spec.params is not None for spec, _ in cfg.loss.specs()) and cfg.data.rating_scale is None:
+        learns_params = any(spec.params is not None for spec, _ in cfg.loss.specs())
+        if learns_params and cfg.data.rating_scale is None:
             raise ValueError(f"loss '{cfg.loss.name}' learns one threshold between each two rating levels; declare "
                              "the scale as data.rating_scale: [lowest, highest] (e.g. [1, 5])")
+        if learns_params and cfg.export and cfg.lora is not None and cfg.lora.export != "merged":
+            raise ValueError(f"lora.export: {cfg.lora.export} writes a PEFT adapter folder, which has no config.json "
+                             f"to hold loss '{cfg.loss.name}''s learned thresholds; set lora.export: merged "
+                             "(the adapters merged into a full folder) or export: false")
         common.check_soft_labels(cfg)
 
     def data_kind(self, cfg: TrainConfig) -> str:

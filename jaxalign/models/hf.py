@@ -19,7 +19,8 @@ from jax.sharding import Mesh
 
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.hf_names import TensorMap, base_prefix, is_harmless_extra, tensor_maps
-from jaxalign.models.init import Model, abstract_model, assemble, host_init, model_class
+from jaxalign.models.init import Model, abstract_model, assemble, host_init, initial_adapter_values, model_class, resolve_lora
+from jaxalign.models.lora import LoraConfig
 from jaxalign.models.partition import place
 from jaxalign.models.safetensors_io import SafetensorsFile
 
@@ -127,13 +128,16 @@ def load_pretrained(
     remat: str | None = None,
     head: str = "auto",
     seed: int = 0,
+    lora: LoraConfig | None = None,
 ) -> Model:
     """Loads a Hugging Face checkpoint folder (config.json + safetensors) as a ``CausalLM`` or ``ScoreModel``.
 
     ``dtype``/``param_dtype``/``remat`` override the config's defaults
     (float32/float32/"none"). ``head="auto"`` follows ``architectures``;
     ``head="score"`` on a causal-LM checkpoint starts a reward/value model with
-    a fresh score head (normal(initializer_range), seeded by ``seed``). With
+    a fresh score head (normal(initializer_range), seeded by ``seed``). ``lora``
+    (the ``lora:`` section) adds LoRA adapters (``jaxalign.models.lora``): fresh ones
+    seeded by ``seed``, or ``lora.init_from``'s PEFT folder. With
     ``mesh`` each parameter lands on ``logical_sharding(mesh, its axes, shape, rules)``;
     without, on the first device.
     """
@@ -156,7 +160,7 @@ def load_pretrained(
     fresh_score = head == "score" and not has_score and "score.weight" not in files
     _check_tensors(maps, files, cfg, head, {"score.weight"} if fresh_score else set())
 
-    graphdef, variables = abstract_model(cfg, head)
+    graphdef, variables = abstract_model(cfg, head, resolve_lora(lora, cfg, head, str(path)))
     values: dict[tuple, jax.Array] = {}
     # Largest first: the transient host copies then coincide with the least
     # memory already on device, which keeps peak host memory near 1x the model.
@@ -173,4 +177,7 @@ def load_pretrained(
     if fresh_score:
         path = ("score", "kernel")
         values[path] = place(host_init(variables[path], path, seed), variables[path], mesh, rules)
+    if lora is not None:  # adapters, and the modules an init_from folder saved whole
+        for path, value in initial_adapter_values(lora, variables, cfg, head, seed).items():
+            values[path] = place(value, variables[path], mesh, rules)
     return assemble(graphdef, variables, values)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +28,7 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
 
-def _to_host(array: jax.Array) -> np.ndarray:
+def to_host(array: jax.Array) -> np.ndarray:
     if array.is_fully_addressable:
         return np.asarray(jax.device_get(array))
     return np.asarray(multihost_utils.process_allgather(array, tiled=True))
@@ -49,10 +49,12 @@ def _plan_shards(maps: list[TensorMap], itemsize: int, max_bytes: int) -> list[l
 
 
 def _remove_stale_weights(folder: Path) -> None:
-    """transformers prefers model.safetensors over an index, so drop earlier exports first."""
+    """transformers prefers model.safetensors over an index, and loads a PEFT adapter it
+    finds next to config.json, so drop earlier exports (a model, an adapter) first."""
     for old in folder.glob("model*.safetensors"):
         old.unlink()
-    (folder / INDEX_FILE).unlink(missing_ok=True)
+    for old in (INDEX_FILE, "adapter_config.json", "adapter_model.safetensors"):
+        (folder / old).unlink(missing_ok=True)
 
 
 def hf_config_for(model: CausalLM | ScoreModel, dtype_name: str) -> dict[str, Any]:
@@ -71,13 +73,15 @@ def save_pretrained(
     *,
     max_shard_size: int | str = "2GB",
     dtype: str | None = None,
+    transform: Callable[[tuple, jax.Array], jax.Array] | None = None,
 ) -> None:
     """Writes ``model`` to ``path`` so ``transformers.AutoModelFor{CausalLM,SequenceClassification}`` loads it.
 
     One ``model.safetensors``, or ``model-0000i-of-0000n.safetensors`` shards
     plus ``model.safetensors.index.json`` past ``max_shard_size`` ("2GB",
     "500MB", or bytes). ``dtype`` (default: the parameter dtype) sets the saved
-    precision and ``torch_dtype``.
+    precision and ``torch_dtype``. ``transform(param_path, value)`` changes a parameter on its
+    way out, one at a time (``jaxalign.models.lora.merged_kernels`` folds adapters in).
     """
     cfg = model.config
     head = "score" if isinstance(model, ScoreModel) else "causal_lm"
@@ -89,7 +93,10 @@ def save_pretrained(
 
     def produce(name: str) -> np.ndarray:
         m = by_name[name]
-        return m.to_hf(*(_to_host(params[p].get_value()) for p in m.paths))
+        values = (params[p].get_value() for p in m.paths)
+        if transform is not None:
+            values = (transform(p, value) for p, value in zip(m.paths, values))
+        return m.to_hf(*(to_host(value) for value in values))
 
     folder = Path(path)
     writer = jax.process_index() == 0

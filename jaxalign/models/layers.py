@@ -35,7 +35,9 @@ def to_dtype(name: str) -> jnp.dtype:
 
 
 def param(rngs: nnx.Rngs | None, shape: Sequence[int], axes: Axes, dtype: jnp.dtype, init: str, std: float = 0.02) -> nnx.Param:
-    """A parameter initialised with ``init`` ("normal" | "zeros" | "ones") and tagged with ``axes``.
+    """A parameter initialised with ``init`` ("normal" | "uniform" | "zeros" | "ones") and tagged with ``axes``.
+
+    "uniform" draws from ``U(-std, std)`` (``std`` is the bound).
 
     The init rule is kept as metadata (``init``, ``init_std``) so that
     ``jaxalign.models.init`` can draw values on the host, parameter by
@@ -44,6 +46,8 @@ def param(rngs: nnx.Rngs | None, shape: Sequence[int], axes: Axes, dtype: jnp.dt
     shape = tuple(shape)
     if init == "normal":
         value = (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+    elif init == "uniform":
+        value = jax.random.uniform(rngs.params(), shape, jnp.float32, -std, std).astype(dtype)
     elif init == "zeros":
         value = jnp.zeros(shape, dtype)
     elif init == "ones":
@@ -53,11 +57,20 @@ def param(rngs: nnx.Rngs | None, shape: Sequence[int], axes: Axes, dtype: jnp.dt
     return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False, init=init, init_std=float(std))
 
 
+class LoraKey(nnx.Variable):
+    """The dropout key of one adapter for one train step (set by ``jaxalign.models.lora.with_dropout``)."""
+
+
 class Linear(nnx.Module):
     """``y = x @ kernel (+ bias)`` contracting the last ``len(in_shape)`` axes of ``x``.
 
     kernel: ``[*in_shape, *out_shape]``; x: ``[..., *in_shape]`` -> ``[..., *out_shape]``.
     Multi-axis shapes keep heads as their own axis, e.g. q: ``[embed, heads, head_dim]``.
+
+    With a LoRA adapter (``add_adapter``; ``jaxalign.models.lora``) the output gains
+    ``scale * dropout(x) @ lora_a @ lora_b``: ``lora_a`` ``[*in_shape, rank]`` and
+    ``lora_b`` ``[rank, *out_shape]`` carry the kernel's own logical axes, so they
+    shard like it. A model without adapters has the same graph as before.
     """
 
     def __init__(
@@ -77,16 +90,53 @@ class Linear(nnx.Module):
         self.dtype = dtype
         self.kernel = param(rngs, (*in_shape, *out_shape), (*in_axes, *out_axes), param_dtype, "normal", std)
         self.bias = param(rngs, out_shape, out_axes, param_dtype, "zeros") if use_bias else None
+        # Set by add_adapter; declared as data so a Param can take their place later.
+        self.lora_a = nnx.data(None)
+        self.lora_b = nnx.data(None)
+        self.lora_key = nnx.data(None)
+        self.lora_scale = 0.0
+        self.lora_dropout = 0.0
+
+    def add_adapter(self, rank: int, scale: float, dropout: float, param_dtype: jnp.dtype,
+                    rngs: nnx.Rngs | None) -> None:
+        """Adds a LoRA adapter of ``rank``: ``lora_a`` ~ U(+-1/sqrt(fan_in)) (PEFT's default),
+        ``lora_b`` zeros, so the adapted layer starts equal to the base.
+        Raises ``ValueError`` when ``rank`` exceeds the flattened matrix's smaller side."""
+        kernel = self.kernel
+        axes = tuple(kernel.get_metadata().get("out_sharding") or (None,) * kernel.ndim)
+        in_shape, out_shape = kernel.shape[: self.num_in], kernel.shape[self.num_in:]
+        fan_in, fan_out = math.prod(in_shape), math.prod(out_shape)
+        if rank > min(fan_in, fan_out):
+            raise ValueError(f"rank {rank} is larger than the {fan_in} x {fan_out} matrix it adapts "
+                             f"(at most {min(fan_in, fan_out)})")
+        self.lora_a = param(rngs, (*in_shape, rank), (*axes[: self.num_in], None), param_dtype, "uniform",
+                            1.0 / math.sqrt(fan_in))
+        self.lora_b = param(rngs, (rank, *out_shape), (None, *axes[self.num_in:]), param_dtype, "zeros")
+        self.lora_scale = float(scale)
+        self.lora_dropout = float(dropout)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.kernel[...].astype(self.dtype)
         in_shape, out_shape = kernel.shape[: self.num_in], kernel.shape[self.num_in:]
         lead = x.shape[: x.ndim - self.num_in]
         flat = x.astype(self.dtype).reshape(*lead, math.prod(in_shape))
-        y = matmul(flat, kernel.reshape(math.prod(in_shape), math.prod(out_shape))).reshape(*lead, *out_shape)
+        y = matmul(flat, kernel.reshape(math.prod(in_shape), math.prod(out_shape)))
+        if self.lora_a is not None:
+            y = y + self._adapter(flat)
+        y = y.reshape(*lead, *out_shape)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
+
+    def _adapter(self, flat: jax.Array) -> jax.Array:
+        """``scale * dropout(flat) @ a @ b`` over flattened in/out axes: ``[..., in] -> [..., out]``."""
+        a, b = self.lora_a[...].astype(self.dtype), self.lora_b[...].astype(self.dtype)
+        rank = a.shape[-1]
+        if self.lora_key is not None and self.lora_dropout > 0:  # training: the step set a key
+            keep = jax.random.bernoulli(self.lora_key[...], 1.0 - self.lora_dropout, flat.shape)
+            flat = jnp.where(keep, flat / (1.0 - self.lora_dropout), 0).astype(self.dtype)
+        down = matmul(flat, a.reshape(-1, rank))
+        return matmul(down, b.reshape(rank, -1)) * jnp.asarray(self.lora_scale, self.dtype)
 
 
 class Embed(nnx.Module):
