@@ -34,12 +34,11 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxalign import rl
-from jaxalign.algos import common
+from jaxalign.algos import common, rl_common
 from jaxalign.algos import ppo_math as pm
 from jaxalign.algos.ppo_config import VALUE_ON_POLICY, PPOConfig
 from jaxalign.algos.registry import Algorithm, register_algorithm
 from jaxalign.config import TrainConfig
-from jaxalign.data.rows import ExampleRows
 from jaxalign.generation import SamplingConfig
 from jaxalign.losses.ppo import KLControl
 from jaxalign.metrics_log import get_logger
@@ -52,20 +51,10 @@ from jaxalign.sharding import batch_sharding, rules_from
 from jaxalign.train_state import AlgoRun, Batch, TrainState
 
 log = get_logger()
-SPLIT_CODES = {"train": 0, "eval": 1}
 
 
 def data_kind(cfg: TrainConfig) -> str:
     return "prompt"
-
-
-def _frozen_copy(params: Any, dtype: str) -> Any:
-    """A separate copy (the policy's buffers are donated every step), in ``dtype`` for storage."""
-    target = jnp.dtype(dtype)
-    # astype to the same dtype returns the same buffer, which the first donated step would delete.
-    return jax.tree.map(
-        lambda x: x.astype(target) if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != target else jnp.copy(x),
-        params)
 
 
 def _value_model(cfg: TrainConfig, mesh: Mesh, tokenizer, policy_params: dict):
@@ -89,10 +78,10 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) 
         ref_graphdef, ref_params = common.split_params(
             common.build_model(spec, cfg, mesh, head="causal_lm", tokenizer=tokenizer))
     else:
-        ref_graphdef, ref_params = policy_graphdef, _frozen_copy(policy_params, ppo.frozen_dtype)
+        ref_graphdef, ref_params = policy_graphdef, rl_common.frozen_copy(policy_params, ppo.frozen_dtype)
     frozen: dict[str, Any] = {"ref": ref_params}
     rules = rules_from(cfg.mesh)
-    rows_by_split = _ExampleRowsBySplit(cfg, tokenizer)
+    rows_by_split = rl_common.ExampleRowsBySplit(cfg, tokenizer)
     context = SourceContext(tokenizer=tokenizer, mesh=mesh, rules=rules, dtype=cfg.model.dtype,
                             frozen_dtype=ppo.frozen_dtype, sample_texts=rows_by_split.sample_prompts)
     rewards = RewardSet.build(ppo.reward_specs(), context)
@@ -149,15 +138,10 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) 
         out["segment_ids"] = jnp.concatenate([out["prompt_mask"], mask.astype(jnp.int32)], axis=1)
         return jax.lax.with_sharding_constraint(out, rows)
 
-    @jax.jit
-    def rollout_key(rng: jax.Array, step: jax.Array, split: int, index: int) -> jax.Array:
-        key = jax.random.fold_in(jax.random.wrap_key_data(rng), split)
-        return jax.random.fold_in(key, jnp.where(split == 0, step, index))
-
     def rollout(state: TrainState, batch: Batch, frozen: dict, split: str, index: int) -> tuple[Batch, dict[str, float]]:
         """Host-side: the rollout layer (sample, score, teacher-forced pass), then PPO's advantages.
         Returns the update's batch, seconds per phase, tokens generated and the rewards' metrics."""
-        key = rollout_key(state.rng, state.step, SPLIT_CODES[split], index)
+        key = rl_common.rollout_key(state.rng, state.step, split, index)
         record = engine(state.params["policy"], batch, key, rows=rows_by_split(split), ref_params=frozen["ref"],
                         value_params=state.params["value"])
         started = time.monotonic()
@@ -227,24 +211,6 @@ def _reply_means(batch: Batch) -> np.ndarray:
     """Each row's advantage averaged over its reply tokens ``[R]`` (the completions table's ``advantage``)."""
     advantages, mask = host_array(batch["advantages"]), host_array(batch["response_mask"])
     return (advantages * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1.0)
-
-
-class _ExampleRowsBySplit:
-    """Each split's ``ExampleRows`` (prompt texts, ``file:line``, the rows' columns), read on first use."""
-
-    def __init__(self, cfg: TrainConfig, tokenizer):
-        self.cfg, self.tokenizer = cfg, tokenizer
-        self._loaded: dict[str, ExampleRows | None] = {}
-
-    def __call__(self, split: str) -> ExampleRows | None:
-        if split not in self._loaded:
-            self._loaded[split] = ExampleRows.of_split(self.cfg.data, split, self.tokenizer)
-        return self._loaded[split]
-
-    def sample_prompts(self) -> list[str]:
-        """Up to 64 training prompts: what a reward model's tokenizer is checked against."""
-        rows = self("train")
-        return rows.prompts(range(min(len(rows), 64))) if rows is not None else []
 
 
 @register_algorithm

@@ -1,0 +1,53 @@
+"""Pieces the RL algorithms (PPO, GRPO) share around the rollout layer: frozen copies of
+the starting policy, the rollout's random key, each split's example rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxalign.config import TrainConfig
+from jaxalign.data.rows import ExampleRows
+
+SPLIT_CODES = {"train": 0, "eval": 1}
+
+
+def frozen_copy(params: Any, dtype: str) -> Any:
+    """A separate copy (the policy's buffers are donated every step), in ``dtype`` for storage."""
+    target = jnp.dtype(dtype)
+    # astype to the same dtype returns the same buffer, which the first donated step would delete.
+    return jax.tree.map(
+        lambda x: x.astype(target) if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != target else jnp.copy(x),
+        params)
+
+
+@jax.jit
+def _rollout_key(rng: jax.Array, step: jax.Array, split: int, index: int) -> jax.Array:
+    key = jax.random.fold_in(jax.random.wrap_key_data(rng), split)
+    return jax.random.fold_in(key, jnp.where(split == 0, step, index))
+
+
+def rollout_key(rng: jax.Array, step: jax.Array, split: str, index: int) -> jax.Array:
+    """The sampling key of a rollout: a function of the train state's seed and step (train) or the
+    eval batch's number (eval), so a resumed run samples what an uninterrupted one would."""
+    return _rollout_key(rng, step, SPLIT_CODES[split], index)
+
+
+class ExampleRowsBySplit:
+    """Each split's ``ExampleRows`` (prompt texts, ``file:line``, the rows' columns), read on first use."""
+
+    def __init__(self, cfg: TrainConfig, tokenizer):
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self._loaded: dict[str, ExampleRows | None] = {}
+
+    def __call__(self, split: str) -> ExampleRows | None:
+        if split not in self._loaded:
+            self._loaded[split] = ExampleRows.of_split(self.cfg.data, split, self.tokenizer)
+        return self._loaded[split]
+
+    def sample_prompts(self) -> list[str]:
+        """Up to 64 training prompts: what a reward model's tokenizer is checked against."""
+        rows = self("train")
+        return rows.prompts(range(min(len(rows), 64))) if rows is not None else []
