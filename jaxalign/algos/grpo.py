@@ -137,8 +137,7 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) 
         step = int(state.step) + 1  # the step this rollout trains
         if split == "train" and sink is not None and cfg.log.writes_completions(step):
             table = record.completion_rows(step, host_array(update_batch["advantages"]))
-            sink.write_table(step, "completions", table)
-            _print_completions(step, table[:grpo.num_completions_to_print])
+            sink.write_table(step, "completions", table)  # the console sink prints a few rows
         return update_batch, metrics
 
     def forward(params: dict, minibatch: Batch) -> tuple[jax.Array, jax.Array]:
@@ -206,13 +205,6 @@ def _unscored_groups(record: rl.Rollout) -> int:
     real = (arrays["row_mask"] > 0).reshape(-1, n).any(axis=1)
     scored = arrays["reward_valid"].reshape(-1, n).any(axis=1)
     return int(np.sum(real & ~scored))
-
-
-def _print_completions(step: int, rows: list[dict]) -> None:
-    for row in rows:
-        log.info("step %d | prompt ...%r | completion %r | reward %s | advantage %.3f", step, row["prompt"][-60:],
-                 row["completion"][:80], "None" if row["reward"] is None else f"{row['reward']:.3f}",
-                 row["advantage"])
 
 
 @register_algorithm

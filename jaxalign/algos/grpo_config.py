@@ -5,7 +5,7 @@ Option names follow TRL's ``GRPOConfig`` where TRL has the option
 ``top_k``, ``beta``, ``epsilon``, ``epsilon_high``, ``num_iterations``,
 ``steps_per_generation``, ``loss_type``, ``scale_rewards``,
 ``importance_sampling_level``, ``mask_truncated_completions``,
-``reward_weights``, ``num_completions_to_print``; ``reward_funcs`` is TRL's
+``reward_weights``; ``reward_funcs`` is TRL's
 trainer argument). Ours: ``advantage_estimator``, ``dynamic_sampling``,
 ``max_dynamic_sampling_tries``, ``overlong_buffer_len``,
 ``overlong_penalty_factor``, ``frozen_dtype``. docs/grpo.md lists where the
@@ -60,9 +60,8 @@ class GRPOConfig:
     max_dynamic_sampling_tries: int = 3
     overlong_buffer_len: int = 0  # L_cache of the soft overlong punishment; 0 = off
     overlong_penalty_factor: float = 1.0
-    # Storage and logging.
+    # Storage.
     frozen_dtype: str = "float32"
-    num_completions_to_print: int = 2
 
     def __post_init__(self) -> None:
         if self.scale_rewards is True:
@@ -88,7 +87,7 @@ class GRPOConfig:
             problems.append(f"epsilon must be > 0, got {self.epsilon}")
         if self.epsilon_high is not None and self.epsilon_high <= 0:
             problems.append(f"epsilon_high must be > 0 (or null for epsilon), got {self.epsilon_high}")
-        for name in ("beta", "overlong_penalty_factor", "num_completions_to_print", "overlong_buffer_len"):
+        for name in ("beta", "overlong_penalty_factor", "overlong_buffer_len"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.overlong_buffer_len >= self.max_completion_length:

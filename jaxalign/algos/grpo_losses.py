@@ -75,7 +75,9 @@ def clipped_surrogate(inputs: PolicyLossInputs, cfg: Any) -> tuple[jax.Array, di
     """The per-token loss ``[B, N]`` (``-min(ratio A, clip(ratio) A) + beta k3``) and TRL's
     ``clip_ratio/*`` metrics (token shares, over the mask) and ``kl`` (masked mean k3)."""
     mask = inputs.mask
-    log_ratio = jnp.where(mask > 0, inputs.logps - inputs.old_logps, 0.0)
+    # Masked slots are zeroed before any arithmetic: a NaN there would reach the gradient through exp.
+    logps = jnp.where(mask > 0, inputs.logps, 0.0)
+    log_ratio = jnp.where(mask > 0, logps - inputs.old_logps, 0.0)
     if cfg.importance_sampling_level == "sequence":
         log_ratio = (jnp.sum(log_ratio, axis=1, keepdims=True) / jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1.0)
                      ) * jnp.ones_like(log_ratio)
@@ -89,7 +91,7 @@ def clipped_surrogate(inputs: PolicyLossInputs, cfg: Any) -> tuple[jax.Array, di
                "clip_ratio/high_mean": _mean_over(high.astype(jnp.float32), mask),
                "clip_ratio/region_mean": _mean_over((low | high).astype(jnp.float32), mask)}
     if inputs.ref_logps is not None and cfg.beta > 0:
-        kl = k3_kl(inputs.logps, inputs.ref_logps)
+        kl = k3_kl(logps, jnp.where(mask > 0, inputs.ref_logps, 0.0))
         per_token = per_token + cfg.beta * kl
         metrics["kl"] = _mean_over(kl, mask)
     return jnp.where(mask > 0, per_token, 0.0), metrics
