@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxalign.config import TrainConfig
 from jaxalign.data.rows import ExampleRows
@@ -32,7 +33,9 @@ def _rollout_key(rng: jax.Array, step: jax.Array, split: int, index: int) -> jax
 def rollout_key(rng: jax.Array, step: jax.Array, split: str, index: int) -> jax.Array:
     """The sampling key of a rollout: a function of the train state's seed and step (train) or the
     eval batch's number (eval), so a resumed run samples what an uninterrupted one would."""
-    return _rollout_key(rng, step, SPLIT_CODES[split], index)
+    # From host copies: the state's rng is sharded one way at setup and another after a jitted step, and
+    # a key carrying either sharding would make the sampler compile twice.
+    return _rollout_key(np.asarray(jax.device_get(rng)), np.asarray(jax.device_get(step)), SPLIT_CODES[split], index)
 
 
 class ExampleRowsBySplit:
