@@ -1,13 +1,16 @@
-"""``builtin:arithmetic``: a verifiable task for GRPO, generated, never downloaded.
+"""Verifiable number tasks for GRPO, generated, never downloaded.
 
-Small sums (``a + b``, a, b in 0..19) and products (``a times b``, a, b in 0..9), asked in the
-quickstart's transcript form (``"\\n\\nHuman: What is 7 + 5?\\n\\nAssistant:"``) and answered with
-the bare number (``" 12"``). Every row has an ``answer`` column, which the ``exact_answer``
-verifier checks; 15% of the problems are held out as the ``eval`` split.
+- ``builtin:compare``: which of two digits is larger (or smaller):
+  ``"What is the larger of 3 and 7?"`` -> ``" 7"``. A rule a small model can learn and apply to
+  pairs it never saw, so held-out accuracy measures learning, not memory (the quickstart's task).
+- ``builtin:arithmetic``: single-digit sums (``a + b``) and products (``a times b``): a lookup
+  table; held-out problems test memory of the commuted pair at best.
 
-- ``builtin:arithmetic``: ``prompt`` + ``answer`` (GRPO's prompts).
-- ``builtin:arithmetic_sft``: ``prompt`` + ``completion`` (the reply " N"): for a short SFT stage
-  that teaches a fresh model the answer format first (``configs/quickstart/grpo.yaml``).
+Both are asked in the quickstart's transcript form (``"\\n\\nHuman: ...?\\n\\nAssistant:"``) and
+answered with the bare number (``" 12"``). Every row has an ``answer`` column, which the
+``exact_answer`` verifier checks; 15% of the problems are held out as the ``eval`` split. Each
+has an ``_sft`` twin (``prompt`` + ``completion``, the reply " N") for a short SFT stage that
+teaches a fresh model the answer format first (``configs/quickstart/grpo_sft.yaml``).
 
 The quickstart tokenizer (``builtin``) spells numbers digit by digit and knows ``+`` and ``times``.
 """
@@ -18,15 +21,28 @@ import functools
 import random
 from typing import Any
 
-NAMES = ("arithmetic", "arithmetic_sft")
+NAMES = ("arithmetic", "arithmetic_sft", "compare", "compare_sft")
 SEED = 20261203
 EVAL_FRACTION = 0.15
-SUM_RANGE, PRODUCT_RANGE = 20, 10
+SUM_RANGE, PRODUCT_RANGE = 10, 10
 
 
 @functools.cache
-def problems() -> tuple[tuple[str, int, bool], ...]:
-    """(question, answer, held out) for every problem, in a fixed shuffled order."""
+def comparisons() -> tuple[tuple[str, int], ...]:
+    """(question, answer): every ordered pair of distinct digits, larger or smaller asked (180), shuffled."""
+    items = [(f"What is the {word} of {a} and {b}?", max(a, b) if word == "larger" else min(a, b))
+             for word in ("larger", "smaller") for a in range(10) for b in range(10) if a != b]
+    random.Random(SEED + 1).shuffle(items)
+    return tuple(items)
+
+
+@functools.cache
+def problems(task: str = "arithmetic") -> tuple[tuple[str, int, bool], ...]:
+    """(question, answer, held out) for every problem of ``task``, in a fixed shuffled order."""
+    if task == "compare":
+        items = list(comparisons())
+        held_out = round(len(items) * EVAL_FRACTION)
+        return tuple((question, answer, rank < held_out) for rank, (question, answer) in enumerate(items))
     items = [(f"What is {a} + {b}?", a + b) for a in range(SUM_RANGE) for b in range(SUM_RANGE)]
     items += [(f"What is {a} times {b}?", a * b) for a in range(PRODUCT_RANGE) for b in range(PRODUCT_RANGE)]
     rng = random.Random(SEED)
@@ -36,8 +52,8 @@ def problems() -> tuple[tuple[str, int, bool], ...]:
 
 
 def rows(name: str, split: str) -> list[dict[str, Any]]:
-    chosen = [(q, a) for q, a, held_out in problems() if held_out == (split == "eval")]
+    chosen = [(q, a) for q, a, held_out in problems(name.removesuffix("_sft")) if held_out == (split == "eval")]
     prompts = [(f"\n\nHuman: {q}\n\nAssistant:", a) for q, a in chosen]
-    if name == "arithmetic_sft":
+    if name.endswith("_sft"):
         return [{"prompt": p, "completion": f" {a}"} for p, a in prompts]
     return [{"prompt": p, "answer": str(a)} for p, a in prompts]
