@@ -61,7 +61,7 @@ def learning_config(run_dir: Path, seed: int) -> dict:
         "model": {"path": str(start)},
         "data": {"train": "builtin:compare", "eval": None, "batch_size": 8, **DATA},
         "grpo": {"reward_funcs": [{"verifier": "exact_answer"}], "num_generations": 8, "max_completion_length": 3},
-        "optim": {"lr": 2e-3, "schedule": "constant", "warmup_steps": 0, "max_grad_norm": 1.0},
+        "optim": {"lr": 5e-4, "schedule": "constant", "warmup_steps": 0, "max_grad_norm": 1.0},
         "checkpoint": {"every_steps": 1000, "keep": 0, "every_minutes": 0},
         "log": {"every_steps": 5, "tensorboard": False, "completions_every": 0}}
 

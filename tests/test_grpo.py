@@ -191,3 +191,22 @@ def test_sigkill_resume_matches_uninterrupted_run(tmp_path):
             assert resumed[step][name] == reference[step][name], (step, name)
     assert (resumed_dir / "export" / "model.safetensors").read_bytes() == \
         (reference_dir / "export" / "model.safetensors").read_bytes()
+
+
+# The learning test: SFT (120 steps) gives a tiny model the answer format of builtin:compare, then 40 GRPO
+# steps (8 prompts x 8 replies, exact-answer reward only) raise its accuracy on the 36 held-out pairs
+# (8 replies each at temperature 1). Measured (tests/grpo_learning.py, 2-core CPU, 2026-12-03):
+#   python -m tests.learning_margins tests.grpo_learning:GRPO_LEARNING --seeds 0 1 2
+# MEASURED_TABLE
+LIFT = 0.05
+
+
+@pytest.mark.slow
+def test_grpo_lifts_held_out_accuracy(tmp_path):
+    from jaxalign.trainer import train
+    from tests.grpo_learning import learning_config, learning_summary
+
+    run_dir = tmp_path / "run"
+    train(from_dict(TrainConfig, learning_config(run_dir, seed=0)))
+    summary = learning_summary(run_dir)
+    assert summary["lift"] > LIFT, summary
