@@ -194,7 +194,7 @@ def test_sigkill_resume_matches_uninterrupted_run(tmp_path):
 
 
 # The learning test: SFT (120 steps) gives a tiny model the answer format of builtin:compare, then 40 GRPO
-# steps (8 prompts x 8 replies, exact-answer reward only) raise its accuracy on the 36 held-out pairs
+# steps (8 prompts x 8 replies, exact-answer reward only) raise its accuracy on the 27 held-out pairs
 # (8 replies each at temperature 1). Measured (tests/grpo_learning.py, 2-core CPU, 2026-12-03):
 #   python -m tests.learning_margins tests.grpo_learning:GRPO_LEARNING --seeds 0 1 2
 # MEASURED_TABLE
@@ -210,3 +210,24 @@ def test_grpo_lifts_held_out_accuracy(tmp_path):
     train(from_dict(TrainConfig, learning_config(run_dir, seed=0)))
     summary = learning_summary(run_dir)
     assert summary["lift"] > LIFT, summary
+
+
+def test_docs_python_example_builds_its_config(monkeypatch):
+    """docs/grpo.md's Python block, with train() replaced by a check of the config it builds."""
+    import re
+
+    import jaxalign.trainer
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "grpo.md").read_text()
+    block = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    seen = {}
+
+    def fake_train(cfg):
+        seen["cfg"] = cfg
+        return {"train": {"reward": 0.0}, "eval": {"rewards/exact_answer/mean": 0.0}}
+
+    monkeypatch.setattr(jaxalign.trainer, "train", fake_train)
+    exec(compile(block, "docs/grpo.md", "exec"), {})
+    cfg = seen["cfg"]
+    assert cfg.algo == "grpo" and cfg.grpo.num_generations == 4 and len(cfg.grpo.reward_specs()) == 2
+    cfg.grpo.check_for_run(cfg.data.batch_size)
