@@ -217,15 +217,7 @@ class GRPO(Algorithm):
 
     def check_config(self, cfg: TrainConfig) -> None:
         cfg.grpo.check_for_run(cfg.data.batch_size)
-        if cfg.model.partial:
-            raise ValueError("model.trainable/model.freeze are not supported by algo grpo yet: it trains the "
-                             "whole policy; remove them")
-        if cfg.optim.grad_accum_steps != 1:
-            raise ValueError("optim.grad_accum_steps must be 1 for algo grpo: each generation batch is split "
-                             "into grpo.steps_per_generation updates instead")
-        if cfg.precompute_ref_logps:
-            raise ValueError("precompute_ref_logps does not apply to algo grpo: its replies are sampled during "
-                             "training, so the reference scores them as they come")
+        rl_common.check_sampling_run(cfg, "grpo", "grpo.steps_per_generation")
         if cfg.ref_model is not None and cfg.grpo.beta == 0:
             raise ValueError("ref_model is set but grpo.beta is 0, so no reference would be used; set grpo.beta > 0 "
                              "or remove ref_model")

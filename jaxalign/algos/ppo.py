@@ -222,15 +222,7 @@ class PPO(Algorithm):
 
     def check_config(self, cfg: TrainConfig) -> None:
         cfg.ppo.check_for_run(cfg.data.batch_size)
-        if cfg.model.partial:
-            raise ValueError("model.trainable/model.freeze are not supported by algo ppo yet: it trains the "
-                             "whole policy; remove them")
-        if cfg.optim.grad_accum_steps != 1:
-            raise ValueError("optim.grad_accum_steps must be 1 for algo ppo: each step's rollout is split "
-                             "into ppo.num_mini_batches instead")
-        if cfg.precompute_ref_logps:
-            raise ValueError("precompute_ref_logps does not apply to algo ppo: its replies are sampled "
-                             "during training, so the reference scores them as they come")
+        rl_common.check_sampling_run(cfg, "ppo", "ppo.num_mini_batches")
 
     def data_kind(self, cfg: TrainConfig) -> str:
         return data_kind(cfg)

@@ -38,6 +38,20 @@ def rollout_key(rng: jax.Array, step: jax.Array, split: str, index: int) -> jax.
     return _rollout_key(np.asarray(jax.device_get(rng)), np.asarray(jax.device_get(step)), SPLIT_CODES[split], index)
 
 
+def check_sampling_run(cfg: TrainConfig, algo: str, split_option: str) -> None:
+    """The settings an algorithm that samples its own replies cannot take (``split_option``: the
+    option that splits a rollout into updates instead of gradient accumulation)."""
+    if cfg.model.partial:
+        raise ValueError(f"model.trainable/model.freeze are not supported by algo {algo} yet: it trains the "
+                         "whole policy; remove them")
+    if cfg.optim.grad_accum_steps != 1:
+        raise ValueError(f"optim.grad_accum_steps must be 1 for algo {algo}: each step's rollout is split "
+                         f"into {split_option} instead")
+    if cfg.precompute_ref_logps:
+        raise ValueError(f"precompute_ref_logps does not apply to algo {algo}: its replies are sampled "
+                         "during training, so the reference scores them as they come")
+
+
 class ExampleRowsBySplit:
     """Each split's ``ExampleRows`` (prompt texts, ``file:line``, the rows' columns), read on first use."""
 
