@@ -60,9 +60,9 @@ def held_out_accuracy(model_dir: Path, samples: int = 8, seed: int = 0) -> float
 def learning_config(run_dir: Path, seed: int) -> dict:
     start = _sft(run_dir.parent / f"{run_dir.name}-sft", seed)
     return {
-        "algo": "grpo", "run_dir": str(run_dir), "max_steps": 60, "seed": seed, "eval_batches": 0,
+        "algo": "grpo", "run_dir": str(run_dir), "max_steps": 120, "seed": seed, "eval_batches": 0,
         "model": {"path": str(start)},
-        "data": {"train": "builtin:compare", "eval": None, "batch_size": 8, **DATA},
+        "data": {"train": "builtin:compare", "eval": None, "batch_size": 16, **DATA},
         "grpo": {"reward_funcs": [{"verifier": "exact_answer"}], "num_generations": 8, "max_completion_length": 3},
         "optim": {"lr": 3e-4, "schedule": "constant", "warmup_steps": 0, "max_grad_norm": 1.0},
         "checkpoint": {"every_steps": 1000, "keep": 0, "every_minutes": 0},
