@@ -33,9 +33,9 @@ def _user_config(tmp_path: Path, algo: str = USER_ALGO, **sections) -> dict:
 
 
 def test_builtins_are_registered_objects_with_their_sections():
-    assert list_algorithms()[:4] == ["rm", "sft", "dpo", "ppo"]
-    assert {name: sorted(get_algorithm(name).sections) for name in ("rm", "sft", "dpo", "ppo")} == {
-        "rm": ["loss"], "sft": [], "dpo": ["loss"], "ppo": ["ppo"]}
+    assert list_algorithms()[:5] == ["rm", "sft", "dpo", "ppo", "grpo"]
+    assert {name: sorted(get_algorithm(name).sections) for name in ("rm", "sft", "dpo", "ppo", "grpo")} == {
+        "rm": ["loss"], "sft": [], "dpo": ["loss"], "ppo": ["ppo"], "grpo": ["grpo"]}
     # rm's loss section defaults to Bradley-Terry (the quickstart has no loss: section), DPO's to sigmoid
     assert load_config(ROOT / "configs/quickstart/rm.yaml").loss.name == "bradley_terry"
     assert load_config(ROOT / "configs/quickstart/rm.yaml", ["algo=dpo"]).loss.name == "sigmoid"
@@ -113,7 +113,7 @@ def test_user_algorithm_by_file_path_and_its_plan(tmp_path, capsys):
     ({"scaled_nll": {"scal": 3.0}}, "unknown config key 'scaled_nll.scal'. Did you mean 'scaled_nll.scale'?"),
     ({"scaled_nll": {"scale": -1.0}}, "scaled_nll.scale must be > 0, got -1.0"),
     ({"optim": {"grad_accum_steps": 2}}, "scaled_nll: optim.grad_accum_steps must be 1"),
-    ({"algo": "ppoo"}, "algo must be one of rm, sft, dpo, ppo or an import path to your own"),
+    ({"algo": "ppoo"}, "algo must be one of rm, sft, dpo, ppo, grpo or an import path to your own"),
     ({"algo": "ppoo"}, "Did you mean 'ppo'?"),
     ({"algo": "tests.user_algos_helper:NOT_AN_ALGORITHM"}, "expected a subclass of jaxalign.Algorithm"),
     ({"algo": "tests.user_algos_helper:Missing"}, "has no attribute 'Missing'"),

@@ -19,4 +19,4 @@ def test_the_config_folder_is_found():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda path: str(path.relative_to(path.parents[1])))
 def test_config_loads(path):
     cfg = load_config(path)
-    assert cfg.algo in ("rm", "sft", "dpo", "ppo")
+    assert cfg.algo in ("rm", "sft", "dpo", "ppo", "grpo")

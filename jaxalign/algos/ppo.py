@@ -40,13 +40,12 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxalign import rl
-from jaxalign.algos import common
+from jaxalign.algos import common, rl_common
 from jaxalign.algos import ppo_math as pm
 from jaxalign.algos.policy import build_policy, build_trained
 from jaxalign.algos.ppo_config import VALUE_ON_POLICY, PPOConfig
 from jaxalign.algos.registry import Algorithm, register_algorithm
 from jaxalign.config import TrainConfig
-from jaxalign.data.rows import ExampleRows
 from jaxalign.generation import SamplingConfig
 from jaxalign.losses.ppo import KLControl
 from jaxalign.metrics_log import get_logger
@@ -58,7 +57,6 @@ from jaxalign.sharding import batch_sharding, rules_from
 from jaxalign.train_state import AlgoRun, Batch, TrainState
 
 log = get_logger()
-SPLIT_CODES = {"train": 0, "eval": 1}
 
 
 def data_kind(cfg: TrainConfig) -> str:
@@ -91,7 +89,7 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) 
     policy_graphdef = policy.graphdef
     frozen: dict[str, Any] = dict(policy.frozen)
     rules = rules_from(cfg.mesh)
-    rows_by_split = _ExampleRowsBySplit(cfg, tokenizer)
+    rows_by_split = rl_common.ExampleRowsBySplit(cfg, tokenizer)
     context = SourceContext(tokenizer=tokenizer, mesh=mesh, rules=rules, dtype=cfg.model.dtype,
                             frozen_dtype=ppo.frozen_dtype, sample_texts=rows_by_split.sample_prompts)
     rewards = RewardSet.build(ppo.reward_specs(), context)
@@ -155,15 +153,10 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) 
         out["segment_ids"] = jnp.concatenate([out["prompt_mask"], mask.astype(jnp.int32)], axis=1)
         return jax.lax.with_sharding_constraint(out, rows)
 
-    @jax.jit
-    def rollout_key(rng: jax.Array, step: jax.Array, split: int, index: int) -> jax.Array:
-        key = jax.random.fold_in(jax.random.wrap_key_data(rng), split)
-        return jax.random.fold_in(key, jnp.where(split == 0, step, index))
-
     def rollout(state: TrainState, batch: Batch, frozen: dict, split: str, index: int) -> tuple[Batch, dict[str, float]]:
         """Host-side: the rollout layer (sample, score, teacher-forced pass), then PPO's advantages.
         Returns the update's batch, seconds per phase, tokens generated and the rewards' metrics."""
-        key = rollout_key(state.rng, state.step, SPLIT_CODES[split], index)
+        key = rl_common.rollout_key(state.rng, state.step, split, index)
         record = engine(policy.full(state.params["policy"], frozen), batch, key, rows=rows_by_split(split),
                         ref_params=policy.reference(frozen), value_params=whole_value(state.params["value"], frozen))
         started = time.monotonic()
@@ -235,24 +228,6 @@ def _reply_means(batch: Batch) -> np.ndarray:
     return (advantages * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1.0)
 
 
-class _ExampleRowsBySplit:
-    """Each split's ``ExampleRows`` (prompt texts, ``file:line``, the rows' columns), read on first use."""
-
-    def __init__(self, cfg: TrainConfig, tokenizer):
-        self.cfg, self.tokenizer = cfg, tokenizer
-        self._loaded: dict[str, ExampleRows | None] = {}
-
-    def __call__(self, split: str) -> ExampleRows | None:
-        if split not in self._loaded:
-            self._loaded[split] = ExampleRows.of_split(self.cfg.data, split, self.tokenizer)
-        return self._loaded[split]
-
-    def sample_prompts(self) -> list[str]:
-        """Up to 64 training prompts: what a reward model's tokenizer is checked against."""
-        rows = self("train")
-        return rows.prompts(range(min(len(rows), 64))) if rows is not None else []
-
-
 @register_algorithm
 class PPO(Algorithm):
     """``algo: ppo``: RLHF with a rollout hook (``ppo:`` section, ``ppo_config.PPOConfig``)."""
@@ -263,16 +238,11 @@ class PPO(Algorithm):
 
     def check_config(self, cfg: TrainConfig) -> None:
         cfg.ppo.check_for_run(cfg.data.batch_size)
+        rl_common.check_sampling_run(cfg, "ppo", "ppo.num_mini_batches")
         if cfg.lora is not None and cfg.lora.dropout:
             raise ValueError(f"lora.dropout: {cfg.lora.dropout} would make PPO's ratio against the rollout's "
                              "log-probs (computed without dropout) measure dropout noise; set lora.dropout: 0 "
                              "(TRL's PPO disables dropout too)")
-        if cfg.optim.grad_accum_steps != 1:
-            raise ValueError("optim.grad_accum_steps must be 1 for algo ppo: each step's rollout is split "
-                             "into ppo.num_mini_batches instead")
-        if cfg.precompute_ref_logps:
-            raise ValueError("precompute_ref_logps does not apply to algo ppo: its replies are sampled "
-                             "during training, so the reference scores them as they come")
 
     def data_kind(self, cfg: TrainConfig) -> str:
         return data_kind(cfg)

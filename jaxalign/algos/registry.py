@@ -28,7 +28,8 @@ if TYPE_CHECKING:  # the config and planner import this module, not the other wa
 
 # Modules whose import registers the built-in algorithms; loaded on first lookup
 # (they import config.py, which imports this module).
-BUILTIN_MODULES = ("jaxalign.algos.rm", "jaxalign.algos.sft", "jaxalign.algos.dpo", "jaxalign.algos.ppo")
+BUILTIN_MODULES = ("jaxalign.algos.rm", "jaxalign.algos.sft", "jaxalign.algos.dpo", "jaxalign.algos.ppo",
+                   "jaxalign.algos.grpo")
 DATA_KINDS = ("preference", "unpaired", "reward", "pointwise", "listwise", "sft", "prompt")
 
 

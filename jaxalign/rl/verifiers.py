@@ -122,3 +122,20 @@ def format_check(pattern: str, full_match: bool = False, matched: float = 1.0, u
         return [matched if match(text.strip() if full_match else text) else unmatched for text in completions]
 
     return format_reward
+
+
+@register_verifier("soft_overlong")
+def soft_overlong(max_length: int, cache: int) -> RewardFn:
+    """DAPO's soft overlong punishment (Yu et al. 2025): 0 for replies of at most
+    ``max_length - cache`` tokens, then falling linearly to -1 at ``max_length`` (and -1 beyond).
+    Length = the reply's tokens including its stop token. Scale it with the source's weight."""
+    if not 0 < cache < max_length:
+        raise ValueError(f"verifier 'soft_overlong': need 0 < cache < max_length, got cache {cache}, "
+                         f"max_length {max_length}")
+    free = max_length - cache
+
+    def soft_overlong_reward(prompts, completions, completion_ids=None, **columns) -> list[float]:
+        lengths = [len(ids) for ids in completion_ids] if completion_ids is not None else [0] * len(completions)
+        return [0.0 if n <= free else max(-1.0, (free - n) / cache) for n in lengths]
+
+    return soft_overlong_reward
