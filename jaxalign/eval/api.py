@@ -27,8 +27,11 @@ def evaluate(target: str | os.PathLike, spec: EvalSpec | Mapping[str, Any] | Non
     ``target``, ``step``, ``metrics`` and the kind's extras). With ``write`` the file is written
     into the target's run dir (or ``spec.output_dir``) and the metrics go to ``sinks`` (default:
     the run's configured sinks). Bad input raises ``EvalError`` with one line."""
-    spec = EvalSpec.of(spec)
-    resolved = resolve(target)
+    return evaluate_resolved(resolve(target), EvalSpec.of(spec), sinks=sinks, write=write)
+
+
+def evaluate_resolved(resolved: Target, spec: EvalSpec, *, sinks: Any = None, write: bool = True) -> dict[str, Any]:
+    """``evaluate`` once the target is resolved (the trainer hands over its own ``Target``)."""
     started = time.monotonic()
     result = _run(resolved, spec)
     result = {"name": spec.name, "kind": result.pop("kind"), "target": str(resolved.model_dir),
