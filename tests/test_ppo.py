@@ -347,6 +347,7 @@ def test_reward_model_whose_tokenizer_cannot_encode_the_prompts_is_one_clear_cli
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
 
 
+@pytest.mark.slow  # ~30-70 s: one PPO step
 def test_gold_source_is_logged_beside_the_shaped_proxy_and_not_trained_on(tmp_path):
     """A gold-role source (here the proxy's own function at weight 2, so its value is known) is
     logged as train/gold/reward and left out of the score PPO trains on; the trained score is the

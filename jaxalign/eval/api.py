@@ -15,6 +15,7 @@ from jaxalign.eval.pairwise import implicit_reward_eval, reward_model_eval
 from jaxalign.eval.policy import build_rewards, policy_eval
 from jaxalign.eval.spec import EvalError, EvalSpec
 from jaxalign.eval.target import POLICY, REWARD_MODEL, Target, resolve
+from jaxalign.rl.reward_model import same_vocabulary
 
 DEFAULT_BETA = 0.1
 NO_REFERENCE = ("none", "null", "")
@@ -77,6 +78,9 @@ def _run(resolved: Target, spec: EvalSpec) -> dict[str, Any]:
             raise EvalError("eval: implicit_reward needs a reference policy: set eval.reference (the model the "
                             "DPO run started from)")
         reference = models.load(reference_dir, POLICY, "eval.reference")
+        if not same_vocabulary(reference.tokenizer, policy.tokenizer):
+            raise EvalError(f"eval: implicit_reward: the reference {reference_dir} has another tokenizer than the "
+                            f"policy; the implicit reward compares log-probs of the same tokens")
         pairs = load_set(spec.pairs, resolved.config, policy.tokenizer, "preference", "eval.pairs")
         return implicit_reward_eval(policy, reference, pairs, spec, _beta(resolved, spec))
     prompts = load_set(spec.prompts, resolved.config, policy.tokenizer, "prompt", "eval.prompts", spec.max_prompts)
@@ -87,7 +91,13 @@ def _run(resolved: Target, spec: EvalSpec) -> dict[str, Any]:
     judge_entry = spec.judge if spec.judge is not None else _first_model(spec.rewards)
     if reference is not None and judge_entry is not None:
         judge = build_rewards([judge_entry], policy, sample_texts, "eval.judge")
-    return policy_eval(policy, prompts, spec, rewards=rewards, reference=reference, judge=judge)
+    result = policy_eval(policy, prompts, spec, rewards=rewards, reference=reference, judge=judge)
+    if judge is None and reference is not None:
+        result.setdefault("notes", []).append("no win rate: give eval.judge (a reward-model folder) or a model "
+                                              "reward source")
+    if judge_entry is not None and reference is None:
+        result.setdefault("notes", []).append("no win rate or KL: no reference policy (eval.reference)")
+    return result
 
 
 def _reference_dir(resolved: Target, spec: EvalSpec) -> str | None:
