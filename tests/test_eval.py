@@ -68,7 +68,7 @@ def test_statistics_by_hand():
     assert math.isnan(stats.pearson([1, 1], [2, 3]))
 
 
-def test_reward_model_eval_matches_transformers_and_writes_result(folders, tmp_path):
+def test_reward_model_eval_matches_transformers_and_writes_result(folders, tmp_path, capsys):
     import torch
     from transformers import AutoModelForSequenceClassification
 
@@ -94,6 +94,11 @@ def test_reward_model_eval_matches_transformers_and_writes_result(folders, tmp_p
     assert not [p for p in (tmp_path / "eval").iterdir() if p.name.startswith(".")]  # no temporary left
     line = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert line["eval/rm/accuracy"] == metrics["accuracy"]
+    capsys.readouterr()
+    assert main(["eval", folders["rm"], "--pairs", folders["pairs.jsonl"], "--out", str(tmp_path), "--name", "cli"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["name"] == "cli" and printed["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-5)
+    assert (tmp_path / "eval" / "cli.json").is_file()
 
 
 def test_implicit_reward_matches_transformers(folders, tmp_path):
