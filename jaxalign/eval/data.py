@@ -14,7 +14,7 @@ from jaxalign.data.rows import ExampleRows, split_examples
 from jaxalign.data.tokenize import ExampleTokenizer, TokenizedExample
 from jaxalign.eval.spec import EvalError
 
-PAD_MULTIPLE = 32  # token widths are rounded up to this, so few shapes compile
+PAD_MULTIPLE = 32  # token widths are rounded up to this
 
 
 @dataclasses.dataclass
@@ -68,14 +68,15 @@ def tokenize_pairs(examples: Sequence[TextExample], tokenizer: Any, max_length: 
 def pair_batches(pairs: Sequence[TokenizedExample], batch_size: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     """(real pairs, arrays) per batch of ``batch_size`` pairs: ``prompt_ids``/``prompt_mask``
     ``[2B, Lp]`` left-padded, ``completion_ids``/``completion_mask`` ``[2B, Lc]`` right-padded; rows
-    0..B-1 are the chosen replies, B..2B-1 the rejected ones (padding pairs are empty)."""
+    0..B-1 are the chosen replies, B..2B-1 the rejected ones (padding pairs are empty). Every
+    batch has the set's widths, so the scoring function compiles once."""
+    prompt_width = _width(max((len(pair.prompt) for pair in pairs), default=1))
+    reply_width = _width(max((len(reply) for pair in pairs for reply in pair.completions[:2]), default=1))
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
         prompts = [pair.prompt for pair in chunk] * 2
         replies = [pair.completions[0] for pair in chunk] + [pair.completions[1] for pair in chunk]
         rows = 2 * batch_size
-        prompt_width = _width(max(len(p) for p in prompts))
-        reply_width = _width(max(len(r) for r in replies))
         arrays = {"prompt_ids": np.zeros((rows, prompt_width), np.int32),
                   "prompt_mask": np.zeros((rows, prompt_width), np.int32),
                   "completion_ids": np.zeros((rows, reply_width), np.int32),

@@ -95,10 +95,14 @@ def policy_eval(policy: Loaded, prompts: EvalSet, spec: EvalSpec, *, rewards: Re
     key = jax.random.key(spec.seed)
     out = _Collected()
     examples = prompts.examples
+    # One prompt width for every batch (the longest prompt's, capped), so the sampler compiles once.
+    policy_width = _prompt_width(policy.tokenizer, examples, spec.max_prompt_length)
+    reference_width = _prompt_width(reference.tokenizer, examples, spec.max_prompt_length) if reference_engine else 0
     for batch_index, start in enumerate(range(0, len(examples), spec.batch_size)):
         ids = list(range(start, min(start + spec.batch_size, len(examples))))
         texts = [examples[i].prompt for i in ids]
-        batch = prompt_batch(policy.tokenizer, texts, max_prompt_length=spec.max_prompt_length, slots=spec.batch_size)
+        batch = prompt_batch(policy.tokenizer, texts, max_prompt_length=spec.max_prompt_length, slots=spec.batch_size,
+                             pad_to_multiple=policy_width)
         batch["example_id"] = batch["example_id"] + start  # ids index the whole set (its rows' columns)
         batch_key = jax.random.fold_in(key, batch_index)
         rollout = engine(policy.params, batch, batch_key, rows=prompts.lookup,
@@ -106,7 +110,7 @@ def policy_eval(policy: Loaded, prompts: EvalSet, spec: EvalSpec, *, rewards: Re
         _collect(out, rollout, prompts, start)
         if reference_engine is not None:
             ref_batch = prompt_batch(reference.tokenizer, texts, max_prompt_length=spec.max_prompt_length,
-                                     slots=spec.batch_size)
+                                     slots=spec.batch_size, pad_to_multiple=reference_width)
             ref_batch["example_id"] = ref_batch["example_id"] + start
             ref_rollout = reference_engine.sample(reference.params, ref_batch, jax.random.fold_in(batch_key, 1),
                                                   prompts.lookup)
@@ -114,6 +118,12 @@ def policy_eval(policy: Loaded, prompts: EvalSet, spec: EvalSpec, *, rewards: Re
             theirs = _judge(judge, ref_rollout)
             out.wins.append(stats.win_outcomes(mine, theirs))
     return _summarise(out, spec, rewards, notes)
+
+
+def _prompt_width(tokenizer, examples, limit: int) -> int:
+    """The padded width of the longest prompt (+ BOS), at most ``limit`` rounded up to 16."""
+    longest = max(len(tokenizer(example.prompt, add_special_tokens=False)["input_ids"]) for example in examples) + 1
+    return -(-min(longest, limit) // 16) * 16
 
 
 def _judge(judge: RewardSet, rollout) -> np.ndarray:
