@@ -1,5 +1,5 @@
 """Command line: ``jaxalign train CONFIG [--set a.b=c ...]``, ``jaxalign generate --model DIR --prompts FILE``,
-``jaxalign pipeline PIPELINE.yaml [--sweeps]``,
+``jaxalign pipeline PIPELINE.yaml [--sweeps]``, ``jaxalign eval TARGET``,
 ``jaxalign dashboard RUN_DIR...``, ``jaxalign report RUN_DIR... -o report.html``, ``jaxalign data stats DATASET``."""
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="compute dtype")
     generate.set_defaults(coordinator=None, num_processes=None, process_id=None)  # one process
 
+    from jaxalign.eval.command import add_command as add_eval_command
+
+    add_eval_command(commands)
     from jaxalign.dashboard.command import add_commands as add_dashboard_commands
 
     add_dashboard_commands(commands)
@@ -101,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         return _generate(args)
     if args.command == "pipeline":
         return _pipeline(args)
+    if args.command == "eval":
+        from jaxalign.eval.command import run as run_eval_command
+
+        return run_eval_command(args)
     return 2
 
 

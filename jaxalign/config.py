@@ -19,6 +19,7 @@ from jaxalign import configlib
 from jaxalign.algos.registry import Algorithm, get_algorithm, sections_of_others
 from jaxalign.checkpoint import CheckpointConfig
 from jaxalign.data import DataConfig
+from jaxalign.eval.spec import EvalSpec
 from jaxalign.health import HealthConfig
 from jaxalign.metrics_log import get_logger
 from jaxalign.models.lora import LoraConfig
@@ -81,6 +82,8 @@ class TrainConfig:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
     health: HealthConfig = dataclasses.field(default_factory=HealthConfig)
+    # Generation-based evaluation (jaxalign eval's spec) every eval.every_steps steps and at the end.
+    eval: EvalSpec | None = None
 
     def __post_init__(self) -> None:
         expected = config_class(self.algorithm)

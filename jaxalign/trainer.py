@@ -116,6 +116,12 @@ class Trainer:
             out_shardings=replicated(self.mesh),
         )
         self.checkpointer = Checkpointer(cfg.checkpoint, self.run_dir)
+        self.generation_eval = None
+        if cfg.eval is not None:
+            from jaxalign.eval.during_training import TrainingEvaluator
+
+            self.generation_eval = TrainingEvaluator(cfg, self.run_dir, self.tokenizer, self.algo.export, self.sinks,
+                                                     self.is_main)
 
     def _total_steps(self) -> int:
         if self.cfg.max_steps:
@@ -216,6 +222,8 @@ class Trainer:
                 self.sinks.write_scalars(step, last_train, "train")
             if cfg.eval_every and step % cfg.eval_every == 0 and step < self.total_steps:
                 last_eval = self._evaluate_and_publish(step)
+            if self.generation_eval is not None and self.generation_eval.due(step, self.total_steps):
+                self.generation_eval.run(step, self.state)
             stopped_early = stopper.should_stop()  # agreed across processes
             if stopped_early or self.checkpointer.should_save(step, time.time()):
                 self._check_finite(window, step)
@@ -297,6 +305,11 @@ class Trainer:
                         _record_special_tokens(folder, self.tokenizer)
                     log.info("exported %s to %s", "a PEFT adapter" if (folder / "adapter_config.json").exists()
                              else "a Hugging Face folder", folder)
+        if self.generation_eval is not None:
+            if export_dir is not None:
+                self.generation_eval.run_on(export_dir, step)
+            else:
+                self.generation_eval.run(step, self.state)
         self.sinks.write_event(step, "finish", export=None if export_dir is None else str(export_dir))
         return last_eval
 

@@ -345,3 +345,22 @@ def test_reward_model_whose_tokenizer_cannot_encode_the_prompts_is_one_clear_cli
     assert f"reward model {tmp_path / 'rm'}: the reward model's tokenizer cannot encode the policy's text" in lines[0]
     assert "sample prompts are its unknown token '[UNK]'" in lines[0]
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+
+
+@pytest.mark.slow  # ~30-70 s: one PPO step
+def test_gold_source_is_logged_beside_the_shaped_proxy_and_not_trained_on(tmp_path):
+    """A gold-role source (here the proxy's own function at weight 2, so its value is known) is
+    logged as train/gold/reward and left out of the score PPO trains on; the trained score is the
+    proxy minus the length penalty (reward_shaping)."""
+    run_dir = tmp_path / "run"
+    rewards = ["jaxalign.rewards_builtin:helpful_harmless",
+               {"function": "jaxalign.rewards_builtin:helpful_harmless", "role": "gold", "weight": 2.0, "name": "gold"}]
+    cfg = from_dict(TrainConfig, ppo_config(run_dir, max_steps=1, eval_batches=0, export=False, ppo={
+        "reward_function": None, "missing_eos_penalty": None, "rewards": rewards,
+        "reward_shaping": {"length_penalty": 0.01}}))
+    train(cfg)
+    metrics = read_metrics(run_dir)[1]
+    proxy = metrics["train/rewards/helpful_harmless/mean"]
+    assert metrics["train/gold/reward"] == pytest.approx(2 * proxy, abs=1e-5)
+    assert metrics["train/rewards/unshaped"] == pytest.approx(proxy, abs=1e-5)
+    assert metrics["train/objective/scores"] == pytest.approx(proxy - 0.01 * metrics["train/reply_length"], abs=1e-4)

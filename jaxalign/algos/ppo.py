@@ -92,8 +92,9 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) 
     rows_by_split = rl_common.ExampleRowsBySplit(cfg, tokenizer)
     context = SourceContext(tokenizer=tokenizer, mesh=mesh, rules=rules, dtype=cfg.model.dtype,
                             frozen_dtype=ppo.frozen_dtype, sample_texts=rows_by_split.sample_prompts)
-    rewards = RewardSet.build(ppo.reward_specs(), context)
-    model_sources = [source for source in rewards.sources if isinstance(source, ModelSource)]
+    rewards = RewardSet.build(ppo.reward_specs(), context, shaping=ppo.reward_shaping)
+    model_sources = [source for source, role in zip(rewards.sources, rewards.roles)
+                     if isinstance(source, ModelSource) and role == "train"]
     if model_sources:  # the (first) reward model's parameters, as before: frozen inputs of the steps
         frozen["reward"] = model_sources[0].params
     value_graphdef, value_params, value_frozen = _value_model(cfg, mesh, tokenizer, policy.hidden_size)
@@ -166,8 +167,10 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) 
         metrics = {"time/generation_s": timings["generation"], "time/scoring_s": timings["decoding"] + timings["scoring"],
                    "time/logps_s": timings["logps"] + time.monotonic() - started,
                    "tokens/generation": float(record.generated_tokens)}
-        # Per-source means/stds (TRL's rewards/NAME/mean, /std) and rows no source scored (dropped).
-        metrics.update({name: value for name, value in record.metrics().items() if name.startswith("rewards/")})
+        # Per-source means/stds (TRL's rewards/NAME/mean, /std), rows no source scored (dropped), the
+        # gold reward logged beside the proxy (gold/reward) and shaping/ensemble metrics.
+        metrics.update({name: value for name, value in record.metrics().items()
+                        if name.startswith(("rewards/", "gold/"))})
         step = int(state.step) + 1  # the step this rollout trains
         if split == "train" and sink is not None and cfg.log.writes_completions(step):
             sink.write_table(step, "completions", record.completion_rows(step, _reply_means(update_batch)))

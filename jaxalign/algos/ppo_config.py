@@ -43,6 +43,8 @@ class PPOConfig:
     reward_model: str | None = None
     reward_function: str | None = None
     rewards: list[Any] | None = None  # reward sources (strings or mappings), see jaxalign.rl.sources
+    # length_penalty / length_normalize / clip applied to the trained reward (jaxalign.rl.shaping)
+    reward_shaping: dict[str, Any] | None = None
     value_model: str | None = None
     frozen_dtype: str = "float32"  # storage dtype of the reference and reward models
     # The update.
@@ -103,6 +105,9 @@ class PPOConfig:
                              f"ppo.reward_function (module:function) or ppo.rewards (a list of sources); {detail}")
         if self.rewards is not None:
             self.reward_specs()  # a bad entry is an error now, naming it
+        from jaxalign.rl.shaping import RewardShaping
+
+        RewardShaping.of(self.reward_shaping, "ppo.reward_shaping")
         if batch_size % self.num_mini_batches:
             raise ValueError(f"ppo: num_mini_batches {self.num_mini_batches} does not divide data.batch_size {batch_size}")
 

@@ -6,8 +6,10 @@ PPO uses it today; GRPO, ``jaxalign eval`` and Constitutional AI are meant to (s
 
 from jaxalign.rl.prompts import prompt_batch
 from jaxalign.rl.record import Rollout, RolloutBatch, concatenate
-from jaxalign.rl.rollout import RolloutEngine, ValueFn
+from jaxalign.rl.rollout import RolloutEngine, ValueFn, scoring_inputs
+from jaxalign.rl.shaping import RewardShaping
 from jaxalign.rl.sources import (
+    ROLES,
     FunctionSource,
     RewardSet,
     RewardSource,
@@ -23,6 +25,9 @@ from jaxalign.rl.teacher_forcing import completion_logps, last_token_scores, pol
 from jaxalign.rl.verifiers import make_verifier, register_verifier, verifier_names
 
 __all__ = [
+    "ROLES",
+    "RewardShaping",
+    "scoring_inputs",
     "FunctionSource",
     "RewardSet",
     "RewardSource",

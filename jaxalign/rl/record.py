@@ -84,6 +84,8 @@ class Rollout:
     columns: dict[str, list] = dataclasses.field(default_factory=dict)
     sources: tuple[str, ...] = ()
     weights: tuple[float, ...] = ()
+    roles: tuple[str, ...] = ()  # each source's role: train (in ``rewards``) or gold (logged only)
+    source_metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # e.g. an ensemble's disagreement
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     generated_tokens: int = 0
 
@@ -101,7 +103,8 @@ class Rollout:
         and ``/std`` (over the rows each source scored), ``frac_reward_zero_std`` (groups whose
         rewards are all equal; with several generations), ``completions/mean_length``,
         ``completions/clipped_ratio`` (truncated share), plus ``rewards/unscored_rows`` (rows no
-        source scored)."""
+        source scored); with gold-role sources ``gold/reward`` and ``gold/reward_std`` (their
+        weighted sum over the rows they scored), and the sources' own metrics (``source_metrics``)."""
         arrays = self.host()
         real = arrays["row_mask"] > 0
         out = {"completions/mean_length": _mean(arrays["lengths"][real]),
@@ -114,11 +117,27 @@ class Rollout:
         for index, name in enumerate(self.sources):
             column = arrays["scores"][:, index][real & arrays["score_valid"][:, index]]
             out[f"rewards/{name}/mean"], out[f"rewards/{name}/std"] = _mean(column), _std(column)
+        gold, gold_valid = self.gold(arrays)
+        if gold is not None:
+            out["gold/reward"], out["gold/reward_std"] = _mean(gold[gold_valid]), _std(gold[gold_valid])
+        out.update(self.source_metrics)
         if self.num_generations > 1:
             groups = arrays["rewards"].reshape(-1, self.num_generations)
             group_real = real.reshape(-1, self.num_generations).all(axis=1)
             out["frac_reward_zero_std"] = _mean(np.ptp(groups[group_real], axis=1) == 0) if group_real.any() else 0.0
         return out
+
+    def gold(self, arrays: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(gold reward ``[R]``: the weighted sum of the gold-role sources' valid scores, whether a gold
+        source scored the real row ``[R]``), or (None, None) without gold sources."""
+        gold_columns = [i for i, role in enumerate(self.roles) if role == "gold"]
+        if not gold_columns:
+            return None, None
+        arrays = self.host() if arrays is None else arrays
+        scores, valid = arrays["scores"][:, gold_columns], arrays["score_valid"][:, gold_columns]
+        weights = np.asarray(self.weights, np.float32)[gold_columns]
+        total = np.sum(np.where(valid, scores * weights, 0.0), axis=1)
+        return total, valid.any(axis=1) & (arrays["row_mask"] > 0)
 
     def completion_rows(self, step: int, advantages: np.ndarray | None = None) -> list[dict]:
         """The standard ``completions`` table (docs/logging.md), one row per real reply:
@@ -126,6 +145,7 @@ class Rollout:
         scored it), ``rewards`` ({source: score or None}), ``advantage`` (``advantages`` ``[R]``
         when given, else None), ``length``, ``truncated``."""
         arrays = self.host()
+        gold, gold_valid = self.gold(arrays) if arrays.get("scores") is not None else (None, None)
         rows = []
         for r in np.flatnonzero(arrays["row_mask"] > 0):
             scored = arrays.get("reward_valid") is not None and bool(arrays["reward_valid"][r])
@@ -134,6 +154,7 @@ class Rollout:
                 "reward": float(arrays["rewards"][r]) if scored else None,
                 "rewards": {name: float(arrays["scores"][r, i]) if arrays["score_valid"][r, i] else None
                             for i, name in enumerate(self.sources)},
+                **({"gold": float(gold[r]) if gold_valid[r] else None} if gold is not None else {}),
                 "advantage": None if advantages is None else float(advantages[r]),
                 "length": int(arrays["lengths"][r]), "truncated": bool(arrays["truncated"][r]),
             })
@@ -172,10 +193,15 @@ def concatenate(rollouts: Sequence[Rollout]) -> Rollout:
     names = sorted({name for r in rollouts for name in r.columns})
     columns = {name: joined(r.columns.get(name, [None] * r.batch.num_rows) for r in rollouts) for name in names}
     timings = {name: sum(r.timings.get(name, 0.0) for r in rollouts) for name in first.timings}
+    # Per-batch source metrics (an ensemble's disagreement): their mean over the rollouts, by rows.
+    rows = np.asarray([r.batch.num_rows for r in rollouts], np.float64)
+    source_metrics = {name: float(np.average([r.source_metrics.get(name, np.nan) for r in rollouts], weights=rows))
+                      for name in first.source_metrics}
     return dataclasses.replace(
         first, batch=stacked, prompts=joined(r.prompts for r in rollouts),
         completions=joined(r.completions for r in rollouts), where=joined(r.where for r in rollouts),
         completion_token_ids=joined(r.completion_token_ids for r in rollouts), columns=columns, timings=timings,
+        source_metrics=source_metrics,
         generated_tokens=sum(r.generated_tokens for r in rollouts))
 
 

@@ -128,15 +128,11 @@ class RolloutEngine:
         if self.rewards is None:
             raise ValueError("this RolloutEngine has no reward sources")
         started = time.monotonic()
-        real_rows = np.flatnonzero(host_array(rollout.batch.row_mask) > 0)
-        pick = lambda values: [values[r] for r in real_rows]  # noqa: E731
-        inputs = ScoringInputs(
-            prompts=pick(rollout.prompts), completions=pick(rollout.completions),
-            completion_ids=pick(rollout.completion_token_ids),
-            columns={name: pick(values) for name, values in rollout.columns.items()},
-            where=pick(rollout.where), rows=real_rows, batch=rollout.batch)
+        inputs = scoring_inputs(rollout)
+        real_rows = inputs.rows
         row_scores, row_valid = self.rewards.score(inputs)
-        total, total_valid = self.rewards.total(row_scores, row_valid)
+        lengths = host_array(rollout.batch.lengths)[real_rows]
+        total, total_valid = self.rewards.total(row_scores, row_valid, lengths)
         count, sources = rollout.batch.num_rows, len(self.rewards)
         scores, valid = np.zeros((count, sources), np.float32), np.zeros((count, sources), bool)
         rewards, reward_valid = np.zeros(count, np.float32), np.zeros(count, bool)
@@ -147,7 +143,8 @@ class RolloutEngine:
         jax.block_until_ready(batch.rewards)
         timings = {**rollout.timings, "scoring": time.monotonic() - started}
         return dataclasses.replace(rollout, batch=batch, sources=self.rewards.names,
-                                   weights=tuple(float(w) for w in self.rewards.weights), timings=timings)
+                                   weights=tuple(float(w) for w in self.rewards.weights), roles=self.rewards.roles,
+                                   source_metrics=dict(self.rewards.last_metrics), timings=timings)
 
     def teacher_force(self, rollout: Rollout, policy_params: Any, ref_params: Any = None,
                       value_params: Any = None) -> Rollout:
@@ -168,6 +165,7 @@ class RolloutEngine:
         return self.teacher_force(rollout, policy_params, ref_params, value_params)
 
     # ------------------------------------------------------------------ jitted pieces
+
 
     def _assemble_fn(self, prompt_ids, prompt_mask, example_mask, example_id, tokens, mask) -> RolloutBatch:
         n = self.num_generations
@@ -210,3 +208,15 @@ class RolloutEngine:
             return jnp.asarray(array)
         return jax.make_array_from_callback(array.shape, batch_sharding(self.mesh), lambda index: array[index])
 
+
+
+def scoring_inputs(rollout: Rollout) -> ScoringInputs:
+    """What reward sources see of a rollout: its real rows' texts, token ids, columns and places
+    (e.g. to score a rollout with another ``RewardSet``: ``reward_set.score(scoring_inputs(r))``)."""
+    real_rows = np.flatnonzero(host_array(rollout.batch.row_mask) > 0)
+    pick = lambda values: [values[r] for r in real_rows]  # noqa: E731
+    return ScoringInputs(
+        prompts=pick(rollout.prompts), completions=pick(rollout.completions),
+        completion_ids=pick(rollout.completion_token_ids),
+        columns={name: pick(values) for name, values in rollout.columns.items()},
+        where=pick(rollout.where), rows=real_rows, batch=rollout.batch)

@@ -13,12 +13,17 @@ losses (``register_reward_source``); the built-in kinds are
 
 In YAML a source is a string (``module:function``, ``file.py:function``, or a
 reward-model folder) or a mapping with one kind key and optional ``weight``,
-``name`` and the kind's options::
+``name``, ``role`` and the kind's options::
 
     rewards:
       - my_rewards.py:polite
       - {model: runs/rm/export, weight: 0.5}
       - {verifier: exact_answer, column: answer, pattern: "answer is (-?\\d+)"}
+      - {function: jaxalign.tasks.alignment:gold, role: gold}
+
+A source's ``role`` is ``train`` (the default: its weighted score is the reward trained on) or
+``gold``: scored and logged beside the training reward (``gold/reward``), never part of the
+total an algorithm trains on, so a proxy reward's over-optimisation shows (Gao et al. 2022).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxalign.rewards import RewardFn, call_reward_function, load_reward_function
+from jaxalign.rl.shaping import RewardShaping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +50,11 @@ class RewardSpec:
     weight: float = 1.0
     name: str | None = None
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    role: str = "train"
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"reward source '{self.target}': role must be one of {', '.join(ROLES)}, got {self.role!r}")
 
 
 @dataclasses.dataclass
@@ -86,6 +97,8 @@ class RewardSource(Protocol):
         """(scores float32 ``[K]``, valid bool ``[K]``) for ``inputs``' rows."""
 
 
+ROLES = ("train", "gold")  # train: summed into the reward trained on; gold: logged beside it only
+META_KEYS = ("weight", "name", "role")  # keys of a source's YAML mapping that are not the kind's options
 SourceBuilder = Callable[[RewardSpec, SourceContext], RewardSource]
 _KINDS: dict[str, SourceBuilder] = {}
 
@@ -105,7 +118,7 @@ def reward_source_kinds() -> tuple[str, ...]:
 
 
 def _load_builtin_kinds() -> None:
-    from jaxalign.rl import reward_model, verifiers  # noqa: F401  (they register "model" and "verifier")
+    from jaxalign.rl import ensemble, reward_model, verifiers  # noqa: F401  (they register their kinds)
 
 
 class FunctionSource:
@@ -142,7 +155,7 @@ def parse_reward_spec(entry: Any, where: str = "rewards") -> RewardSpec:
     kinds = reward_source_kinds()
     given = [kind for kind in kinds if kind in entry]
     if len(given) != 1:
-        unknown = [key for key in entry if key not in ("weight", "name")]
+        unknown = [key for key in entry if key not in META_KEYS]
         hint = ""
         if unknown and not given:
             close = difflib.get_close_matches(unknown[0], kinds, n=1)
@@ -152,8 +165,11 @@ def parse_reward_spec(entry: Any, where: str = "rewards") -> RewardSpec:
     weight = entry.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
         raise ValueError(f"{where}.weight must be a number, got {weight!r}")
-    options = {key: value for key, value in entry.items() if key not in (kind, "weight", "name")}
-    return RewardSpec(kind, str(entry[kind]), float(weight), entry.get("name"), options)
+    options = {key: value for key, value in entry.items() if key not in (kind, *META_KEYS)}
+    role = entry.get("role", "train")
+    if role not in ROLES:
+        raise ValueError(f"{where}.role must be one of {', '.join(ROLES)}, got {role!r}")
+    return RewardSpec(kind, str(entry[kind]), float(weight), entry.get("name"), options, role)
 
 
 def parse_reward_specs(entries: Sequence[Any], weights: Sequence[float] | None = None,
@@ -172,24 +188,34 @@ def parse_reward_specs(entries: Sequence[Any], weights: Sequence[float] | None =
 
 
 class RewardSet:
-    """Weighted reward sources. ``score`` gives per-source scores and validity ``[K, S]``;
-    ``total`` their weighted sum over each row's valid sources (TRL's ``nansum``)."""
+    """Weighted reward sources, each with a role. ``score`` gives per-source scores and validity
+    ``[K, S]``; ``total`` the weighted sum over each row's valid train-role sources (TRL's
+    ``nansum``), shaped by ``shaping``; ``gold`` the same over gold-role sources, unshaped."""
 
-    def __init__(self, sources: Sequence[RewardSource], weights: Sequence[float]):
+    def __init__(self, sources: Sequence[RewardSource], weights: Sequence[float], roles: Sequence[str] | None = None,
+                 shaping: RewardShaping | None = None):
         names = _unique([source.name for source in sources])
         for source, name in zip(sources, names):
             source.name = name
         self.sources, self.weights = list(sources), np.asarray(weights, np.float32)
+        self.roles = tuple(roles) if roles is not None else ("train",) * len(self.sources)
+        if len(self.roles) != len(self.sources):
+            raise ValueError(f"RewardSet: {len(self.roles)} roles for {len(self.sources)} sources")
+        if self.sources and "train" not in self.roles:
+            raise ValueError("rewards: every source has role 'gold'; at least one must be trained on (role: train)")
+        self.shaping = shaping or RewardShaping()
+        self.last_metrics: dict[str, float] = {}
 
     @classmethod
-    def build(cls, specs: Sequence[RewardSpec], context: SourceContext) -> "RewardSet":
+    def build(cls, specs: Sequence[RewardSpec], context: SourceContext,
+              shaping: RewardShaping | Mapping[str, Any] | None = None) -> "RewardSet":
         _load_builtin_kinds()
         sources = []
         for spec in specs:
             if spec.kind not in _KINDS:
                 raise ValueError(f"unknown reward source kind '{spec.kind}'; registered: {', '.join(sorted(_KINDS))}")
             sources.append(_KINDS[spec.kind](spec, context))
-        return cls(sources, [spec.weight for spec in specs])
+        return cls(sources, [spec.weight for spec in specs], [spec.role for spec in specs], RewardShaping.of(shaping))
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -199,15 +225,37 @@ class RewardSet:
         return len(self.sources)
 
     def score(self, inputs: ScoringInputs) -> tuple[np.ndarray, np.ndarray]:
+        """Every source's scores; a source's ``last_metrics`` (e.g. an ensemble's disagreement) are kept
+        in ``self.last_metrics`` as ``rewards/NAME/KEY``."""
         count = len(inputs.completions)
         scores, valid = np.zeros((count, len(self)), np.float32), np.zeros((count, len(self)), bool)
+        self.last_metrics = {}
         for index, source in enumerate(self.sources):
             scores[:, index], valid[:, index] = source.score(inputs)
+            for key, value in (getattr(source, "last_metrics", None) or {}).items():
+                self.last_metrics[f"rewards/{source.name}/{key}"] = float(value)
         return scores, valid
 
-    def total(self, scores: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(weighted sum ``[K]`` over valid sources, 0 where none; whether any source scored the row)."""
+    def _weighted(self, scores: np.ndarray, valid: np.ndarray, role: str) -> tuple[np.ndarray, np.ndarray]:
+        use = np.asarray([r == role for r in self.roles], bool)
+        valid = valid & use
         return np.sum(np.where(valid, scores * self.weights, 0.0), axis=1).astype(np.float32), valid.any(axis=1)
+
+    def total(self, scores: np.ndarray, valid: np.ndarray,
+              lengths: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(weighted sum ``[K]`` over valid train-role sources, 0 where none; whether any scored the row),
+        shaped by ``self.shaping`` when ``lengths`` ``[K]`` (reply tokens) are given; the shaping's
+        metrics are added to ``self.last_metrics``."""
+        total, any_valid = self._weighted(scores, valid, "train")
+        if lengths is not None and self.shaping.active:
+            shaped, metrics = self.shaping.apply(total[any_valid], np.asarray(lengths)[any_valid])
+            total[any_valid] = shaped
+            self.last_metrics.update(metrics)
+        return total, any_valid
+
+    def gold(self, scores: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(weighted sum ``[K]`` over valid gold-role sources, whether any scored the row); never shaped."""
+        return self._weighted(scores, valid, "gold")
 
 
 def _unique(names: Sequence[str]) -> list[str]:

@@ -1,0 +1,86 @@
+"""What an evaluation measures: ``EvalSpec``, the ``eval:`` section of a run config and the
+second argument of ``jaxalign.eval.evaluate``. Imports nothing heavy (config.py uses it)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Mapping
+
+KINDS = ("auto", "reward_model", "policy", "implicit_reward")
+NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class EvalError(ValueError):
+    """Bad evaluation input; the message is one line naming the thing and how to fix it."""
+
+
+@dataclasses.dataclass
+class EvalSpec:
+    """One evaluation. Fields apply to the kinds named in their comment; see docs/evaluation.md.
+
+    During training (a run config's ``eval:`` section) ``every_steps`` > 0 runs it every that many
+    optimizer steps on the policy being trained, and at the end."""
+
+    name: str = "eval"  # the result file RUN_DIR/eval/NAME.json and the metrics prefix eval/NAME
+    kind: str = "auto"  # auto | reward_model | policy | implicit_reward
+    # reward_model, implicit_reward: held-out preference pairs
+    pairs: str | None = None  # data spec (file, builtin:NAME#split); default: the run's eval split
+    category_column: str = "category"
+    bins: int = 10  # reliability table bins
+    beta: float | None = None  # implicit_reward: default the run's dpo loss beta, else 0.1
+    # policy
+    prompts: str | None = None  # data spec with a prompt column; default: the run's eval split
+    num_generations: int = 4
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    batch_size: int = 8  # prompts per sampling batch (replies: batch_size x num_generations)
+    max_prompts: int | None = None  # the first N prompts; None = all
+    max_prompt_length: int = 512
+    rewards: list[Any] | None = None  # reward sources as in ppo.rewards (role: gold allowed)
+    reference: str | None = None  # policy folder: KL and win rate; default the run's start model; "none" = skip
+    judge: str | None = None  # reward-model folder judging win rate; default the first model reward source
+    checkers: list[str] = dataclasses.field(default_factory=list)  # registered task checkers, e.g. [alignment]
+    seed: int = 0
+    output_dir: str | None = None  # where eval/NAME.json goes when the target is in no run dir
+    step: int | None = None  # the step recorded; default the run's last step
+    every_steps: int = 0  # during training: every N optimizer steps (0 = only when called)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.name, str) or not NAME.match(self.name):
+            problems.append(f"name {self.name!r} must be letters, digits, '_', '-' or '.'")
+        if self.kind not in KINDS:
+            problems.append(f"kind {self.kind!r} must be one of {', '.join(KINDS)}")
+        for field in ("num_generations", "max_new_tokens", "batch_size", "bins", "max_prompt_length"):
+            if getattr(self, field) < 1:
+                problems.append(f"{field} must be >= 1, got {getattr(self, field)}")
+        if self.max_prompts is not None and self.max_prompts < 1:
+            problems.append(f"max_prompts must be >= 1 or null, got {self.max_prompts}")
+        if self.temperature < 0 or self.every_steps < 0:
+            problems.append("temperature and every_steps must be >= 0")
+        if isinstance(self.checkers, str):
+            self.checkers = [self.checkers]
+        if problems:
+            raise EvalError("eval: " + "; ".join(problems))
+
+    @classmethod
+    def of(cls, spec: "EvalSpec | Mapping[str, Any] | None", **overrides: Any) -> "EvalSpec":
+        """An ``EvalSpec`` from itself, a mapping of its fields (unknown keys are an error) or None."""
+        if spec is None:
+            spec = {}
+        if isinstance(spec, EvalSpec):
+            return dataclasses.replace(spec, **overrides) if overrides else spec
+        if not isinstance(spec, Mapping):
+            raise EvalError(f"eval: the spec is a mapping of EvalSpec fields, got {type(spec).__name__}")
+        fields = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(spec) - fields)
+        if unknown:
+            import difflib
+
+            close = difflib.get_close_matches(unknown[0], fields, n=1)
+            raise EvalError(f"eval: unknown key {unknown[0]!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                            + f"; keys: {', '.join(sorted(fields))}")
+        return cls(**{**spec, **overrides})
