@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 from jaxalign import configlib
 from jaxalign.algos.registry import Algorithm, get_algorithm, sections_of_others
 from jaxalign.checkpoint import CheckpointConfig
+from jaxalign.compilation import CompilationConfig
 from jaxalign.data import DataConfig
 from jaxalign.health import HealthConfig
 from jaxalign.metrics_log import get_logger
@@ -78,6 +79,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
     health: HealthConfig = dataclasses.field(default_factory=HealthConfig)
+    compilation: CompilationConfig = dataclasses.field(default_factory=CompilationConfig)
 
     def __post_init__(self) -> None:
         expected = config_class(self.algorithm)
