@@ -263,6 +263,8 @@ def _consume(
         shape = fit_shape(shapes, shape)
     if shape_agreement is not None:
         shape = tuple(shape_agreement(shape))
+        if shapes is not None and all(a <= b for a, b in zip(shape, shapes[-1])):
+            shape = fit_shape(shapes, shape)  # the maximum of two levels may fall between levels
     if shape != batch_shape(batch):
         batch = pad_batch(batch, shape)
     counts["token_slots"] = batch["prompt_mask" if "prompt_mask" in batch else "segment_ids"].size

@@ -5,18 +5,16 @@ the train step again, several seconds each. Packing alone picks the smallest
 shape that holds a batch, so a run meets dozens (54 in an epoch of HH-RLHF
 DPO). The ladder bounds them: when a pipeline is built, the first batches of
 the stream (up to ``SAMPLE_EXAMPLES`` examples, every process's share, so all
-processes fit the same ladder) are packed on the host; their shapes give
-``max_shapes - 1`` levels, the per-dimension quantiles ``1/(n-1) .. 1`` of the
-sample, and the last level is ``largest_shape``, which holds any batch the
-config allows, so nothing is ever cut. The fitted levels minimise the padding
-of the sample (``fit_ladder``); each batch is padded to the first level that
-holds it.
+processes fit the same ladder) are packed on the host; ``max_shapes - 1``
+levels are fitted to their shapes (``fit_ladder``: least padding of the
+sample), and the last level is ``largest_shape``, which holds any batch the
+config allows, so nothing is ever cut. Each batch is padded to the cheapest
+level that holds it; in a multi-process run, to the cheapest level that holds
+every process's batch.
 
-The levels grow in every dimension, so the largest of two levels is a level:
-the multi-process shape agreement (elementwise maximum) keeps a run on its
-ladder. The ladder depends only on the config and the data, so a resumed run
-pads exactly as the first one did. ``largest_shape`` is also what
-``jaxalign.plan`` budgets memory for.
+The ladder depends only on the config and the data, so a resumed run pads
+exactly as the first one did. ``largest_shape`` is also what ``jaxalign.plan``
+budgets memory for.
 """
 
 from __future__ import annotations
@@ -58,46 +56,35 @@ def shape_cost(shape: Sequence[int]) -> int:
 
 
 def fit_ladder(needs: Iterable[Sequence[int]], largest: Sequence[int], max_shapes: int) -> tuple[Shape, ...]:
-    """Up to ``max_shapes`` shapes, each at least the one before in every dimension,
-    the last ``largest``. The others minimise the summed ``shape_cost`` of the
-    sample ``needs`` (the smallest shapes of sample batches) padded to their level:
-    needs sorted by cost are cut into runs, each run's level the elementwise maximum
-    of every need up to its end (so levels grow in every dimension); the cuts come
-    from an exact dynamic programme over the distinct needs."""
+    """Up to ``max_shapes`` shapes, cheapest first, the last ``largest``. The others
+    are picked greedily to cut the summed ``shape_cost`` of the sample ``needs``
+    (the smallest shapes of sample batches), each need padded to the cheapest
+    picked shape that holds it; candidates are the needs and the elementwise
+    maxima of every two of them."""
     top = tuple(int(v) for v in largest)
     sample = np.minimum(np.asarray(list(needs), dtype=np.int64).reshape(-1, len(top)), top)
-    levels: list[Shape] = []
+    picked: list[Shape] = [top]
     if max_shapes > 1 and len(sample):
         distinct, counts = np.unique(sample, axis=0, return_counts=True)
-        order = sorted(range(len(distinct)), key=lambda i: (shape_cost(distinct[i]), tuple(distinct[i])))
-        distinct, counts = distinct[order], counts[order]
-        prefix_max = np.maximum.accumulate(distinct, axis=0)
-        level_cost = np.array([shape_cost(level) for level in prefix_max], dtype=np.float64)
-        cumulative = np.concatenate([[0], np.cumsum(counts)])
-        n, runs = len(distinct), min(max_shapes - 1, len(distinct))
-        # best[g][j]: least cost of covering the first j needs with g runs; cut[g][j]: where the last run starts.
-        best = np.full((runs + 1, n + 1), np.inf)
-        cut = np.zeros((runs + 1, n + 1), dtype=np.int64)
-        best[0][0] = 0.0
-        for g in range(1, runs + 1):
-            for j in range(1, n + 1):
-                starts = np.arange(j)
-                totals = best[g - 1][:j] + (cumulative[j] - cumulative[starts]) * level_cost[j - 1]
-                cut[g][j] = int(np.argmin(totals))
-                best[g][j] = totals[cut[g][j]]
-        g = int(np.argmin(best[:, n]))
-        ends, j = [], n
-        while g > 0:
-            ends.append(j)
-            j, g = cut[g][j], g - 1
-        levels = [tuple(int(v) for v in prefix_max[end - 1]) for end in sorted(ends)]
-    if not levels or levels[-1] != top:
-        levels.append(top)
-    return tuple(levels)
+        pairs = np.maximum(distinct[:, None, :], distinct[None, :, :]).reshape(-1, len(top))
+        candidates = np.unique(np.concatenate([distinct, pairs]), axis=0)
+        candidate_cost = np.array([shape_cost(c) for c in candidates], dtype=np.float64)
+        # holds[c, n]: candidate c holds need n.
+        holds = np.all(candidates[:, None, :] >= distinct[None, :, :], axis=2)
+        paid = np.full(len(distinct), float(shape_cost(top)))  # what each need costs on the ladder so far
+        for _ in range(max_shapes - 1):
+            with_candidate = np.minimum(paid[None, :], np.where(holds, candidate_cost[:, None], np.inf))
+            totals = with_candidate @ counts
+            best = int(np.argmin(totals))
+            if totals[best] >= paid @ counts:
+                break
+            paid = with_candidate[best]
+            picked.append(tuple(int(v) for v in candidates[best]))
+    return tuple(sorted(set(picked), key=lambda shape: (shape_cost(shape), shape)))
 
 
 def fit_shape(ladder: Sequence[Shape], need: Sequence[int]) -> Shape:
-    """The first level of ``ladder`` that holds a batch of shape ``need``."""
+    """The cheapest level of ``ladder`` (sorted cheapest first) that holds a batch of shape ``need``."""
     for level in ladder:
         if all(want <= have for want, have in zip(need, level)):
             return level
