@@ -18,7 +18,8 @@ from jaxalign.data.shapes import fit_ladder, fit_shape, largest_shape
 def test_ladder_is_bounded_holds_every_need_and_ends_at_the_largest_shape():
     needs = [(2, 1024, 448, 64), (2, 1024, 512, 80), (3, 1024, 640, 80), (1, 960, 320, 45)] * 5 + [(3, 1024, 832, 80)]
     largest = largest_shape(slots=8, pack_length=1024, longest_example=1024, pad_to_multiple=64, attention_tile=64)
-    assert largest == (8, 1024, 1024, 144)  # 16 tiles: 136 causal pairs, rounded up to a multiple of 16
+    # 8 rows of 1,024 tokens, all targets (one row group), 16 tiles: 136 causal pairs rounded up to a multiple of 16.
+    assert largest == (8, 1024, 8192, 144)
     for max_shapes in (1, 2, 3, 8):
         ladder = fit_ladder(needs, largest, max_shapes)
         assert len(ladder) <= max_shapes and ladder[-1] == largest

@@ -179,7 +179,7 @@ def build_pipeline(
         needs = sample_needs(
             lambda step, process: pack([streams[process][step * local_batch + j] for j in range(local_batch)])[0],
             batch_shape, steps=steps, process_count=process_count, examples_per_step=batch_size)
-        shapes = fit_ladder(needs, largest, cfg.max_shapes)
+        shapes = fit_ladder(needs, largest, cfg.max_shapes, groups=row_multiple)
     consume = functools.partial(_consume, stats=run_stats, shapes=shapes, shape_agreement=shape_agreement)
     dataset = tokenized(process_index).batch(local_batch, drop_remainder=True, batch_fn=pack)
     if epochs > 1:

@@ -37,10 +37,10 @@ def largest_shape(
     """The packed shape ``(R, L, C, P)`` that holds any batch of ``slots`` examples
     of at most ``longest_example`` tokens: every example in a row of its own, rows of
     ``pack_length`` (or the longest example, rounded up, when that is longer), every
-    token a target, every causal tile pair visible."""
+    token a target (C counts a row group's targets: ``row_multiple`` groups), every causal tile pair visible."""
     rows = bucket_rows(slots, row_multiple)
     length = pack_length if pack_length >= longest_example else round_up(longest_example, pad_to_multiple)
-    width = round_up(length, pad_to_multiple) if targets else 0
+    width = round_up(rows // row_multiple * length, pad_to_multiple) if targets else 0  # targets per row group
     pairs = 0
     if attention_tile and length % attention_tile == 0:
         tiles = length // attention_tile
@@ -48,17 +48,18 @@ def largest_shape(
     return rows, length, width, pairs
 
 
-def shape_cost(shape: Sequence[int]) -> int:
+def shape_cost(shape: Sequence[int], groups: int = 1) -> int:
     """What padding a batch to ``shape`` costs, in positions: decoder positions ``R * L``
-    plus vocabulary-projection positions ``R * C``."""
+    plus vocabulary-projection positions ``G * C`` (G row groups)."""
     rows, length, width = shape[0], shape[1], shape[2]
-    return rows * (length + width)
+    return rows * length + groups * width
 
 
-def fit_ladder(needs: Iterable[Sequence[int]], largest: Sequence[int], max_shapes: int) -> tuple[Shape, ...]:
+def fit_ladder(needs: Iterable[Sequence[int]], largest: Sequence[int], max_shapes: int,
+               groups: int = 1) -> tuple[Shape, ...]:
     """Up to ``max_shapes`` shapes, cheapest first, the last ``largest``. The others
     are picked greedily to cut the summed ``shape_cost`` of the sample ``needs``
-    (the smallest shapes of sample batches), each need padded to the cheapest
+    (the smallest shapes of sample batches, ``groups`` row groups), each need padded to the cheapest
     picked shape that holds it; candidates are the needs and the elementwise
     maxima of every two of them."""
     top = tuple(int(v) for v in largest)
@@ -68,10 +69,10 @@ def fit_ladder(needs: Iterable[Sequence[int]], largest: Sequence[int], max_shape
         distinct, counts = np.unique(sample, axis=0, return_counts=True)
         pairs = np.maximum(distinct[:, None, :], distinct[None, :, :]).reshape(-1, len(top))
         candidates = np.unique(np.concatenate([distinct, pairs]), axis=0)
-        candidate_cost = np.array([shape_cost(c) for c in candidates], dtype=np.float64)
+        candidate_cost = np.array([shape_cost(c, groups) for c in candidates], dtype=np.float64)
         # holds[c, n]: candidate c holds need n.
         holds = np.all(candidates[:, None, :] >= distinct[None, :, :], axis=2)
-        paid = np.full(len(distinct), float(shape_cost(top)))  # what each need costs on the ladder so far
+        paid = np.full(len(distinct), float(shape_cost(top, groups)))  # what each need costs on the ladder so far
         for _ in range(max_shapes - 1):
             with_candidate = np.minimum(paid[None, :], np.where(holds, candidate_cost[:, None], np.inf))
             totals = with_candidate @ counts
@@ -80,7 +81,7 @@ def fit_ladder(needs: Iterable[Sequence[int]], largest: Sequence[int], max_shape
                 break
             paid = with_candidate[best]
             picked.append(tuple(int(v) for v in candidates[best]))
-    return tuple(sorted(set(picked), key=lambda shape: (shape_cost(shape), shape)))
+    return tuple(sorted(set(picked), key=lambda shape: (shape_cost(shape, groups), shape)))
 
 
 def fit_shape(ladder: Sequence[Shape], need: Sequence[int]) -> Shape:
