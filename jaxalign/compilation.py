@@ -41,12 +41,13 @@ class CompilationConfig:
       ``jax_compilation_cache_dir`` the user set in JAX itself wins over ``auto``.
       The cache is trusted code: keep it in a folder only you can write.
     min_compile_seconds: only executables that took at least this long to
-      compile are written (JAX's ``jax_persistent_cache_min_compile_time_secs``);
-      the small helpers are faster to compile than to load.
+      compile are written (JAX's ``jax_persistent_cache_min_compile_time_secs``,
+      whose own default is 1 s). 0 (default): all of them; a run has a few dozen,
+      and on a busy machine even the small ones take seconds to compile.
     """
 
     cache_dir: str | None = AUTO
-    min_compile_seconds: float = 0.5
+    min_compile_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if self.min_compile_seconds < 0:
