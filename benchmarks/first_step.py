@@ -12,7 +12,7 @@ real tokens in the decoder and projection slots, with and without the ladder.
 
 Usage::
 
-    python benchmarks/first_step.py [--steps 1] [--epoch]
+    python benchmarks/first_step.py [--model hh|tiny] [--steps 1] [--epoch]
 """
 
 from __future__ import annotations
@@ -30,8 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
-MODEL = dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8,
-             intermediate_size=1376, max_position_embeddings=1024, tie_word_embeddings=False)
+MODELS = {
+    # dpo_vs_trl.py --workload hh's model: a step takes seconds, more than the compile under load.
+    "hh": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8,
+               intermediate_size=1376, max_position_embeddings=1024, tie_word_embeddings=False),
+    # A tiny model on the same data: start-up is setup + compiles, what the cache is for.
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                 intermediate_size=128, max_position_embeddings=1024, tie_word_embeddings=False),
+}
 
 
 def run_once(config_path: Path, env: dict) -> dict:
@@ -77,6 +83,7 @@ def epoch_fill(data_spec: str, tokenizer, max_shapes: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--model", choices=sorted(MODELS), default="hh")
     parser.add_argument("--epoch", action="store_true", help="also count an epoch's shapes and padding")
     args = parser.parse_args()
     paths = common.shared_data(common.HH_FILE, common.GPT2_TOKENIZER)
@@ -87,7 +94,7 @@ def main() -> None:
         rows, _ = common.hh_pairs(paths[common.HH_FILE], tokenizer, 512)
         data_spec = str(common.write_jsonl(tmp / "hh_pairs.jsonl", rows))
         common.build_llama(tmp / "policy", head="causal_lm", vocab_size=len(tokenizer), pad_token_id=50256,
-                           bos_token_id=50256, eos_token_id=50256, **MODEL)
+                           bos_token_id=50256, eos_token_id=50256, **MODELS[args.model])
         env = {**os.environ, "JAXALIGN_CACHE_DIR": str(tmp / "cache"), "JAX_PLATFORMS": "cpu"}
         results = []
         for attempt in ("cold", "warm"):
@@ -110,7 +117,7 @@ def main() -> None:
         fills = [epoch_fill(data_spec, tokenizer, m) for m in (0, 8)] if args.epoch else []
         for fill in fills:
             print(fill)
-    common.emit_json("first_step", {"machine": common.machine(), "runs": results, "epoch": fills,
+    common.emit_json("first_step", {"machine": common.machine(), "model": args.model, "runs": results, "epoch": fills,
                                     "load": os.getloadavg()})
 
 
