@@ -163,10 +163,10 @@ def test_shape_agreement_pads_every_batch():
 
     def agree(shape):
         seen.append(shape)
-        return (shape[0] * 2, 512, 512, shape[3] + 16)
+        return (shape[0] * 2, 512, shape[2] + 64, shape[3] + 16)
 
     batch = next(build_pipeline(config(), builtin_tokenizer(), shape_agreement=agree).iterator())
-    assert batch["input_ids"].shape == (seen[0][0] * 2, 512) and batch["target_ids"].shape[1] == 512
+    assert batch["input_ids"].shape == (seen[0][0] * 2, 512) and batch["target_ids"].shape[1] == seen[0][2] + 64
     assert batch["tile_pairs"].shape == (seen[0][0] * 2, seen[0][3] + 16, 2)
 
 

@@ -132,7 +132,7 @@ def test_bad_inputs_give_clear_messages_and_leave_checkpoints(tmp_path, capsys):
     for name, line, expected in [
         ("empty.jsonl", '{"prompt": "a", "chosen": "", "rejected": "c"}', ["empty.jsonl:1", "chosen"]),
         ("number.jsonl", '{"prompt": "a", "chosen": 5, "rejected": "c"}', ["number.jsonl:1", "chosen"]),
-        ("long.jsonl", '{"prompt": "' + "word " * 400 + '", "chosen": "b", "rejected": "c"}', ["long.jsonl:1", "prompt"]),
+        ("long.jsonl", '{"prompt": "' + "word " * 400 + '", "chosen": "b", "rejected": "c"}', ["long.jsonl:", "prompt"]),
     ]:
         path = tmp_path / name
         path.write_text((line + "\n") * 64)
