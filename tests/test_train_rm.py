@@ -139,8 +139,8 @@ def test_bad_inputs_give_clear_messages_and_leave_checkpoints(tmp_path, capsys):
         code, err = _train_main(good, f"data.train={path}", "data.eval=null", "data.format=preference",
                                 "data.on_overlong=raise", "data.max_prompt_length=32", "max_steps=4", capsys=capsys)
         assert code == 1 and all(text in err for text in expected), (name, err)
-        if name == "long.jsonl":  # formatting passed, so the run resumed: it says what changed
-            assert "differs from the checkpoint's" in err and "data.train" in err
+        if name == "long.jsonl":  # caught while the shape ladder packs the first batches: before the run resumes
+            assert "differs from the checkpoint's" not in err
 
     code, err = _train_main(good, "optim.learning_rate=1", capsys=capsys)
     assert code == 2 and "Did you mean 'optim.lr'" in err
