@@ -222,7 +222,7 @@ def batch_census(batch: dict) -> dict[str, int]:
         "slots": rows * length,  # token positions pushed through the decoder
         "tokens": int(np.count_nonzero(batch["segment_ids"])),  # real tokens, prompt once per pair
         "completion_tokens": int(np.count_nonzero(batch["target_segment"])) if width else 0,
-        "lm_head_slots": rows * width,  # positions the vocab projection runs on
+        "lm_head_slots": batch["target_index"].shape[0] * width if width else 0,  # positions the vocab projection runs on
         "pairs": int(batch["example_mask"].sum()),
     }
 

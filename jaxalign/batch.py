@@ -17,9 +17,13 @@ had been a separate sequence.
 Only completion tokens need a vocabulary projection, so the batch lists them
 explicitly as *targets*: ``target_index`` is the position whose output predicts
 ``target_ids`` (for the first token of the rejected reply that is the last
-prompt token, not the token just before it in the row).
+prompt token, not the token just before it in the row). Targets are flat per
+*row group*: the R rows form G groups of R / G consecutive rows (G = the
+data-parallel shards of the batch, so a group never spans devices), and a
+group's targets fill one list of C slots, so the projection runs on the
+completion tokens plus one group's rounding, not on every row's longest list.
 
-Arrays (R rows, L tokens a row, C target slots a row, K example slots a row):
+Arrays (R rows, L tokens a row, G row groups, C target slots a group, K example slots a row):
 
 =================  ===========  =====================================================
 name               shape        meaning
@@ -29,10 +33,11 @@ positions          [R, L] i32   position of the token within its own sequence
 segment_ids        [R, L] i32   example slot 1..K within the row; 0 = padding
 branch_ids         [R, L] i32   0 = shared prompt, 1 = chosen (or the only
                                 completion), 2 = rejected
-target_index       [R, C] i32   row position whose output predicts the target
-target_ids         [R, C] i32   the target token
-target_segment     [R, C] i32   example slot 1..K of the target; 0 = unused slot
-target_branch      [R, C] i32   1 = chosen / only completion, 2 = rejected
+target_index       [G, C] i32   row position whose output predicts the target
+target_ids         [G, C] i32   the target token
+target_segment     [G, C] i32   example slot 1..K of the target; 0 = unused slot
+target_branch      [G, C] i32   1 = chosen / only completion, 2 = rejected
+target_row         [G, C] i32   the target's row within its group (0..R/G - 1)
 end_index          [R, K, 2]    row position of the last token of chosen (0) and
                    i32          rejected (1); where reward models read scores
 example_mask       [R, K] f32   1.0 where the slot holds an example
@@ -84,6 +89,7 @@ REQUIRED_KEYS = (
     "target_ids",
     "target_segment",
     "target_branch",
+    "target_row",
     "end_index",
     "example_mask",
 )
@@ -114,20 +120,32 @@ def gather_positions(values: jax.Array, index: jax.Array) -> jax.Array:
     return picked.reshape(index.shape + values.shape[2:])
 
 
-def per_example_sums(values: jax.Array, target_segment: jax.Array, target_branch: jax.Array, num_slots: int) -> jax.Array:
-    """Sums per-target values into ``[R, K, 2]`` (example slot, branch).
+def gather_targets(values: jax.Array, batch: dict) -> jax.Array:
+    """Picks each target's predicting position: ``values[group rows, target_row, target_index]``.
 
-    values, target_segment, target_branch: ``[R, C]``. Unused slots
-    (segment 0) are dropped.
+    values: ``[R, L, ...]`` -> ``[G, C, ...]``. A group's rows are contiguous, so
+    ``[R, L]`` -> ``[G, R/G * L]`` is a local reshape on every device.
     """
-    bucket = (target_segment - 1) * NUM_BRANCHES + (target_branch - 1)
-    dump = num_slots * NUM_BRANCHES
-    bucket = jnp.where(target_segment > 0, bucket, dump)
+    groups, rows, length = batch["target_index"].shape[0], values.shape[0], values.shape[1]
+    flat = values.reshape(groups, rows // groups * length, *values.shape[2:])
+    return gather_positions(flat, batch["target_row"] * length + batch["target_index"])
+
+
+def per_example_sums(values: jax.Array, batch: dict) -> jax.Array:
+    """Sums per-target values ``[G, C]`` into ``[R, K, 2]`` (row, example slot, branch).
+
+    Unused slots (``target_segment`` 0) are dropped.
+    """
+    segment, branch, row = batch["target_segment"], batch["target_branch"], batch["target_row"]
+    rows, slots = batch["example_mask"].shape
+    groups = segment.shape[0]
+    dump = rows // groups * slots * NUM_BRANCHES
+    bucket = (row * slots + segment - 1) * NUM_BRANCHES + (branch - 1)
+    bucket = jnp.where(segment > 0, bucket, dump)
     summed = jax.vmap(lambda v, b: jax.ops.segment_sum(v, b, num_segments=dump + 1))(values, bucket)
-    return summed[:, :dump].reshape(values.shape[0], num_slots, NUM_BRANCHES)
+    return summed[:, :dump].reshape(rows, slots, NUM_BRANCHES)
 
 
 def target_counts(batch: dict) -> jax.Array:
     """Number of completion tokens per example and branch, ``[R, K, 2]`` float32."""
-    ones = (batch["target_segment"] > 0).astype(jnp.float32)
-    return per_example_sums(ones, batch["target_segment"], batch["target_branch"], batch["example_mask"].shape[1])
+    return per_example_sums((batch["target_segment"] > 0).astype(jnp.float32), batch)

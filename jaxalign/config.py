@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 from jaxalign import configlib
 from jaxalign.algos.registry import Algorithm, get_algorithm, sections_of_others
 from jaxalign.checkpoint import CheckpointConfig
+from jaxalign.compilation import CompilationConfig
 from jaxalign.data import DataConfig
 from jaxalign.eval.spec import EvalSpec
 from jaxalign.health import HealthConfig
@@ -84,6 +85,7 @@ class TrainConfig:
     health: HealthConfig = dataclasses.field(default_factory=HealthConfig)
     # Generation-based evaluation (jaxalign eval's spec) every eval.every_steps steps and at the end.
     eval: EvalSpec | None = None
+    compilation: CompilationConfig = dataclasses.field(default_factory=CompilationConfig)
 
     def __post_init__(self) -> None:
         expected = config_class(self.algorithm)

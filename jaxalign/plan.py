@@ -46,7 +46,7 @@ from typing import Any, Mapping
 from jax.sharding import AbstractMesh
 
 from jaxalign.config import ModelSpec, TrainConfig
-from jaxalign.data.packing import bucket_rows, round_up
+from jaxalign.data.shapes import largest_shape
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.logps import DEFAULT_CHUNK_SIZE
 from jaxalign.models.lora import AdapterSpec, is_adapter, trained_patterns
@@ -183,19 +183,17 @@ def split(size: int, logical: str, mesh: AbstractMesh, rules: Mapping[str, Any])
 
 
 def worst_case_workload(cfg: TrainConfig, mesh_sizes: Mapping[str, int], kind: str) -> Workload:
-    """Rows, row length and target slots per device when every example fills a row.
-
-    Rows per device follow the packer's bucketing (``bucket_rows``); a row is ``pack_length`` tokens, or one example if
-    a single example is longer.
-    """
+    """Rows, row length and target slots per device of the largest batch the packer
+    can make: the top of the shape ladder (``jaxalign.data.shapes.largest_shape``),
+    for one device's share of the batch."""
     data = cfg.data
     paired = kind in ("preference", "reward", "unpaired", "listwise")  # unpaired rows carry KTO's mismatched second branch
     shards = mesh_sizes["data"] * mesh_sizes["fsdp"]
-    rows = bucket_rows(-(-data.batch_size // shards), 1)
     pack_length = data.resolved_pack_length(paired=kind in ("preference", "reward", "listwise"))
-    longest_example = 2 * data.max_length if paired else data.max_length
-    length = pack_length if pack_length >= longest_example else round_up(longest_example, data.pad_to_multiple)
-    return Workload(rows=rows, length=length, targets=round_up(length, data.pad_to_multiple))
+    rows, length, width, _ = largest_shape(
+        slots=-(-data.batch_size // shards), pack_length=pack_length,
+        longest_example=(2 if paired else 1) * data.max_length, pad_to_multiple=data.pad_to_multiple)
+    return Workload(rows=rows, length=length, targets=width // rows)
 
 
 # ---------------------------------------------------------------- activations

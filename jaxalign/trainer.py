@@ -20,6 +20,7 @@ import yaml
 
 from jaxalign import distributed, health
 from jaxalign.checkpoint import Checkpointer
+from jaxalign.compilation import CompileCounter, enable_compilation_cache
 from jaxalign.config import TrainConfig, config_to_dict
 from jaxalign.data import build_pipeline, load_tokenizer
 from jaxalign.data.report import DataReport
@@ -75,6 +76,9 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         self.run_lock = RunDirLock(self.run_dir)  # first: nothing may touch another trainer's run dir
         self.run_lock.acquire()
+        # Before anything compiles: every executable of the run goes through the cache.
+        enable_compilation_cache(cfg.compilation)
+        self.compiles = CompileCounter()
         self.mesh = make_mesh(cfg.mesh)
         self.is_main = distributed.is_main_process()
         algorithm = cfg.algorithm
@@ -218,6 +222,7 @@ class Trainer:
                 last_train = window.read()
                 last_train.update(divergence.observe(step, last_train["loss"]))
                 last_train.update(self.data_report.metrics(self.train_data))
+                last_train.update(self.compiles.metrics())
                 last_train["learning_rate"] = float(self.learning_rate(step * self.algo.updates_per_step - 1))
                 self.sinks.write_scalars(step, last_train, "train")
             if cfg.eval_every and step % cfg.eval_every == 0 and step < self.total_steps:

@@ -9,3 +9,13 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+
+# Trainers turn on JAX's persistent compilation cache (jaxalign.compilation); tests keep it
+# in one folder per session, shared by the tests of that session, never in the user's cache.
+if "JAXALIGN_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["JAXALIGN_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxalign-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAXALIGN_CACHE_DIR"], ignore_errors=True)

@@ -188,3 +188,30 @@ def test_packing_efficiency_on_hh_rlhf(capsys):
               f"({padded_slots / len(examples):.0f} slots/pair)")
     assert packed_efficiency > padded_efficiency
     assert packed_slots < 0.8 * padded_slots
+
+
+def test_targets_are_flat_per_row_group_and_padding_keeps_each_row_in_its_group():
+    import jax.numpy as jnp
+
+    from jaxalign.batch import target_counts
+
+    rng = np.random.default_rng(5)
+    examples = [make_example(rng, partial_mask=True) for _ in range(8)]
+    batch = pack_examples(examples, slots=8, pack_length=120, pad_to_multiple=16, row_multiple=2)
+    rows, length, width, _ = batch_shape(batch)
+    assert batch["target_index"].shape == (2, width) and rows % 2 == 0
+    # One list per group: its slots are the group's targets rounded up to 16, not each row's longest list.
+    per_group = (batch["target_segment"] > 0).sum(axis=1)
+    assert width == -(-per_group.max() // 16) * 16
+    assert per_group.sum() == sum(int(m.sum()) for e in examples for m in e.loss_masks)
+    padded = pad_batch(batch, (rows + 4, length + 32, width + 16, 0))
+    assert_round_trip(examples, padded)
+    # Token counts per (row, slot, branch) land where the examples are, before and after padding.
+    for packed in (batch, padded):
+        counts = np.asarray(target_counts({k: jnp.asarray(v) for k, v in packed.items()}))
+        expected = np.zeros_like(counts)
+        places = zip(*np.nonzero(packed["example_mask"]))  # (row, slot) in unpack's order
+        for (r, slot), example in zip(places, unpack(packed)):
+            expected[r, slot] = [mask.sum() for mask in example.loss_masks]
+        np.testing.assert_array_equal(counts, expected)
+        assert counts.sum() == per_group.sum()

@@ -152,8 +152,9 @@ def _xla_bytes(cfg, workload: plan.Workload) -> int:
     run = cfg.algorithm.setup(cfg, mesh, load_tokenizer("builtin"), 10)
     rows, slots = workload.rows * batch_divisor(mesh), cfg.data.batch_size
     shapes = {name: (rows, workload.length) for name in ("input_ids", "positions", "segment_ids", "branch_ids")}
-    shapes.update({name: (rows, workload.targets) for name in ("target_index", "target_ids", "target_segment",
-                                                               "target_branch")})
+    # Targets are flat per row group, one group per device: [devices, rows a device * targets a row].
+    shapes.update({name: (batch_divisor(mesh), workload.rows * workload.targets)
+                   for name in ("target_index", "target_ids", "target_segment", "target_branch", "target_row")})
     shapes.update(end_index=(rows, slots, 2), example_mask=(rows, slots), example_id=(rows, slots))
     batch = {name: jax.ShapeDtypeStruct(shape, np.float32 if name == "example_mask" else np.int32,
                                         sharding=batch_sharding(mesh)) for name, shape in shapes.items()}

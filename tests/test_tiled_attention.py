@@ -91,7 +91,7 @@ def test_unused_pair_slots_and_padding_rows_change_nothing():
     tile = 4
     (segments, branches, positions), (q, k, v) = _attention_inputs(seed=5, tile=tile)
     batch = {"input_ids": segments, "positions": positions, "segment_ids": segments, "branch_ids": branches,
-             "target_index": np.zeros((2, 4), np.int32), "tile_pairs": attention_tile_pairs(segments, branches, tile)}
+             "target_index": np.zeros((1, 4), np.int32), "tile_pairs": attention_tile_pairs(segments, branches, tile)}
     rows, length, width, count = batch_shape(batch)
     padded = pad_batch(batch, (rows + 2, length, width, count + 7))
     assert (padded["tile_pairs"][:, count:] == -1).all() and (padded["tile_pairs"][rows:] == -1).all()

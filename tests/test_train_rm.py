@@ -132,15 +132,15 @@ def test_bad_inputs_give_clear_messages_and_leave_checkpoints(tmp_path, capsys):
     for name, line, expected in [
         ("empty.jsonl", '{"prompt": "a", "chosen": "", "rejected": "c"}', ["empty.jsonl:1", "chosen"]),
         ("number.jsonl", '{"prompt": "a", "chosen": 5, "rejected": "c"}', ["number.jsonl:1", "chosen"]),
-        ("long.jsonl", '{"prompt": "' + "word " * 400 + '", "chosen": "b", "rejected": "c"}', ["long.jsonl:1", "prompt"]),
+        ("long.jsonl", '{"prompt": "' + "word " * 400 + '", "chosen": "b", "rejected": "c"}', ["long.jsonl:", "prompt"]),
     ]:
         path = tmp_path / name
         path.write_text((line + "\n") * 64)
         code, err = _train_main(good, f"data.train={path}", "data.eval=null", "data.format=preference",
                                 "data.on_overlong=raise", "data.max_prompt_length=32", "max_steps=4", capsys=capsys)
         assert code == 1 and all(text in err for text in expected), (name, err)
-        if name == "long.jsonl":  # formatting passed, so the run resumed: it says what changed
-            assert "differs from the checkpoint's" in err and "data.train" in err
+        if name == "long.jsonl":  # caught while the shape ladder packs the first batches: before the run resumes
+            assert "differs from the checkpoint's" not in err
 
     code, err = _train_main(good, "optim.learning_rate=1", capsys=capsys)
     assert code == 2 and "Did you mean 'optim.lr'" in err

@@ -11,7 +11,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from jaxalign.batch import gather_positions, per_example_sums
+from jaxalign.batch import gather_targets, per_example_sums
 from jaxalign.config import ModelSpec, TrainConfig
 from jaxalign.models import ModelConfig, init_model, load_pretrained, token_logps
 from jaxalign.models import lora as lora_lib
@@ -207,27 +207,25 @@ def completion_logps(model, batch: Batch, with_logits_mean: bool = False, with_h
     """Log-probs of the batch's completion tokens under a ``CausalLM``.
 
     Runs the decoder over the packed rows, then the vocabulary projection only
-    on the target positions (chunked, so ``[rows, targets, vocab]`` float32 is
-    never held). Returns ``token_logps`` ``[R, C]`` (0 in unused slots),
+    on the target positions (chunked, so ``[groups, targets, vocab]`` float32 is
+    never held). Returns ``token_logps`` ``[G, C]`` (0 in unused slots),
     ``sums`` ``[R, K, 2]`` (summed per example and branch) and, if asked,
     ``logits_mean_sums`` ``[R, K, 2]``: per-token mean logits (over the
     vocabulary) summed per example, for TRL's ``logits/*`` metrics (the mean
     logit is linear in the hidden state, so it costs one ``[hidden]`` dot), and
-    ``hits`` ``[R, C]`` float32: 1 where the target is the top-1 token.
+    ``hits`` ``[G, C]`` float32: 1 where the target is the top-1 token.
     """
     hidden = model.hidden_states(batch["input_ids"], batch["positions"], batch["segment_ids"], batch["branch_ids"],
                                 batch.get("tile_pairs"))
-    target_hidden = gather_positions(hidden, batch["target_index"])
+    target_hidden = gather_targets(hidden, batch)
     used = batch["target_segment"] > 0
     logps, hits = token_logps(model, target_hidden, batch["target_ids"], return_hits=True)
     logps = jnp.where(used, logps, 0.0)
-    slots = batch["example_mask"].shape[1]
-    out = {"token_logps": logps,
-           "sums": per_example_sums(logps, batch["target_segment"], batch["target_branch"], slots)}
+    out = {"token_logps": logps, "sums": per_example_sums(logps, batch)}
     if with_hits:
         out["hits"] = jnp.where(used, hits, False).astype(jnp.float32)
     if with_logits_mean:
         mean_direction = jnp.mean(model.output_embedding().astype(jnp.float32), axis=1)
-        mean_logits = jnp.where(used, jnp.einsum("rch,h->rc", target_hidden.astype(jnp.float32), mean_direction), 0.0)
-        out["logits_mean_sums"] = per_example_sums(mean_logits, batch["target_segment"], batch["target_branch"], slots)
+        mean_logits = jnp.where(used, jnp.einsum("gch,h->gc", target_hidden.astype(jnp.float32), mean_direction), 0.0)
+        out["logits_mean_sums"] = per_example_sums(mean_logits, batch)
     return out

@@ -81,6 +81,9 @@ class DataConfig:
     packing: bool = True  # False: one example per row (rows padded to the bucketed length)
     pack_length: int | None = None  # tokens per packed row; default 2*max_length for pairs, else max_length
     pad_to_multiple: int = 64  # row length and target slots are rounded up to this
+    # At most this many distinct batch shapes a split (each compiles the step once): batches
+    # are padded up to a ladder fitted on the first batches (jaxalign.data.shapes); 0 = no bound.
+    max_shapes: int = 8
     # Attention computes only the score tiles of a packed row that hold a visible
     # entry (jaxalign.models.tiled_attention); needs pad_to_multiple and
     # pack_length to be multiples of jaxalign.batch.ATTENTION_TILE, else dense.
@@ -134,6 +137,8 @@ class DataConfig:
         for name in ("batch_size", "max_length", "pad_to_multiple", "num_epochs", "prefetch_batches"):
             if getattr(self, name) < 1:
                 fail(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_shapes < 0:
+            fail(f"max_shapes must be >= 0 (0 = no bound), got {self.max_shapes}")
         if self.read_threads < 0:
             fail(f"read_threads must be >= 0, got {self.read_threads}")
         if self.eval_batch_size is not None and self.eval_batch_size < 1:

@@ -8,7 +8,10 @@ never split across rows. Shapes are bucketed so a run compiles few of them:
 * K (example slots a row) = the number of examples a batch holds, fixed;
 * L = longest used row rounded up to ``pad_to_multiple``, capped at
   ``pack_length`` (an example longer than that gets a row of its own);
-* C (target slots a row) = most targets in a row, rounded up likewise;
+* C (target slots a row group) = most targets in a row group, rounded up
+  likewise: targets are flat per group of rows (one group per data-parallel
+  shard, ``row_multiple`` groups), so the vocabulary projection runs on the
+  completion tokens plus the rounding, not on every row's longest list;
 * R = rows used, rounded up to ``row_multiple * u`` (``row_multiple``: the
   data-parallel shards of this process) with u of at most three significant
   bits (1-8, 10, 12, 14, 16, 20, 24, ...; ``bucket_rows``);
@@ -29,7 +32,7 @@ from jaxalign.data.columns import EXAMPLE_COLUMNS
 from jaxalign.data.tokenize import TokenizedExample
 
 LENGTH_KEYS = ("input_ids", "positions", "segment_ids", "branch_ids")
-TARGET_KEYS = ("target_index", "target_ids", "target_segment", "target_branch")
+TARGET_KEYS = ("target_index", "target_ids", "target_segment", "target_branch", "target_row")
 
 
 def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -103,7 +106,9 @@ def pack_examples(
     """Packs up to ``slots`` examples into the batch layout of ``jaxalign/batch.py``.
 
     Returns int32 ``input_ids/positions/segment_ids/branch_ids`` ``[R, L]``,
-    ``target_index/target_ids/target_segment/target_branch`` ``[R, C]``,
+    ``target_index/target_ids/target_segment/target_branch/target_row`` ``[G, C]``
+    (G = ``row_multiple`` row groups of R / G consecutive rows; ``target_row`` is
+    the row within the group),
     ``end_index`` ``[R, K, 2]``, float32 ``example_mask`` ``[R, K]``, int32
     ``example_id`` ``[R, K]`` (the example's index in its split; 0 in empty slots), and
     float32 ``margin``/``label`` and every per-example column of
@@ -124,11 +129,14 @@ def pack_examples(
     length = round_up(longest, pad_to_multiple)
     if longest <= pack_length:
         length = min(length, pack_length)
-    num_targets = max((sum(_target_count(examples[i]) for i in members) for members in bins), default=1)
-    rows, width = bucket_rows(len(bins), row_multiple), round_up(max(num_targets, 1), pad_to_multiple)
+    rows = bucket_rows(len(bins), row_multiple)
+    group_rows = rows // row_multiple
+    row_targets = [sum(_target_count(examples[i]) for i in members) for members in bins]
+    group_targets = [sum(row_targets[g * group_rows:(g + 1) * group_rows]) for g in range(row_multiple)]
+    width = round_up(max(max(group_targets), 1), pad_to_multiple)
 
     batch = {key: np.zeros((rows, length), np.int32) for key in LENGTH_KEYS}
-    batch.update({key: np.zeros((rows, width), np.int32) for key in TARGET_KEYS})
+    batch.update({key: np.zeros((row_multiple, width), np.int32) for key in TARGET_KEYS})
     if replies is not None:
         most = max((len(ex.completions) for ex in examples), default=0)
         if most > replies:
@@ -143,18 +151,21 @@ def pack_examples(
     for column in sorted({name for ex in examples for name in ex.columns}):
         batch[column] = np.zeros((rows, slots), np.float32)
 
+    filled = [0] * row_multiple
     for r, members in enumerate(bins):
-        start, filled = 0, 0
+        start = 0
+        group, row_in_group = divmod(r, group_rows)
         for slot, index in enumerate(members, start=1):
             example = examples[index]
             _place(batch, r, slot, start, example)
             index, ids, branch = _targets(example, start)
-            span = slice(filled, filled + len(ids))
-            batch["target_index"][r, span] = index
-            batch["target_ids"][r, span] = ids
-            batch["target_segment"][r, span] = slot
-            batch["target_branch"][r, span] = branch
-            filled += len(ids)
+            span = slice(filled[group], filled[group] + len(ids))
+            batch["target_index"][group, span] = index
+            batch["target_ids"][group, span] = ids
+            batch["target_segment"][group, span] = slot
+            batch["target_branch"][group, span] = branch
+            batch["target_row"][group, span] = row_in_group
+            filled[group] += len(ids)
             start += example.length
     if not targets:
         for key in TARGET_KEYS:
@@ -266,10 +277,11 @@ def _unpack_one(batch: dict[str, np.ndarray], r: int, slot: int, where: np.ndarr
     if not np.array_equal(positions, expected_positions):
         raise fail("positions do not restart per example / continue from the prompt end per branch")
 
-    in_slot = batch["target_segment"][r] == slot
-    target_index = batch["target_index"][r, in_slot]
-    target_ids = batch["target_ids"][r, in_slot]
-    target_branch = batch["target_branch"][r, in_slot]
+    group, row_in_group = divmod(r, len(batch["input_ids"]) // len(batch["target_index"]))
+    in_slot = (batch["target_segment"][group] == slot) & (batch["target_row"][group] == row_in_group)
+    target_index = batch["target_index"][group, in_slot]
+    target_ids = batch["target_ids"][group, in_slot]
+    target_branch = batch["target_branch"][group, in_slot]
     completions, masks, ends = [], [], []
     prompt_loss = False
     for branch in completion_branches:
@@ -345,20 +357,31 @@ def batch_shape(batch: dict[str, np.ndarray]) -> tuple[int, int, int, int]:
 
 def pad_batch(batch: dict[str, np.ndarray], shape: tuple[int, int, int, int]) -> dict[str, np.ndarray]:
     """Pads a batch to ``shape`` = (rows, length, target slots, tile pairs), e.g. to
-    the largest shape over processes (``jax.make_array_from_process_local_data``
-    needs every process to pass the same shape). Zeros, and -1 in ``tile_pairs``
-    (the tile indices stay valid: rows only grow at the end). Prompts pad on the left."""
+    its level of the shape ladder or the largest shape over processes
+    (``jax.make_array_from_process_local_data`` needs every process to pass the
+    same shape). Zeros, and -1 in ``tile_pairs``. New rows go at the end of each
+    row group, so every row keeps its group and ``target_row``; the target arrays
+    (one row per group) grow in C only. Prompts pad on the left."""
     rows, length, width, pairs = shape
     have = batch_shape(batch)
     if any(want < got for want, got in zip(shape, have)):
         raise ValueError(f"cannot pad a batch of shape {have} down to {shape}")
+    groups = len(batch["target_index"]) if "target_index" in batch else 1
+    if rows % groups:
+        raise ValueError(f"cannot pad a batch of {groups} row groups to {rows} rows")
     padded = {}
     for key, value in batch.items():
+        if key in TARGET_KEYS:
+            padded[key] = np.pad(value, [(0, 0), (0, width - value.shape[1])])
+            continue
+        if groups > 1:  # pad each group's rows: [G, R/G, ...] -> [G, rows/G, ...]
+            value = value.reshape(groups, -1, *value.shape[1:])
+            grown = np.pad(value, [(0, 0), (0, rows // groups - value.shape[1])] + [(0, 0)] * (value.ndim - 2),
+                           constant_values=-1 if key == "tile_pairs" else 0)
+            value = grown.reshape(rows, *value.shape[2:])
         pad = [(0, rows - value.shape[0])] + [(0, 0)] * (value.ndim - 1)
         if key in LENGTH_KEYS:
             pad[1] = (0, length - value.shape[1])
-        elif key in TARGET_KEYS:
-            pad[1] = (0, width - value.shape[1])
         elif key in ("prompt_ids", "prompt_mask"):
             pad[1] = (length - value.shape[1], 0)
         elif key == "tile_pairs":

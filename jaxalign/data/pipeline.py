@@ -32,8 +32,9 @@ import numpy as np
 from jaxalign.data.config import DataConfig
 from jaxalign.data.errors import Counter
 from jaxalign.data.formats import TextExample
-from jaxalign.data.packing import batch_shape, pack_examples, pack_prompts, pad_batch
+from jaxalign.data.packing import batch_shape, pack_examples, pack_prompts, pad_batch, round_up
 from jaxalign.data.rows import split_examples
+from jaxalign.data.shapes import Shape, fit_ladder, fit_shape, largest_shape, sample_needs
 from jaxalign.data.tokenize import Dropped, ExampleTokenizer, TokenizedExample
 
 PAIRED_KINDS = ("preference", "reward", "listwise")  # examples with several replies sharing a prompt
@@ -59,6 +60,7 @@ class DataPipeline:
     steps_per_epoch: int
     num_epochs: int
     pack_length: int
+    shapes: tuple[Shape, ...] | None  # the ladder of batch shapes (None: data.max_shapes = 0, unbounded)
     _dataset: Any = dataclasses.field(repr=False)
     _load_stats: Counter = dataclasses.field(repr=False)
     _run_stats: Counter = dataclasses.field(repr=False)
@@ -149,12 +151,11 @@ def build_pipeline(
         loss_on_prompt=kind == "sft" and not cfg.completion_only_loss,
     )
     run_stats = Counter()
+    attention_tile = cfg.attention_tile(paired=paired, replies=replies or 2)
     pack = functools.partial(
         _pack_batch, kind=kind, slots=local_batch, pack_length=pack_length,
-        pad_to_multiple=cfg.pad_to_multiple, row_multiple=row_multiple,
-        attention_tile=cfg.attention_tile(paired=paired, replies=replies or 2), replies=replies,
+        pad_to_multiple=cfg.pad_to_multiple, row_multiple=row_multiple, attention_tile=attention_tile, replies=replies,
     )
-    consume = functools.partial(_consume, stats=run_stats, shape_agreement=shape_agreement)
 
     indexed = list(enumerate(examples))
     if shuffled:
@@ -166,9 +167,21 @@ def build_pipeline(
     else:  # pad the last global batch with empty slots so every process has `steps` batches
         dataset = grain.MapDataset.source(indexed + [None] * (steps * batch_size - len(examples)))
         epochs = 1
-    dataset = dataset[process_index::process_count]
-    dataset = dataset.map(lambda item: None if item is None else _tokenize_indexed(to_tokens, *item))
-    dataset = dataset.batch(local_batch, drop_remainder=True, batch_fn=pack)
+
+    def tokenized(process: int) -> grain.MapDataset:
+        share = dataset[process::process_count]
+        return share.map(lambda item: None if item is None else _tokenize_indexed(to_tokens, *item))
+
+    shapes = None
+    if cfg.max_shapes:
+        largest = _largest_shape(cfg, kind, local_batch, pack_length, row_multiple, replies, attention_tile)
+        streams = [tokenized(process) for process in range(process_count)]
+        needs = sample_needs(
+            lambda step, process: pack([streams[process][step * local_batch + j] for j in range(local_batch)])[0],
+            batch_shape, steps=steps, process_count=process_count, examples_per_step=batch_size)
+        shapes = fit_ladder(needs, largest, cfg.max_shapes, groups=row_multiple)
+    consume = functools.partial(_consume, stats=run_stats, shapes=shapes, shape_agreement=shape_agreement)
+    dataset = tokenized(process_index).batch(local_batch, drop_remainder=True, batch_fn=pack)
     if epochs > 1:
         dataset = dataset.repeat(epochs)
     read_options = grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch_batches)
@@ -176,7 +189,7 @@ def build_pipeline(
     return DataPipeline(
         split=split, kind=kind, format=fmt, examples=examples, batch_size=batch_size,
         local_batch_size=local_batch, steps_per_epoch=steps, num_epochs=epochs, pack_length=pack_length,
-        _dataset=iterable, _load_stats=load_stats, _run_stats=run_stats,
+        shapes=shapes, _dataset=iterable, _load_stats=load_stats, _run_stats=run_stats,
     )
 
 
@@ -226,12 +239,34 @@ def _pack_batch(
     return batch, counts
 
 
+def _largest_shape(cfg: DataConfig, kind: str, slots: int, pack_length: int, row_multiple: int,
+                   replies: int | None, attention_tile: int | None) -> Shape:
+    """The largest batch of ``kind`` the config allows (the top of the shape ladder)."""
+    if kind == "prompt":
+        return round_up(slots, row_multiple), round_up(cfg.max_length, cfg.pad_to_multiple), 0, 0
+    # Unpaired (KTO) rows carry a mismatched second completion, so they are as long as a pair.
+    branches = (replies or 2) if kind in PAIRED_KINDS or kind == "unpaired" else 1
+    return largest_shape(slots=slots, pack_length=pack_length, longest_example=branches * cfg.max_length,
+                         pad_to_multiple=cfg.pad_to_multiple, row_multiple=row_multiple,
+                         attention_tile=attention_tile, targets=kind not in SCORE_ONLY_KINDS)
+
+
 def _consume(
-    packed: tuple[dict[str, np.ndarray], dict[str, int]], *, stats: Counter, shape_agreement: ShapeAgreement | None
+    packed: tuple[dict[str, np.ndarray], dict[str, int]], *, stats: Counter, shapes: Sequence[Shape] | None,
+    shape_agreement: ShapeAgreement | None,
 ) -> dict[str, np.ndarray]:
-    """Runs in the consumer's ``next()``: counts the batch and agrees its shape."""
+    """Runs in the consumer's ``next()``: counts the batch, and pads it to its level of
+    the shape ladder, agreed over processes."""
     batch, counts = packed
-    stats.update(counts)
+    shape = batch_shape(batch)
+    if shapes is not None:
+        shape = fit_shape(shapes, shape)
     if shape_agreement is not None:
-        batch = pad_batch(batch, tuple(shape_agreement(batch_shape(batch))))
+        shape = tuple(shape_agreement(shape))
+        if shapes is not None and all(a <= b for a, b in zip(shape, shapes[-1])):
+            shape = fit_shape(shapes, shape)  # the maximum of two levels may fall between levels
+    if shape != batch_shape(batch):
+        batch = pad_batch(batch, shape)
+    counts["token_slots"] = batch["prompt_mask" if "prompt_mask" in batch else "segment_ids"].size
+    stats.update(counts)
     return batch

@@ -1,0 +1,88 @@
+"""The batch shape ladder (data.max_shapes) and the persistent compilation cache."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+
+import pytest
+
+from data_fixtures import HH_PATH, gpt2_tokenizer, needs_shared_data
+from jaxalign.data import DataConfig, build_pipeline
+from jaxalign.data.packing import batch_shape
+from jaxalign.data.shapes import fit_ladder, fit_shape, largest_shape
+
+
+def test_ladder_is_bounded_holds_every_need_and_ends_at_the_largest_shape():
+    needs = [(2, 1024, 448, 64), (2, 1024, 512, 80), (3, 1024, 640, 80), (1, 960, 320, 45)] * 5 + [(3, 1024, 832, 80)]
+    largest = largest_shape(slots=8, pack_length=1024, longest_example=1024, pad_to_multiple=64, attention_tile=64)
+    # 8 rows of 1,024 tokens, all targets (one row group), 16 tiles: 136 causal pairs rounded up to a multiple of 16.
+    assert largest == (8, 1024, 8192, 144)
+    for max_shapes in (1, 2, 3, 8):
+        ladder = fit_ladder(needs, largest, max_shapes)
+        assert len(ladder) <= max_shapes and ladder[-1] == largest
+        for need in needs:
+            assert all(w <= h for w, h in zip(need, fit_shape(ladder, need)))
+    # Enough levels: every distinct need is its own level, so nothing is padded.
+    assert set(fit_ladder(needs, largest, 8)) == set(needs) | {largest}
+    with pytest.raises(ValueError, match="exceeds the largest shape"):
+        fit_shape(fit_ladder(needs, largest, 4), (9, 1024, 64, 16))
+
+
+def test_max_shapes_is_validated():
+    with pytest.raises(ValueError, match="data: max_shapes must be >= 0"):
+        DataConfig(train="x.jsonl", max_shapes=-1)
+
+
+@needs_shared_data
+def test_hh_rlhf_epoch_meets_at_most_max_shapes_and_keeps_most_of_the_fill(tmp_path):
+    # 600 HH-RLHF pairs, 8 a batch, shuffled; measured: 36 distinct shapes unbounded, 8 with the ladder.
+    base = dict(train=str(HH_PATH), batch_size=8, max_length=512, max_prompt_length=256, on_bad_row="skip")
+    fills = {}
+    for max_shapes in (0, 8):
+        cfg = DataConfig(**base, max_shapes=max_shapes)
+        pipeline = build_pipeline(cfg, gpt2_tokenizer(), kind="preference")
+        shapes, tokens, slots = Counter(), 0, 0
+        for step, batch in zip(range(75), pipeline.iterator()):
+            shapes[batch_shape(batch)] += 1
+            tokens += int((batch["segment_ids"] > 0).sum())
+            slots += batch["segment_ids"].size
+        fills[max_shapes] = tokens / slots
+        if max_shapes:
+            assert len(shapes) <= max_shapes and set(shapes) <= set(pipeline.shapes)
+        else:
+            assert len(shapes) > 8 and pipeline.shapes is None
+    assert fills[8] > 0.95 * fills[0]  # measured 0.77 against 0.78 on the whole split
+
+
+def test_a_second_process_loads_compiled_executables_from_the_cache(tmp_path):
+    script = textwrap.dedent("""
+        import jax, jax.numpy as jnp
+        from jaxalign.compilation import CompilationConfig, CompileCounter, enable_compilation_cache
+        enable_compilation_cache(CompilationConfig(cache_dir=%r, min_compile_seconds=0.0))
+        counter = CompileCounter()
+        jax.jit(lambda x: jnp.tanh(x @ x.T).sum())(jnp.ones((64, 64))).block_until_ready()
+        print(counter.metrics())
+    """ % str(tmp_path / "xla"))
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120) for _ in range(2)]
+    metrics = [eval(run.stdout.strip().splitlines()[-1]) for run in runs]
+    assert metrics[0]["perf/compiles"] >= 1 and metrics[0]["perf/compile_cache_hits"] == 0
+    assert metrics[1]["perf/compile_cache_hits"] >= 1
+    assert any((tmp_path / "xla").iterdir())
+
+
+def test_train_metrics_report_compiles(tmp_path):
+    from jaxalign import cli
+    from tests.train_fixtures import read_metrics, tiny_run_config, write_config
+
+    config = tiny_run_config(tmp_path / "run", algo="sft", max_steps=3, eval_batches=1,
+                             data={"train": "builtin:sft", "eval": "builtin:sft#eval", "batch_size": 8,
+                                   "max_length": 96, "pad_to_multiple": 32})
+    assert cli.main(["train", str(write_config(tmp_path / "c.yaml", config))]) == 0
+    metrics = read_metrics(tmp_path / "run")
+    first, last = metrics[1], metrics[max(metrics)]
+    assert first["train/perf/compiles"] >= 1 and first["train/perf/compile_seconds"] > 0
+    assert last["train/perf/compiles"] >= first["train/perf/compiles"]  # totals since the run started
+    assert "train/perf/compile_cache_hits" in last
