@@ -1,5 +1,6 @@
 """Command line: ``jaxalign train CONFIG [--set a.b=c ...]``, ``jaxalign generate --model DIR --prompts FILE``,
-``jaxalign dashboard RUN_DIR...``, ``jaxalign report RUN_DIR... -o report.html``, ``jaxalign data stats DATASET``."""
+``jaxalign dashboard RUN_DIR...``, ``jaxalign report RUN_DIR... -o report.html``, ``jaxalign data stats DATASET``,
+``jaxalign constitutional CONFIG``, ``jaxalign label PAIRS --judge DIR --out FILE``."""
 
 from __future__ import annotations
 
@@ -51,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     from jaxalign.data.stats_report import add_commands as add_data_commands
 
     add_data_commands(commands)
+    from jaxalign.constitutional.command import add_commands as add_constitutional_commands
+
+    add_constitutional_commands(commands)
     return parser
 
 
@@ -107,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "generate":
         return _generate(args)
+    if args.command in ("constitutional", "label"):
+        from jaxalign.constitutional.command import run as run_constitutional_command
+
+        return run_constitutional_command(args)
     return 2
 
 
