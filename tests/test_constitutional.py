@@ -212,3 +212,13 @@ def test_bad_input_through_the_cli_is_one_clear_line(tmp_path, capsys, case, exp
     err = capsys.readouterr().err.strip()
     assert code in (1, 2) and len(err.splitlines()) == 1
     assert err.startswith(expected.format(tmp=tmp_path)), err
+
+
+def test_a_larger_max_prompts_extends_the_outputs_after_a_short_last_batch(tmp_path):
+    sampler = EchoSampler()
+    make_run(tmp_path, sampler, prompts=7, max_prompts=3).run(str(tmp_path / "out"), {"v": 1})
+    totals = make_run(tmp_path, sampler, prompts=7, max_prompts=7).run(str(tmp_path / "out"), {"v": 1})
+    trace = read(tmp_path / "out" / "trace.jsonl")
+    assert [r["index"] for r in trace] == list(range(7)) and totals.prompts == 7 and totals.resumed_at == 3
+    first_reply_batches = [len(texts) for texts, prefix in sampler.calls if prefix is None]
+    assert first_reply_batches == [2, 1, 1, 2, 1]  # batch_size 2: [0,1] [2] | [3] [4,5] [6]

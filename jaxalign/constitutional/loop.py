@@ -4,7 +4,7 @@ Per batch of ``batch_size`` prompts: sample the first replies; then each round p
 principle per row, samples critiques of every still-active row in one sampler call and
 the revisions in another, both continuing the few-shot block prefilled once. Finished
 batches go to ``sft.jsonl`` / ``pairs.jsonl`` / ``trace.jsonl`` through
-``ResumableOutputs``; batch ``b`` samples with ``fold_in(key(seed), b)`` so a resumed run
+``ResumableOutputs``; a batch samples with ``fold_in(key(seed), its first prompt's index)`` so a resumed run
 makes the rows an uninterrupted one would.
 """
 
@@ -77,10 +77,10 @@ class ConstitutionalRun:
         prefix = few_shot_prefix(constitution)
         self.prefix_ids = sampler.encode(prefix, first=True) if prefix else None
 
-    def run_batch(self, batch: list[PromptRow], batch_index: int, totals: Totals) -> dict[str, list[dict]]:
-        """All rounds for a batch of prompts: the rows of each output file."""
+    def run_batch(self, batch: list[PromptRow], first_index: int, totals: Totals) -> dict[str, list[dict]]:
+        """All rounds for a batch of prompts (the first is prompt ``first_index``): the rows of each output file."""
         cfg, sampler = self.cfg, self.sampler
-        rng = jax.random.fold_in(jax.random.key(cfg.seed), batch_index)
+        rng = jax.random.fold_in(jax.random.key(cfg.seed), first_index)
         prompt_ids = []
         for row in batch:
             ids = sampler.encode(row.prompt, first=True)
@@ -145,20 +145,21 @@ class ConstitutionalRun:
         cfg = self.cfg
         outputs = ResumableOutputs(out_dir, FILES, fingerprint)
         todo = self.prompts[:cfg.max_prompts] if cfg.max_prompts else self.prompts
-        if outputs.prompts_done % cfg.batch_size and outputs.prompts_done < len(todo):
-            raise ValueError(f"{out_dir}: progress stopped mid-batch ({outputs.prompts_done} prompts); "
-                             "it was written by another batch_size")
         totals = Totals.from_dict(outputs.totals)
         totals.resumed_at, totals.redone_rows = outputs.prompts_done, outputs.dropped_rows
         bar = ProgressBar(len(todo), outputs.prompts_done, stream=progress if progress is not None else sys.stderr,
                           unit="rows", rate_unit="rows")
         started, made = time.monotonic(), 0
-        for start in range(outputs.prompts_done, len(todo), cfg.batch_size):
-            batch = todo[start:start + cfg.batch_size]
-            rows = self.run_batch(batch, start // cfg.batch_size, totals)
-            outputs.commit(rows, start + len(batch), totals.to_dict())
-            made += len(batch)
-            bar.update(start + len(batch), tokens_per_s=made / max(time.monotonic() - started, 1e-9))
+        start = outputs.prompts_done
+        while start < len(todo):
+            # Batches keep to the grid of batch_size (a run extended by a larger max_prompts first
+            # finishes its short last batch); each is seeded by its first prompt's index.
+            end = min((start // cfg.batch_size + 1) * cfg.batch_size, len(todo))
+            rows = self.run_batch(todo[start:end], start, totals)
+            outputs.commit(rows, end, totals.to_dict())
+            made += end - start
+            start = end
+            bar.update(end, tokens_per_s=made / max(time.monotonic() - started, 1e-9))
         bar.close()
         return totals
 

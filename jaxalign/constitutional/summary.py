@@ -74,7 +74,7 @@ def format_summary(totals: Totals, out_dir: str) -> str:
     lines = [f"jaxalign: constitutional: {totals.prompts} prompts, {totals.rounds_run} rounds "
              f"({m['mean_rounds']:.2f} per prompt)"
              + (f"; resumed at prompt {totals.resumed_at}" if totals.resumed_at else "")
-             + (f", {totals.redone_rows} rows of an unfinished batch redone" if totals.redone_rows else ""),
+             + (f" ({totals.redone_rows} lines of an unfinished batch cut off and redone)" if totals.redone_rows else ""),
              f"  revision changed {100 * m['changed_share']:.1f}% of replies ({totals.changed} pairs)",
              f"  mean words: first reply {m['mean_words/first_reply']:.1f}, critique {m['mean_words/critique']:.1f}, "
              f"final revision {m['mean_words/final']:.1f}",
