@@ -137,11 +137,15 @@ def test_loop_writes_trl_rows_with_rounds_prefix_and_columns(tmp_path):
 
 
 def test_transcript_limit_stops_revising_and_is_counted(tmp_path):
-    totals = make_run(tmp_path, EchoSampler(), rounds=2, max_transcript_tokens=150, max_critique_tokens=8,
+    prefix = 1 + len(few_shot_prefix(small()))
+    totals = make_run(tmp_path, EchoSampler(), rounds=2, max_transcript_tokens=prefix + 150, max_critique_tokens=8,
                       max_revision_tokens=8).run(str(tmp_path / "out"), {})
     trace = read(tmp_path / "out" / "trace.jsonl")
     assert all(len(row["rounds"]) == 1 and row["stopped"] == "max_transcript_tokens" for row in trace)
     assert totals.stopped_transcript == 5
+    with pytest.raises(ValueError, match=f"max_transcript_tokens 50 leaves no room for a transcript: the "
+                                         f"constitution's few-shot examples take {prefix} tokens"):
+        make_run(tmp_path, EchoSampler(), max_transcript_tokens=50)
 
 
 def test_resume_after_a_kill_mid_batch_has_no_duplicate_and_no_lost_row(tmp_path):

@@ -27,8 +27,9 @@ class ConstitutionalConfig:
     - ``rounds``: critique -> revision rounds per prompt; ``principle_order``: ``random``
       (seeded per prompt and round) or ``cycle`` (prompt i's round r uses principle (i + r) mod P).
     - ``max_*_tokens``: new tokens per stage; ``max_prompt_tokens``: longer prompts keep
-      their end; ``max_transcript_tokens``: a row whose critique/revision transcript grows past
-      it stops revising (its last revision stands; counted in the summary).
+      their end; ``max_transcript_tokens``: the model's whole input (few-shot prefix + the row's
+      transcript) plus the next critique and revision; a row that would pass it stops revising
+      (its last revision stands; counted in the summary).
     - ``stop_tokens``: extra stop tokens (strings the tokenizer encodes as one token; EOS
       always stops); ``stop_strings``: generated text is cut at the first of these.
     """

@@ -76,6 +76,13 @@ class ConstitutionalRun:
         self.cfg, self.constitution, self.sampler, self.prompts = cfg, constitution, sampler, prompts
         prefix = few_shot_prefix(constitution)
         self.prefix_ids = sampler.encode(prefix, first=True) if prefix else None
+        self.prefix_tokens = len(self.prefix_ids or ())
+        room = cfg.max_transcript_tokens - self.prefix_tokens - cfg.max_critique_tokens - cfg.max_revision_tokens
+        if room < 1:
+            raise ValueError(
+                f"max_transcript_tokens {cfg.max_transcript_tokens} leaves no room for a transcript: the constitution's "
+                f"few-shot examples take {self.prefix_tokens} tokens and a critique and revision "
+                f"{cfg.max_critique_tokens + cfg.max_revision_tokens}; raise it or shorten the examples")
 
     def run_batch(self, batch: list[PromptRow], first_index: int, totals: Totals) -> dict[str, list[dict]]:
         """All rounds for a batch of prompts (the first is prompt ``first_index``): the rows of each output file."""
@@ -98,7 +105,7 @@ class ConstitutionalRun:
                 principle = pick_principle(self.constitution, cfg.principle_order, cfg.seed, row.index, round_)
                 ids = sampler.encode(critique_prompt(row.prompt, first[i].text, rounds[i], principle,
                                                      self.constitution), first=self.prefix_ids is None)
-                if len(ids) + cfg.max_critique_tokens + cfg.max_revision_tokens > cfg.max_transcript_tokens:
+                if self.prefix_tokens + len(ids) + cfg.max_critique_tokens + cfg.max_revision_tokens > cfg.max_transcript_tokens:
                     stopped[i] = "max_transcript_tokens"
                     continue
                 active.append(i), texts.append(ids), principles.append(principle)
