@@ -64,7 +64,7 @@ def test_constitutional_flow_end_to_end(tmp_path):
 
     rm = _train(tmp_path / "rm-ai", "rm", {"path": sft},
                 {"train": str(labelled), "strength_column": "preference_strength"}, steps=3,
-                loss={"name": "bradley_terry"})
+                loss={"name": "bradley_terry"}, log={"every_steps": 1})
     metrics = [json.loads(line) for line in open(tmp_path / "rm-ai" / "metrics.jsonl")]
     assert any(np.isfinite(m.get("train/loss", np.nan)) for m in metrics)
 
