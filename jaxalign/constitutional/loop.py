@@ -25,7 +25,8 @@ from jaxalign.constitutional.constitution import Constitution, Principle, load_c
 from jaxalign.constitutional.outputs import ResumableOutputs, file_digest, model_identity, text_digest
 from jaxalign.constitutional.sampling import Sample, TextSampler
 from jaxalign.constitutional.summary import Totals, format_summary
-from jaxalign.constitutional.transcript import Round, critique_prompt, few_shot_prefix, revision_prompt
+from jaxalign.constitutional.transcript import (Round, critique_prompt, few_shot_prefix, revision_block,
+                                                revision_prompt)
 from jaxalign.data.chat import ChatRenderer
 from jaxalign.data.errors import Counter
 from jaxalign.data.formats import detect_format, format_rows
@@ -105,7 +106,10 @@ class ConstitutionalRun:
                 principle = pick_principle(self.constitution, cfg.principle_order, cfg.seed, row.index, round_)
                 ids = sampler.encode(critique_prompt(row.prompt, first[i].text, rounds[i], principle,
                                                      self.constitution), first=self.prefix_ids is None)
-                if self.prefix_tokens + len(ids) + cfg.max_critique_tokens + cfg.max_revision_tokens > cfg.max_transcript_tokens:
+                # the revision's input: this prompt + the critique + the revision request, then the revision
+                needed = (self.prefix_tokens + len(ids) + cfg.max_critique_tokens
+                          + len(sampler.encode(revision_block(principle), first=False)) + cfg.max_revision_tokens)
+                if needed > cfg.max_transcript_tokens:
                     stopped[i] = "max_transcript_tokens"
                     continue
                 active.append(i), texts.append(ids), principles.append(principle)
