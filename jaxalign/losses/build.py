@@ -39,7 +39,7 @@ from jaxalign.losses.metrics import (
     pair_metrics,
     unpaired_metrics,
 )
-from jaxalign.losses.registry import LossSpec, LossTerms, get_loss, list_losses
+from jaxalign.losses.registry import LossSpec, LossTerms, soft_label_losses
 
 Array = jax.Array
 
@@ -132,7 +132,7 @@ def _evaluate(terms: Sequence[tuple[LossSpec, float]], cfg: LossConfig, inputs: 
         raise ValueError(
             f"the batch has per-pair preference strengths ({STRENGTH_COLUMN!r}, data.strength_column), which loss "
             f"{_describe(terms)} ignores; soft labels work with "
-            + ", ".join(name for name in list_losses() if get_loss(name).soft_labels) + " "
+            + ", ".join(soft_label_losses()) + " "
             "(or unset data.strength_column)")
     inputs = dataclasses.replace(with_safe_padding(inputs), batch=BatchColumns(inputs.batch))
     mask = inputs.mask
