@@ -1,6 +1,7 @@
 """Command line: ``jaxalign train CONFIG [--set a.b=c ...]``, ``jaxalign generate --model DIR --prompts FILE``,
 ``jaxalign pipeline PIPELINE.yaml [--sweeps]``, ``jaxalign eval TARGET``,
-``jaxalign dashboard RUN_DIR...``, ``jaxalign report RUN_DIR... -o report.html``, ``jaxalign data stats DATASET``."""
+``jaxalign dashboard RUN_DIR...``, ``jaxalign report RUN_DIR... -o report.html``, ``jaxalign data stats DATASET``,
+``jaxalign constitutional CONFIG``, ``jaxalign label PAIRS --judge DIR --out FILE``."""
 
 from __future__ import annotations
 
@@ -60,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     from jaxalign.data.stats_report import add_commands as add_data_commands
 
     add_data_commands(commands)
+    from jaxalign.constitutional.command import add_commands as add_constitutional_commands
+
+    add_constitutional_commands(commands)
     return parser
 
 
@@ -108,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         from jaxalign.eval.command import run as run_eval_command
 
         return run_eval_command(args)
+    if args.command in ("constitutional", "label"):
+        from jaxalign.constitutional.command import run as run_constitutional_command
+
+        return run_constitutional_command(args)
     return 2
 
 

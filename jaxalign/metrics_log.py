@@ -122,7 +122,10 @@ class ProgressBar:
         *,
         min_interval_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        unit: str = "step",
+        rate_unit: str = "tok",
     ) -> None:
+        self.unit, self.rate_unit = unit, rate_unit  # "rows 40/960 | 3.1 rows/s" for row-producing commands
         self.total_steps = total_steps
         self.start_step = start_step
         self.stream = stream if stream is not None else sys.stderr
@@ -136,11 +139,12 @@ class ProgressBar:
         self.is_tty = bool(isatty and isatty())
 
     def render(self, step: int, loss: float | None = None, tokens_per_s: float | None = None) -> str:
-        parts = [f"step {step}/{self.total_steps}"]
+        parts = [f"{self.unit} {step}/{self.total_steps}"]
         if loss is not None:
             parts.append(f"loss {loss:.4f}")
         if tokens_per_s is not None:
-            parts.append(f"{_rate_text(tokens_per_s)} tok/s")
+            rate = _rate_text(tokens_per_s) if tokens_per_s >= 10 else f"{tokens_per_s:.2f}"
+            parts.append(f"{rate} {self.rate_unit}/s")
         elapsed = self._clock() - self._started
         done = step - self.start_step
         eta = _clock_text((self.total_steps - step) * elapsed / done) if done > 0 else "?"

@@ -109,8 +109,8 @@ def test_one_annotator_only(train):
 
 def test_strength_with_a_loss_that_ignores_it(train):
     rows = [dict(PAIR, p=0.8)] * 4
-    assert_one_line(*train(rows, "--set", "data.strength_column=p", "--set", "loss.name=ipo", algo="dpo", loss="ipo"),
-                    2, "data.strength_column 'p'", "which loss 'ipo' ignores")
+    assert_one_line(*train(rows, "--set", "data.strength_column=p", "--set", "loss.name=hinge", algo="dpo", loss="hinge"),
+                    2, "data.strength_column 'p'", "which loss 'hinge' ignores")
 
 
 def test_data_stats_warns_about_one_annotator_and_fails_on_a_missing_file(tmp_path, capsys):

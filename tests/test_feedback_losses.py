@@ -3,6 +3,8 @@ micro-batches), soft labels (preference strength), pointwise rating losses, Plac
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -107,8 +109,43 @@ def test_sigmoid_takes_per_pair_label_smoothing_from_the_strength_column(eps):
 
 def test_a_loss_that_ignores_strengths_refuses_them():
     inputs, _ = pair_inputs({"preference_strength": STRENGTH})
-    with pytest.raises(ValueError, match="preference strengths .* which loss ipo ignores"):
-        build_loss(LossConfig(name="ipo"))(inputs)
+    with pytest.raises(ValueError, match="preference strengths .* which loss hinge ignores; soft labels work with .*ipo"):
+        build_loss(LossConfig(name="hinge"))(inputs)
+
+
+def average_log_ratio_gap(inputs):
+    """IPO's d: per-token log-ratios, chosen minus rejected."""
+    c = (np.asarray(inputs.policy_chosen_logps) - np.asarray(inputs.ref_chosen_logps)) / 5.0
+    r = (np.asarray(inputs.policy_rejected_logps) - np.asarray(inputs.ref_rejected_logps)) / 6.0
+    return c - r
+
+
+def test_ipo_soft_labels_regress_onto_its_target_for_a_preference_probability():
+    beta = 0.2
+    inputs, _ = pair_inputs({"preference_strength": STRENGTH})
+    d = average_log_ratio_gap(inputs)
+    got = build_loss(LossConfig(name="ipo", beta=beta))(inputs)
+    np.testing.assert_allclose(got.mean_loss(), ((d - (STRENGTH - 0.5) / beta) ** 2)[:10].mean(), rtol=1e-5)
+    hard = dataclasses.replace(inputs, batch={"preference_strength": jnp.ones(N)})
+    plain = dataclasses.replace(inputs, batch={})
+    assert float(build_loss(LossConfig(name="ipo", beta=beta))(hard).mean_loss()) == pytest.approx(
+        float(build_loss(LossConfig(name="ipo", beta=beta))(plain).mean_loss()), rel=1e-6)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+def test_simpo_and_cpo_take_per_pair_label_smoothing_from_the_strength_column(eps):
+    beta, gamma, alpha = 2.0, 0.5, 1.0
+    inputs, _ = pair_inputs({"preference_strength": STRENGTH})
+    c, r = np.asarray(inputs.policy_chosen_logps), np.asarray(inputs.policy_rejected_logps)
+    flip = 1 - (STRENGTH * (1 - eps) + (1 - STRENGTH) * eps)
+    z = beta * (c / 5.0 - r / 6.0) - gamma
+    simpo = -(1 - flip) * log_sigmoid(z) - flip * log_sigmoid(-z)
+    got = build_loss(LossConfig(name="simpo", beta=beta, simpo_gamma=gamma, label_smoothing=eps))(inputs)
+    np.testing.assert_allclose(got.mean_loss(), simpo[:10].mean(), rtol=1e-5)
+    z = 0.1 * (c - r)
+    cpo = -(1 - flip) * log_sigmoid(z) - flip * log_sigmoid(-z) + alpha * (-c / 5.0)
+    got = build_loss(LossConfig(name="cpo", beta=0.1, cpo_alpha=alpha, label_smoothing=eps))(inputs)
+    np.testing.assert_allclose(got.mean_loss(), cpo[:10].mean(), rtol=1e-5)
 
 
 def pointwise(scores, batch, params=None):

@@ -222,3 +222,45 @@ def test_num_samples_share_each_prompts_prefill(llama):
     np.testing.assert_allclose(np.asarray(out.logps), picked(log_softmax(logits), np.asarray(out.tokens)), atol=1e-5)
     with pytest.raises(ValueError, match="num_samples"):
         generate(model, ids, mask, jax.random.key(0), cfg, num_samples=0)
+
+
+PREFIX = np.array([5, 17, 3, 29, 8], np.int32)
+GREEDY = SamplingConfig(NEW, temperature=0.0, stop_at_eos=False)
+
+
+def _greedy_from_joined_prompts(model, ids, mask):
+    """Greedy continuations of PREFIX + each prompt, joined and left-padded again (padding moved to the front)."""
+    joined = np.concatenate([np.repeat(PREFIX[None], len(ids), 0), ids], axis=1)
+    joined_mask = np.concatenate([np.ones((len(ids), len(PREFIX)), np.int32), mask], axis=1)
+    order = np.argsort(joined_mask, axis=1, kind="stable")
+    joined, joined_mask = np.take_along_axis(joined, order, 1), np.take_along_axis(joined_mask, order, 1)
+    return generate(model, joined, joined_mask, jax.random.key(0), GREEDY)
+
+
+def test_shared_prefix_is_prefilled_once_and_continued_by_every_prompt(llama):
+    """prefix_ids + left-padded prompts give what the joined prompts give (greedy tokens and log-probs)."""
+    _, model = llama
+    ids, mask = prompts()
+    expected = _greedy_from_joined_prompts(model, ids, mask)
+    got = generate(model, ids, mask, jax.random.key(0), GREEDY, prefix_ids=PREFIX)
+    np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(expected.tokens))
+    np.testing.assert_allclose(np.asarray(got.logps), np.asarray(expected.logps), atol=2e-5)
+
+
+@pytest.mark.slow
+def test_shared_prefix_with_num_samples_padding_rows_and_a_mesh(llama):
+    """With num_samples and on a mesh (padding rows included) the prefix rows still match the joined prompts."""
+    folder, model = llama
+    ids, mask = prompts()
+    expected = _greedy_from_joined_prompts(model, ids, mask)
+    two = generate(model, ids, mask, jax.random.key(0), GREEDY, prefix_ids=PREFIX, num_samples=2)
+    np.testing.assert_array_equal(np.asarray(two.tokens), np.repeat(np.asarray(expected.tokens), 2, axis=0))
+
+    padded_ids = np.concatenate([ids, np.zeros_like(ids[:1])])
+    padded_mask = np.concatenate([mask, np.zeros_like(mask[:1])])
+    mesh = make_mesh(MeshConfig(data=-1))
+    rows = np.resize(np.arange(4), 8)
+    on_mesh = generate(load_pretrained(folder, mesh=mesh), padded_ids[rows], padded_mask[rows], jax.random.key(0), GREEDY, prefix_ids=PREFIX, mesh=mesh)
+    lengths = np.asarray(on_mesh.lengths)
+    assert lengths[3] == 0 and lengths[7] == 0
+    np.testing.assert_array_equal(np.asarray(on_mesh.tokens)[:3], np.asarray(expected.tokens))

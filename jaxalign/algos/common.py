@@ -13,6 +13,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from jaxalign.batch import gather_targets, per_example_sums
 from jaxalign.config import ModelSpec, TrainConfig
+from jaxalign.losses.registry import soft_label_losses
 from jaxalign.models import ModelConfig, init_model, load_pretrained, token_logps
 from jaxalign.models import lora as lora_lib
 from jaxalign.models.lora import LoraConfig
@@ -171,8 +172,8 @@ def check_soft_labels(cfg: TrainConfig) -> None:
     """``data.strength_column`` needs a loss that reads per-pair preference strengths."""
     if cfg.data.strength_column and not any(spec.soft_labels for spec, _ in cfg.loss.specs()):
         raise ValueError(f"data.strength_column '{cfg.data.strength_column}' gives each pair a preference strength, "
-                         f"which loss '{cfg.loss.name}' ignores; use sigmoid, simpo, cpo (DPO family) or "
-                         "bradley_terry (reward model), or unset data.strength_column")
+                         f"which loss '{cfg.loss.name}' ignores; use one that reads them "
+                         f"({', '.join(soft_label_losses())}), or unset data.strength_column")
 
 
 def flat_examples(batch: Batch) -> jax.Array:

@@ -107,6 +107,7 @@ def _sample(
     stop_ids: tuple[int, ...],
     num_samples: int,
     cache_shardings: tuple[CacheShardings, CacheShardings] | None,
+    prefix_ids: jax.Array | None = None,
 ) -> Generation:
     model = nnx.merge(graphdef, state)
     prompts, prompt_len = prompt_ids.shape
@@ -115,14 +116,23 @@ def _sample(
     prefill_shardings, decode_shardings = cache_shardings or (None, None)
     prompt_valid = prompt_mask.astype(bool)
     prompt_positions = jnp.maximum(jnp.cumsum(prompt_valid.astype(jnp.int32), axis=-1) - 1, 0)
+    prefix_len = 0 if prefix_ids is None else prefix_ids.shape[0]
 
+    # A prefix shared by every prompt is prefilled once, on one row, and its cache copied to
+    # every prompt's row; the prompts then continue it (positions from prefix_len on). A
+    # padding row keeps the prefix slots but is still marked done below by its own length.
+    cache = init_kv_cache(model.config, 1 if prefix_len else prompts, prefix_len + prompt_len)
+    if prefix_len:
+        prefix_positions = jnp.arange(prefix_len, dtype=jnp.int32)[None]
+        _, cache = model.hidden_states(prefix_ids[None], prefix_positions, jnp.ones_like(prefix_positions), cache=cache)
+        cache = cache.repeat(prompts)
     # Prefill once per prompt, on a cache of exactly the prompt's slots; then room for the
     # decoded tokens (the last sampled token is never fed back), each prompt's cache copied
     # to its num_samples rows.
-    cache = _constrain(init_kv_cache(model.config, prompts, prompt_len), prefill_shardings)
-    hidden, cache = model.hidden_states(prompt_ids, prompt_positions, prompt_mask, cache=cache)
+    cache = _constrain(cache, prefill_shardings)
+    hidden, cache = model.hidden_states(prompt_ids, prompt_positions + prefix_len, prompt_mask, cache=cache)
     first_logits = model.logits_from_hidden(hidden[:, -1])  # left padding: every prompt ends in the last column
-    cache = _constrain(cache.grow(prompt_len + new - 1).repeat(num_samples), decode_shardings)
+    cache = _constrain(cache.grow(prefix_len + prompt_len + new - 1).repeat(num_samples), decode_shardings)
     prompt_lengths = jnp.repeat(prompt_valid.sum(axis=-1, dtype=jnp.int32), num_samples)
 
     loop = _Loop(
@@ -135,6 +145,7 @@ def _sample(
         done=prompt_lengths == 0,  # padding rows (no prompt) generate nothing and never hold the loop up
         cache=cache,
     )
+    prompt_lengths = prompt_lengths + prefix_len
     loop = _record(loop, jnp.repeat(first_logits, num_samples, axis=0), rng, cfg, stop_ids)
     real_token = jnp.ones((batch, 1), jnp.int32)
 
@@ -191,6 +202,7 @@ def generate(
     mesh: Mesh | None = None,
     rules: dict | None = None,
     num_samples: int = 1,
+    prefix_ids: jax.Array | np.ndarray | None = None,
 ) -> Generation:
     """Samples ``cfg.max_new_tokens`` tokens after each left-padded prompt
     (``num_samples`` continuations of each: rows ``p * num_samples .. p * num_samples + n - 1``
@@ -209,6 +221,11 @@ def generate(
 
     Each prompt is prefilled once; its cache is copied to its ``num_samples``
     rows, which then decode independently (one uniform number per row and step).
+
+    ``prefix_ids`` ``[Lx]`` int (no padding): tokens that come before every prompt (a
+    shared instruction or few-shot block). They are prefilled once for the whole batch
+    and each prompt continues them, as if every row's prompt were ``prefix + prompt``
+    (the prompt's padding sits between the two and is masked out).
     """
     graphdef, state, model_cfg = _split(model)
     prompt_ids, prompt_mask = _int32(prompt_ids), _int32(prompt_mask)
@@ -217,14 +234,22 @@ def generate(
             f"prompt_ids and prompt_mask must both be [batch, length] with batch, length >= 1, "
             f"got {np.shape(prompt_ids)} and {np.shape(prompt_mask)}"
         )
-    total = np.shape(prompt_ids)[1] + cfg.max_new_tokens
-    if model_cfg.family == "gpt2" and total > model_cfg.max_position_embeddings:
-        raise ValueError(
-            f"prompt length {np.shape(prompt_ids)[1]} + max_new_tokens {cfg.max_new_tokens} exceeds the model's "
-            f"{model_cfg.max_position_embeddings} learned positions"
-        )
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    prefix_len = 0
+    if prefix_ids is not None:
+        prefix_ids = _int32(prefix_ids)
+        if np.ndim(prefix_ids) != 1:
+            raise ValueError(f"prefix_ids must be [length], got shape {np.shape(prefix_ids)}")
+        prefix_len = int(np.shape(prefix_ids)[0])
+        prefix_ids = prefix_ids if prefix_len else None
+    total = prefix_len + np.shape(prompt_ids)[1] + cfg.max_new_tokens
+    if model_cfg.family == "gpt2" and total > model_cfg.max_position_embeddings:
+        shared = f"prefix {prefix_len} + " if prefix_len else ""
+        raise ValueError(
+            f"{shared}prompt length {np.shape(prompt_ids)[1]} + max_new_tokens {cfg.max_new_tokens} exceeds the model's "
+            f"{model_cfg.max_position_embeddings} learned positions"
+        )
     cache_shardings = None
     if mesh is not None:
         prompts, prompt_len = np.shape(prompt_ids)
@@ -235,9 +260,9 @@ def generate(
             key_shape, value_shape = cache_shapes(model_cfg, batch, slots)
             return (logical_sharding(mesh, KEY_AXES, key_shape, rules), logical_sharding(mesh, VALUE_AXES, value_shape, rules))
 
-        cache_shardings = (shardings(prompts, prompt_len), shardings(prompts * num_samples, total - 1))
+        cache_shardings = (shardings(prompts, prefix_len + prompt_len), shardings(prompts * num_samples, total - 1))
     return _sample_jit(
         graphdef, state, prompt_ids, prompt_mask, rng, cfg=cfg, stop_ids=stop_token_ids(cfg, model_cfg.eos_token_id),
-        num_samples=num_samples, cache_shardings=cache_shardings,
+        num_samples=num_samples, cache_shardings=cache_shardings, prefix_ids=prefix_ids,
     )
 

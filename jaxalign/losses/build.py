@@ -39,7 +39,7 @@ from jaxalign.losses.metrics import (
     pair_metrics,
     unpaired_metrics,
 )
-from jaxalign.losses.registry import LossSpec, LossTerms
+from jaxalign.losses.registry import LossSpec, LossTerms, soft_label_losses
 
 Array = jax.Array
 
@@ -131,7 +131,8 @@ def _evaluate(terms: Sequence[tuple[LossSpec, float]], cfg: LossConfig, inputs: 
     if STRENGTH_COLUMN in inputs.batch and not any(spec.soft_labels for spec, _ in terms):
         raise ValueError(
             f"the batch has per-pair preference strengths ({STRENGTH_COLUMN!r}, data.strength_column), which loss "
-            f"{_describe(terms)} ignores; soft labels work with sigmoid, simpo, cpo and bradley_terry "
+            f"{_describe(terms)} ignores; soft labels work with "
+            + ", ".join(soft_label_losses()) + " "
             "(or unset data.strength_column)")
     inputs = dataclasses.replace(with_safe_padding(inputs), batch=BatchColumns(inputs.batch))
     mask = inputs.mask

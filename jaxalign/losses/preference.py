@@ -92,16 +92,21 @@ def robust_loss(inputs: PreferenceInputs, cfg: LossConfig) -> Array:
     return (-(1.0 - eps) * jax.nn.log_sigmoid(z) + eps * jax.nn.log_sigmoid(-z)) / (1.0 - 2.0 * eps)
 
 
-@register_loss("ipo")
+@register_loss("ipo", soft_labels=True)
 def ipo_loss(inputs: PreferenceInputs, cfg: LossConfig) -> Array:
     """IPO (Azar et al. 2023, eq. 17): ``(d - 1 / (2 beta))^2``.
 
     ``d = a / length_c - b / length_r``: log-ratios averaged per token, as TRL
     does (confirmed with the IPO authors), so beta does not scale with length.
+    With a ``preference_strength`` column p the target is IPO's own for a
+    preference probability, ``(p - 1/2) / beta`` (the paper's regression onto
+    ``tau^-1 (p(y > y') - 1/2)``); p = 1 is the line above exactly.
     """
     chosen, rejected = log_ratios(inputs)
     d = chosen / completion_lengths(inputs.chosen_lengths) - rejected / completion_lengths(inputs.rejected_lengths)
-    return (d - 1.0 / (2.0 * cfg.beta)) ** 2
+    if STRENGTH_COLUMN not in inputs.batch:
+        return (d - 1.0 / (2.0 * cfg.beta)) ** 2
+    return (d - (example_column(inputs, STRENGTH_COLUMN) - 0.5) / cfg.beta) ** 2
 
 
 @register_loss("hinge")

@@ -167,6 +167,11 @@ def list_losses() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def soft_label_losses() -> list[str]:
+    """Registered losses that read the per-pair ``preference_strength`` column, sorted."""
+    return [name for name in sorted(_REGISTRY) if _REGISTRY[name].soft_labels]
+
+
 def _import_loss(path: str) -> LossSpec:
     if _NOT_IMPORTED is not None:
         if path not in _NOT_IMPORTED:
