@@ -6,9 +6,16 @@ Single-device tests build their mesh from ``jax.devices()[:1]``.
 
 import os
 
+COLLECTIVE_PATIENCE = "--xla_cpu_collective_call_terminate_timeout_seconds=900"
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+# The 8 fake devices are 8 threads meeting at every collective. On a loaded machine one of them
+# can be descheduled past XLA:CPU's 40 s termination timeout, which aborts the whole process
+# ("Termination timeout for `all reduce` ... exceeded"): measured at load ~20 on 2 cores.
+if "collective_call_terminate_timeout" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " " + COLLECTIVE_PATIENCE
 
 # Trainers turn on JAX's persistent compilation cache (jaxalign.compilation); tests keep it
 # in one folder per session, shared by the tests of that session, never in the user's cache.

@@ -73,7 +73,8 @@ def measure(case_spec: str, seeds: list[int], perturbations: list[str]) -> list[
     for perturbation in perturbations:
         for seed in seeds:
             with tempfile.TemporaryDirectory() as tmp:
-                env = {**os.environ, "XLA_FLAGS": PERTURBATIONS[perturbation], "JAX_PLATFORMS": "cpu",
+                flags = f"{PERTURBATIONS[perturbation]} --xla_cpu_collective_call_terminate_timeout_seconds=900"
+                env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu",
                        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
                 started = time.monotonic()
                 out = subprocess.run(
