@@ -76,7 +76,8 @@ ANNOTATOR_CASE_CLEAN = LearningCase(lambda d, s: _annotator_config(d, s, "clean"
 
 @pytest.mark.slow
 def test_agreement_weights_win_back_most_of_what_an_adversarial_annotator_took(tmp_path):
-    # MEASURED_TABLE
+    # Measured over seeds 0 / 1 / 2 (docs/feedback.md): adversary 0.484 / 0.565 / 0.524, weighted
+    # 0.823 / 0.790 / 0.847, clean 0.855 / 0.847 / 0.871: taken 0.28-0.37, recovered 80-93%.
     accuracy = {}
     for name, case in (("adversary", ANNOTATOR_CASE_ADVERSARY), ("weighted", ANNOTATOR_CASE_WEIGHTED),
                        ("clean", ANNOTATOR_CASE_CLEAN)):
