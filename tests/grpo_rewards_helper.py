@@ -12,3 +12,9 @@ def parity_on_sums(prompts, completions, **kwargs):
         else:
             scores.append(float(len(completion) % 2 == 0) if "+" in prompt else 0.0)
     return scores
+
+
+def length_mod_5(prompts, completions, **kwargs):
+    """The reply's character count mod 5, over 4: differs between most replies of a group, so
+    every group has non-zero advantages whatever the sampler drew."""
+    return [(len(completion) % 5) / 4 for completion in completions]

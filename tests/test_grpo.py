@@ -64,7 +64,8 @@ def test_run_logs_trl_metrics_completions_and_kl_over_reused_rollout(tmp_path):
         grpo={"beta": 0.04, "num_iterations": 2, "steps_per_generation": 2, "loss_type": "grpo",
               "importance_sampling_level": "sequence", "epsilon": 0.01, "scale_rewards": "none",
               "reward_funcs": [{"verifier": "exact_answer"}, {"verifier": "format", "pattern": r"^\s*\d"},
-                               f"{HELPER}:parity_on_sums"], "reward_weights": [1.0, 0.5, 1.0]}))
+                               f"{HELPER}:parity_on_sums", f"{HELPER}:length_mod_5"],
+              "reward_weights": [1.0, 0.5, 1.0, 1.0]}))
     trainer = Trainer(cfg)
     assert set(trainer.algo.frozen) == {"ref"} and trainer.algo.updates_per_step == 4
     result = trainer.run()
@@ -75,10 +76,11 @@ def test_run_logs_trl_metrics_completions_and_kl_over_reused_rollout(tmp_path):
     rows = [json.loads(line) for line in (run_dir / "completions" / "step_00000001.jsonl").read_text().splitlines()]
     assert len(rows) == 16 and len({row["prompt"] for row in rows}) == 4
     for row in rows:
-        assert set(row["rewards"]) == {"exact_answer", "format", "parity_on_sums"}
+        assert set(row["rewards"]) == {"exact_answer", "format", "parity_on_sums", "length_mod_5"}
         assert isinstance(row["advantage"], float)
         r = row["rewards"]
-        assert row["reward"] == pytest.approx(r["exact_answer"] + 0.5 * r["format"] + r["parity_on_sums"])
+        assert row["reward"] == pytest.approx(r["exact_answer"] + 0.5 * r["format"] + r["parity_on_sums"]
+                                              + r["length_mod_5"])
     assert "reward" in result["eval"] and "rewards/exact_answer/mean" in result["eval"]
 
 
