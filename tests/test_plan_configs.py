@@ -23,5 +23,11 @@ def test_config_loads(path):
 
         assert load_constitutional_config(path).rounds >= 1
         return
+    if path.parent.name == "pipelines":  # `jaxalign pipeline` configs: every stage's config loads
+        from jaxalign.pipeline.config import load_pipeline
+
+        stages = load_pipeline(path, sweeps=True).stages
+        assert stages and all(load_config(stage.config, stage.overrides).algo for stage in stages)
+        return
     cfg = load_config(path)
     assert cfg.algo in ("rm", "sft", "dpo", "ppo", "grpo")
