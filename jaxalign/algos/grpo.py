@@ -25,7 +25,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -147,14 +146,10 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) 
         return logps, entropy
 
     def train_step(state: TrainState, batch: Batch, frozen: dict) -> tuple[TrainState, dict]:
-        rows_total = batch["prompt_ids"].shape[0]
         chunks = grpo.steps_per_generation
-        if rows_total % chunks:
-            raise ValueError(f"grpo: {rows_total} rollout rows do not split into {chunks} steps_per_generation")
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state.rng), 2), state.step)
         # Each iteration visits the rows in a fresh order, steps_per_generation minibatches of them.
-        order = jnp.stack([jax.random.permutation(jax.random.fold_in(key, it), rows_total)
-                           for it in range(grpo.num_iterations)]).reshape(grpo.updates_per_step, rows_total // chunks)
+        order = rl_common.minibatch_orders(state.rng, state.step, grpo.num_iterations, batch["prompt_ids"].shape[0],
+                                           chunks, "grpo", "steps_per_generation")
         batch_tokens = jnp.sum(batch["loss_mask"]) / chunks  # dapo's normaliser: the rollout's tokens per update
         rollout = {name: batch[name] for name in UPDATE_KEYS + (("ref_logps",) if "ref_logps" in batch else ())}
 
@@ -162,18 +157,8 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) 
             logps, entropy = forward(params, minibatch)
             return update_loss(logps, entropy, minibatch, batch_tokens, grpo)
 
-        def update(carry, rows_index):
-            params, opt_state = carry
-            minibatch = jax.tree.map(lambda x: jnp.take(x, rows_index, axis=0), rollout)
-            # Without this XLA replicates the gathered rows: every device would compute the whole minibatch.
-            minibatch = jax.lax.with_sharding_constraint(minibatch, rows)
-            (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, minibatch)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            return (params, opt_state), {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
-
-        (params, opt_state), per_update = jax.lax.scan(update, (state.params, state.opt_state), order)
-        metrics = {name: jnp.mean(values) for name, values in per_update.items()}
+        params, opt_state, metrics = rl_common.scan_minibatch_updates(loss_fn, optimizer, state.params,
+                                                                      state.opt_state, rollout, order, rows)
         metrics["tokens/training"] = jnp.sum(batch["segment_ids"]) * grpo.num_iterations
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

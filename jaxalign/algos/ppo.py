@@ -35,7 +35,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -177,15 +176,9 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) 
         return update_batch, metrics
 
     def train_step(state: TrainState, batch: Batch, frozen: dict) -> tuple[TrainState, dict]:
-        rows_total = batch["prompt_ids"].shape[0]
-        minibatches = ppo.num_mini_batches
-        if rows_total % minibatches:
-            raise ValueError(f"ppo: {rows_total} rollout rows do not split into {minibatches} minibatches")
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state.rng), 2), state.step)
         # Each epoch visits the rows in a fresh order, num_mini_batches at a time.
-        order = jnp.stack([jax.random.permutation(jax.random.fold_in(key, epoch), rows_total)
-                           for epoch in range(ppo.num_ppo_epochs)])
-        order = order.reshape(ppo.updates_per_step, rows_total // minibatches)
+        order = rl_common.minibatch_orders(state.rng, state.step, ppo.num_ppo_epochs, batch["prompt_ids"].shape[0],
+                                           ppo.num_mini_batches, "ppo")
         update_keys = ("prompt_ids", "prompt_mask", "tokens", "response_mask", "old_logps", "old_values",
                        "advantages", "returns")
         rollout = {name: batch[name] for name in update_keys}
@@ -194,18 +187,8 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) 
             logps, entropy, values = forward(params, minibatch, frozen)
             return pm.minibatch_loss(logps, entropy, values, minibatch, ppo)
 
-        def update(carry, rows_index):
-            params, opt_state = carry
-            minibatch = jax.tree.map(lambda x: jnp.take(x, rows_index, axis=0), rollout)
-            # Without this XLA replicates the gathered rows: every device would compute the whole minibatch.
-            minibatch = jax.lax.with_sharding_constraint(minibatch, rows)
-            (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, minibatch)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            return (params, opt_state), {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
-
-        (params, opt_state), per_update = jax.lax.scan(update, (state.params, state.opt_state), order)
-        metrics = {name: jnp.mean(values) for name, values in per_update.items()}
+        params, opt_state, metrics = rl_common.scan_minibatch_updates(loss_fn, optimizer, state.params,
+                                                                      state.opt_state, rollout, order, rows)
         metrics.update(pm.rollout_metrics(batch))
         metrics["objective/kl_coef"] = state.extra["kl_coef"]
         real = jnp.sum(batch["example_mask"])

@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxalign.config import TrainConfig
 from jaxalign.data.rows import ExampleRows
@@ -68,3 +69,33 @@ class ExampleRowsBySplit:
         """Up to 64 training prompts: what a reward model's tokenizer is checked against."""
         rows = self("train")
         return rows.prompts(range(min(len(rows), 64))) if rows is not None else []
+
+
+def minibatch_orders(state_rng: jax.Array, step: jax.Array, passes: int, rows_total: int,
+                     minibatches: int, algo: str, unit: str = "minibatches") -> jax.Array:
+    """Row indices ``[passes * minibatches, rows_total // minibatches]``: each pass over one
+    rollout visits its rows in a fresh order drawn from the step's key, a minibatch at a time."""
+    if rows_total % minibatches:
+        raise ValueError(f"{algo}: {rows_total} rollout rows do not split into {minibatches} {unit}")
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state_rng), 2), step)
+    order = jnp.stack([jax.random.permutation(jax.random.fold_in(key, index), rows_total) for index in range(passes)])
+    return order.reshape(passes * minibatches, rows_total // minibatches)
+
+
+def scan_minibatch_updates(loss_fn, optimizer, params, opt_state, rollout: dict, order: jax.Array, rows):
+    """One optimizer update per row of ``order`` (a ``lax.scan``), each on the rollout rows it
+    names; ``loss_fn(params, minibatch) -> (loss, metrics)``. Returns (params, opt_state, the
+    per-update metrics with ``loss`` and ``grad_norm`` averaged over the updates)."""
+
+    def update(carry, rows_index):
+        params, opt_state = carry
+        minibatch = jax.tree.map(lambda x: jnp.take(x, rows_index, axis=0), rollout)
+        # Without this XLA replicates the gathered rows: every device would compute the whole minibatch.
+        minibatch = jax.lax.with_sharding_constraint(minibatch, rows)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, minibatch)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return (params, opt_state), {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+    (params, opt_state), per_update = jax.lax.scan(update, (params, opt_state), order)
+    return params, opt_state, {name: jnp.mean(values) for name, values in per_update.items()}
