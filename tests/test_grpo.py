@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jaxalign import cli
+from jaxalign.algos import common
 from jaxalign.algos import grpo as grpo_algo
 from jaxalign.algos.grpo_config import GRPOConfig
 from jaxalign.algos.grpo_sampling import DynamicSampler, informative_groups
@@ -67,7 +68,7 @@ def test_run_logs_trl_metrics_completions_and_kl_over_reused_rollout(tmp_path):
                                f"{HELPER}:parity_on_sums", f"{HELPER}:length_mod_5"],
               "reward_weights": [1.0, 0.5, 1.0, 1.0]}))
     trainer = Trainer(cfg)
-    assert set(trainer.algo.frozen) == {"ref"} and trainer.algo.updates_per_step == 4
+    assert set(trainer.algo.frozen) == {common.REF_TRAINED} and trainer.algo.updates_per_step == 4
     result = trainer.run()
     last = read_metrics(run_dir)[1]
     for name in TRL_METRICS + ("kl", "rewards/parity_on_sums/mean"):

@@ -255,3 +255,17 @@ def test_docs_rl_example_runs():
     assert rollout.batch.completion_ids.shape == (8, 12) and rollout.sources == ("helpful_harmless", "format")
     np.testing.assert_allclose(np.asarray(namespace["kl"]), 0.0, atol=1e-5)
     assert np.asarray(rollout.batch.example_id).tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_on_rows_places_a_host_array_like_the_rollout_rows(tokenizer, policy):
+    """``engine.on_rows``: a per-row host array becomes a global array sharded like the rollout's rows
+    (an algorithm's per-row mask can then enter the same jitted step); without a mesh, a plain array."""
+    from jaxalign.sharding import MeshConfig, batch_sharding, make_mesh
+
+    sampling = SamplingConfig(NEW, temperature=1.0)
+    keep = np.arange(16, dtype=np.float32).reshape(8, 2)
+    mesh = make_mesh(MeshConfig(data=len(jax.devices())))
+    placed = RolloutEngine(policy, tokenizer, sampling, mesh=mesh).on_rows(keep)
+    assert placed.sharding.is_equivalent_to(batch_sharding(mesh), keep.ndim)
+    np.testing.assert_array_equal(np.asarray(placed), keep)
+    np.testing.assert_array_equal(np.asarray(RolloutEngine(policy, tokenizer, sampling).on_rows(keep)), keep)

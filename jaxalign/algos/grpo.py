@@ -12,31 +12,34 @@ One trainer step = one generation batch:
    rows, each split into ``steps_per_generation`` minibatches, one optimizer
    update each (the stored log-probs are the ratio's denominator), in one ``lax.scan``.
 
-State: ``params = {"policy": ...}``. Frozen: the reference (``{"ref": ...}``) only
-when ``beta`` > 0; with ``beta`` 0 no reference exists. Export writes the policy.
+State: ``params = {"policy": ...}``. The policy is built through the trainable-subset
+seam (``algos.policy.build_policy``): with ``lora:`` or ``model.trainable`` the state
+holds only the trained part (the adapters), the rest is frozen. Frozen: that part and,
+only when ``beta`` > 0, the reference (a ``ref_model`` folder, or the starting policy:
+with LoRA the base with adapters off, sharing the frozen part; otherwise copies in
+``grpo.frozen_dtype``). With ``beta`` 0 no reference exists. Export writes the policy
+(with LoRA what ``lora.export`` says).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax.sharding import Mesh
 
 from jaxalign import rl
 from jaxalign.algos import common, grpo_advantages, grpo_losses, rl_common
 from jaxalign.algos.grpo_config import GRPOConfig
 from jaxalign.algos.grpo_sampling import DynamicSampler
+from jaxalign.algos.policy import build_policy
 from jaxalign.algos.registry import Algorithm, register_algorithm
 from jaxalign.config import TrainConfig
 from jaxalign.generation import SamplingConfig
 from jaxalign.metrics_log import get_logger
-from jaxalign.models import save_pretrained
 from jaxalign.rl import RewardSet, RolloutBatch, RolloutEngine, SourceContext
 from jaxalign.rl.record import host_array
 from jaxalign.sharding import batch_sharding, rules_from
@@ -87,29 +90,23 @@ def update_loss(logps: jax.Array, entropy: jax.Array, minibatch: Batch, batch_to
 
 def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) -> AlgoRun:
     grpo = cfg.grpo
-    policy_graphdef, policy_params = common.split_params(
-        common.build_model(cfg.model, cfg, mesh, head="causal_lm", tokenizer=tokenizer))
-    frozen: dict[str, Any] = {}
-    ref_graphdef = None
-    if grpo.beta > 0:  # with beta 0 no reference is built, copied or run
-        if cfg.ref_model is not None:
-            spec = dataclasses.replace(cfg.ref_model, param_dtype=grpo.frozen_dtype)
-            ref_graphdef, frozen["ref"] = common.split_params(
-                common.build_model(spec, cfg, mesh, head="causal_lm", tokenizer=tokenizer))
-        else:
-            ref_graphdef, frozen["ref"] = policy_graphdef, rl_common.frozen_copy(policy_params, grpo.frozen_dtype)
+    # The policy through the trainable-subset seam: with LoRA the adapters train and the reference is the
+    # base with adapters off (the frozen part itself, no copy). With beta 0 no reference is built at all.
+    policy = build_policy(cfg, mesh, tokenizer, reference=grpo.beta > 0, frozen_dtype=grpo.frozen_dtype)
+    frozen: dict[str, Any] = dict(policy.frozen)
     rules = rules_from(cfg.mesh)
     rows_by_split = rl_common.ExampleRowsBySplit(cfg, tokenizer)
     context = SourceContext(tokenizer=tokenizer, mesh=mesh, rules=rules, dtype=cfg.model.dtype,
                             frozen_dtype=grpo.frozen_dtype, sample_texts=rows_by_split.sample_prompts)
     rewards = RewardSet.build(grpo.reward_specs(), context)
-    state, optimizer = common.init_train_state(cfg, mesh, {"policy": policy_params},
+    state, optimizer = common.init_train_state(cfg, mesh, {"policy": policy.params},
                                                total_steps * grpo.updates_per_step)
     sampling = SamplingConfig(max_new_tokens=grpo.max_completion_length, temperature=grpo.temperature,
                               top_k=grpo.top_k, top_p=grpo.top_p, stop_token_ids=(int(tokenizer.eos_token_id),),
                               pad_token_id=int(tokenizer.pad_token_id or 0))
-    engine = RolloutEngine((policy_graphdef, policy_params), tokenizer, sampling, rewards=rewards,
-                           num_generations=grpo.num_generations, reference_graphdef=ref_graphdef, mesh=mesh, rules=rules)
+    engine = RolloutEngine((policy.graphdef, policy.full(policy.params, frozen)), tokenizer, sampling,
+                           rewards=rewards, num_generations=grpo.num_generations,
+                           reference_graphdef=policy.reference_graphdef, mesh=mesh, rules=rules)
     sampler = DynamicSampler(engine, grpo, cfg.data, tokenizer, rows_by_split("train"), mesh)
     rows = batch_sharding(mesh)
     prepare_jit = jax.jit(lambda record, keep: jax.lax.with_sharding_constraint(prepare(record, keep, grpo), rows))
@@ -118,9 +115,9 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) 
         """Host-side: sample and score (dynamic sampling on train batches when enabled), one teacher-forced
         pass, the advantages. Returns the update's batch and host metrics (rewards, lengths, timings)."""
         key = rl_common.rollout_key(state.rng, state.step, split, index)
-        params = state.params["policy"]
+        params = policy.full(state.params["policy"], frozen)
         scored, keep, sampling_metrics = sampler(params, batch, key, rows_by_split(split), dynamic=split == "train")
-        record = engine.teacher_force(scored, params, ref_params=frozen.get("ref"))
+        record = engine.teacher_force(scored, params, ref_params=policy.reference(frozen))
         started = time.monotonic()
         update_batch = prepare_jit(record.batch, keep)
         jax.block_until_ready(update_batch)
@@ -139,8 +136,8 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) 
             sink.write_table(step, "completions", table)  # the console sink prints a few rows
         return update_batch, metrics
 
-    def forward(params: dict, minibatch: Batch) -> tuple[jax.Array, jax.Array]:
-        model = nnx.merge(policy_graphdef, params["policy"])
+    def forward(params: dict, minibatch: Batch, frozen: dict) -> tuple[jax.Array, jax.Array]:
+        model = policy.model(params["policy"], frozen)
         logps, entropy, _ = rl.policy_pass(model, minibatch["prompt_ids"], minibatch["prompt_mask"],
                                            minibatch["tokens"], minibatch["loss_mask"], grpo.temperature)
         return logps, entropy
@@ -154,7 +151,7 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) 
         rollout = {name: batch[name] for name in UPDATE_KEYS + (("ref_logps",) if "ref_logps" in batch else ())}
 
         def loss_fn(params: dict, minibatch: Batch):
-            logps, entropy = forward(params, minibatch)
+            logps, entropy = forward(params, minibatch, frozen)
             return update_loss(logps, entropy, minibatch, batch_tokens, grpo)
 
         params, opt_state, metrics = rl_common.scan_minibatch_updates(loss_fn, optimizer, state.params,
@@ -165,8 +162,8 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) 
     def eval_step(state: TrainState, batch: Batch, frozen: dict) -> dict:
         return {**reward_means(batch, rewards.names), "eval_weight": jnp.sum(batch["example_mask"])}
 
-    def export(state: TrainState, path: str) -> None:
-        save_pretrained(nnx.merge(policy_graphdef, state.params["policy"]), path)
+    def export(state: TrainState, path: str) -> list[str] | None:
+        return policy.export(state.replace(params=state.params["policy"]), path)
 
     return AlgoRun(state=state, frozen=frozen, train_step=train_step, eval_step=eval_step, export=export,
                    rollout=rollout, updates_per_step=grpo.updates_per_step)
@@ -198,6 +195,7 @@ class GRPO(Algorithm):
     ``grpo_config.GRPOConfig``)."""
 
     name = "grpo"
+    supports_lora = True  # builds its trained model through the trainable-subset seam
     sections = {"grpo": GRPOConfig}
 
     def check_config(self, cfg: TrainConfig) -> None:

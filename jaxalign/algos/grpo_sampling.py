@@ -77,7 +77,7 @@ class DynamicSampler:
         metrics = {"dynamic_sampling/tries": float(len(pool)), "dynamic_sampling/kept_groups": float(len(chosen)),
                    "dynamic_sampling/filler_groups": float(len(fillers)),
                    "dynamic_sampling/dropped_groups": float(seen_zero_std)}
-        return selected, self.engine._on_rows(keep), metrics
+        return selected, self.engine.on_rows(keep), metrics
 
     def _refill_prompts(self, key: jax.Array, tries: int, count: int) -> dict:
         """``count`` training prompts drawn (with replacement) by the step's key and the try's number."""

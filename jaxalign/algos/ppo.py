@@ -225,10 +225,6 @@ class PPO(Algorithm):
     def check_config(self, cfg: TrainConfig) -> None:
         cfg.ppo.check_for_run(cfg.data.batch_size)
         rl_common.check_sampling_run(cfg, "ppo", "ppo.num_mini_batches")
-        if cfg.lora is not None and cfg.lora.dropout:
-            raise ValueError(f"lora.dropout: {cfg.lora.dropout} would make PPO's ratio against the rollout's "
-                             "log-probs (computed without dropout) measure dropout noise; set lora.dropout: 0 "
-                             "(TRL's PPO disables dropout too)")
 
     def data_kind(self, cfg: TrainConfig) -> str:
         return data_kind(cfg)

@@ -1,5 +1,5 @@
-"""Pieces the RL algorithms (PPO, GRPO) share around the rollout layer: frozen copies of
-the starting policy, the rollout's random key, each split's example rows."""
+"""Pieces the RL algorithms (PPO, GRPO) share around the rollout layer: the settings they
+refuse, the rollout's random key, each split's example rows, the minibatch-update scan."""
 
 from __future__ import annotations
 
@@ -14,15 +14,6 @@ from jaxalign.config import TrainConfig
 from jaxalign.data.rows import ExampleRows
 
 SPLIT_CODES = {"train": 0, "eval": 1}
-
-
-def frozen_copy(params: Any, dtype: str) -> Any:
-    """A separate copy (the policy's buffers are donated every step), in ``dtype`` for storage."""
-    target = jnp.dtype(dtype)
-    # astype to the same dtype returns the same buffer, which the first donated step would delete.
-    return jax.tree.map(
-        lambda x: x.astype(target) if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != target else jnp.copy(x),
-        params)
 
 
 @jax.jit
@@ -51,6 +42,9 @@ def check_sampling_run(cfg: TrainConfig, algo: str, split_option: str) -> None:
     if cfg.precompute_ref_logps:
         raise ValueError(f"precompute_ref_logps does not apply to algo {algo}: its replies are sampled "
                          "during training, so the reference scores them as they come")
+    if cfg.lora is not None and cfg.lora.dropout:
+        raise ValueError(f"lora.dropout: {cfg.lora.dropout} would make {algo.upper()}'s ratio against the "
+                         "rollout's log-probs (computed without dropout) measure dropout noise; set lora.dropout: 0")
 
 
 class ExampleRowsBySplit:

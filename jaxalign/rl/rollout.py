@@ -138,7 +138,7 @@ class RolloutEngine:
         rewards, reward_valid = np.zeros(count, np.float32), np.zeros(count, bool)
         scores[real_rows], valid[real_rows], rewards[real_rows], reward_valid[real_rows] = (
             row_scores, row_valid, total, total_valid)
-        batch = rollout.batch.replace(**{name: self._on_rows(value) for name, value in (
+        batch = rollout.batch.replace(**{name: self.on_rows(value) for name, value in (
             ("scores", scores), ("score_valid", valid), ("rewards", rewards), ("reward_valid", reward_valid))})
         jax.block_until_ready(batch.rewards)
         timings = {**rollout.timings, "scoring": time.monotonic() - started}
@@ -163,6 +163,14 @@ class RolloutEngine:
         if self.rewards is not None:
             rollout = self.score(rollout)
         return self.teacher_force(rollout, policy_params, ref_params, value_params)
+
+    def on_rows(self, array: np.ndarray) -> jax.Array:
+        """A host array with one entry per rollout row ``[R, ...]`` (e.g. a per-row mask an algorithm
+        computed from scores), as a global array sharded like the rollout's rows; every process passes
+        the whole array. Without a mesh, a plain device array."""
+        if self.mesh is None:
+            return jnp.asarray(array)
+        return jax.make_array_from_callback(array.shape, batch_sharding(self.mesh), lambda index: array[index])
 
     # ------------------------------------------------------------------ jitted pieces
 
@@ -202,11 +210,6 @@ class RolloutEngine:
             return batch
         return jax.lax.with_sharding_constraint(batch, batch_sharding(self.mesh))
 
-    def _on_rows(self, array: np.ndarray) -> jax.Array:
-        """A host array of every row, as a global array on the rows' sharding (every process holds it all)."""
-        if self.mesh is None:
-            return jnp.asarray(array)
-        return jax.make_array_from_callback(array.shape, batch_sharding(self.mesh), lambda index: array[index])
 
 
 
