@@ -310,6 +310,30 @@ def test_ppo_estimate_matches_xla_memory_analysis(tmp_path, case):
     assert estimate.total == held + max(estimate.phase_bytes().values())
 
 
+def test_grpo_plan_counts_every_reply_and_the_reference_only_with_beta(tmp_path):
+    """GRPO: the KV cache holds batch x num_generations rows, the update one of steps_per_generation
+    minibatches; the reference is a full float32 copy with beta > 0 and none with beta 0; with LoRA
+    the reference is the frozen base (no copy) and only the adapters have AdamW moments."""
+    def estimate(grpo: dict, **sections):
+        grpo = {"reward_funcs": [{"verifier": "exact_answer"}], "max_completion_length": 16, **grpo}
+        cfg = _small_config(tmp_path, "grpo", SMALL, {"batch_size": 8, "max_length": 64, "max_prompt_length": 32,
+                                                      "pad_to_multiple": 16}, {"data": 8}, grpo=grpo, **sections)
+        architecture = plan.read_model_config(cfg.model, vocab_size=len(load_tokenizer("builtin")))
+        return plan.estimate(cfg, 8, architecture=architecture)
+
+    four = estimate({"num_generations": 4, "beta": 0.04})
+    eight = estimate({"num_generations": 8, "beta": 0.04, "steps_per_generation": 2})
+    assert eight.bytes_of("KV cache") == 2 * four.bytes_of("KV cache")  # 1 prompt a device x 4 or 8 replies
+    assert four.workload == plan.Workload(rows=4, length=48, targets=16)
+    assert eight.workload == plan.Workload(rows=4, length=48, targets=16)  # 8 replies in 2 minibatches
+    assert four.bytes_of("frozen reference") == four.bytes_of("parameters")  # float32 copy of the policy
+    assert four.bytes_of("optimizer state") == 2 * four.bytes_of("parameters")
+    assert estimate({"num_generations": 4, "beta": 0.0}).bytes_of("frozen reference") == 0
+    lora = estimate({"num_generations": 4, "beta": 0.04}, lora={"rank": 4})
+    assert lora.bytes_of("frozen reference") == 0
+    assert 0 < lora.bytes_of("optimizer state") < 0.1 * four.bytes_of("optimizer state")
+
+
 def test_ppo_quickstart_plan_prints_through_the_cli(capsys):
     """The planner's knob search proposes only changes PPO accepts (no grad_accum_steps)."""
     code = cli.main(["plan", "configs/quickstart/ppo.yaml", "--devices", "1"])

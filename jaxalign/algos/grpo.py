@@ -210,3 +210,13 @@ class GRPO(Algorithm):
 
     def setup(self, cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) -> AlgoRun:
         return setup(cfg, mesh, tokenizer, total_steps, sink)
+
+    def plan_terms(self, cfg: TrainConfig, ctx) -> list:
+        from jaxalign.algos import grpo_plan
+
+        return grpo_plan.plan_terms(cfg, ctx)
+
+    def plan_knobs(self, cfg: TrainConfig, plan) -> list:
+        from jaxalign.algos import grpo_plan
+
+        return grpo_plan.plan_knobs(cfg, plan)

@@ -8,56 +8,20 @@ cache for ``data.batch_size`` prompts x (prompt + ``max_new_tokens``) slots, the
 prefill and the decode step's logits), **scoring** (the teacher-forced passes
 of policy, reference and reward model over the whole rollout, forward only)
 and **update** (one minibatch of ``batch_size / num_mini_batches`` rows:
-gradients, update temporaries, activations kept for the backward).
+gradients, update temporaries, activations kept for the backward). The pieces
+GRPO shares are in ``rl_plan``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
-from jaxalign.algos.ppo_config import VALUE_ON_POLICY
-from jaxalign.config import ModelSpec, TrainConfig
+from jaxalign.algos import rl_plan
+from jaxalign.algos.rl_plan import RLModels
+from jaxalign.config import TrainConfig
 from jaxalign.data.packing import round_up
-from jaxalign.models.config import ModelConfig
 from jaxalign.models.lora import is_adapter
-from jaxalign.plan import (DTYPE_BYTES, PlanContext, Term, Workload, _count, forward_working_set, parameter_shards,
-                           read_model_config)
-from jaxalign.rl.teacher_forcing import LOGPS_CHUNK
-
-
-def _architecture(spec: ModelSpec, what: str) -> ModelConfig:
-    """The architecture of another model of the run (reference, reward, value) from its folder."""
-    if spec.path is not None and not (Path(spec.path) / "config.json").is_file():
-        raise FileNotFoundError(f"{what}: {Path(spec.path) / 'config.json'} not found: the planner reads every "
-                                "model's architecture from its config.json")
-    return read_model_config(spec)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Models:
-    """The architectures of one PPO run (``value`` None for a head on the policy; ``rewards``
-    the reward-model sources, none for Python functions and verifiers)."""
-
-    policy: ModelConfig
-    reference: ModelConfig
-    value: ModelConfig | None  # None: a value head on the policy
-    rewards: tuple[ModelConfig, ...]
-
-    @classmethod
-    def of(cls, cfg: TrainConfig, policy: ModelConfig) -> "_Models":
-        ppo, frozen = cfg.ppo, cfg.ppo.frozen_dtype
-        rewards = tuple(
-            _architecture(ModelSpec(path=spec.target), "ppo.reward_model" if ppo.rewards is None else f"ppo.rewards[{i}]")
-            .replace(dtype=cfg.model.dtype, param_dtype=frozen)
-            for i, spec in enumerate(ppo.reward_specs()) if spec.kind == "model")
-        value = None
-        if ppo.resolved_value_model() != VALUE_ON_POLICY:
-            spec = dataclasses.replace(cfg.model, path=ppo.resolved_value_model(), config=None)
-            value = _architecture(spec, "ppo.value_model").replace(
-                dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, remat=cfg.model.remat)
-        reference = policy if cfg.ref_model is None else _architecture(cfg.ref_model, "ref_model")
-        return cls(policy, reference.replace(dtype=cfg.model.dtype, param_dtype=frozen), value, rewards)
+from jaxalign.plan import DTYPE_BYTES, PlanContext, Term, Workload, parameter_shards
 
 
 def plan_terms(cfg: TrainConfig, ctx: PlanContext) -> list[Term]:
@@ -66,29 +30,25 @@ def plan_terms(cfg: TrainConfig, ctx: PlanContext) -> list[Term]:
     prompt = round_up(data.resolved_max_prompt_length(), data.pad_to_multiple)
     rollout = Workload(rows=rows, length=prompt + ppo.max_new_tokens, targets=ppo.max_new_tokens)
     minibatch = dataclasses.replace(rollout, rows=-(-rows // ppo.num_mini_batches))
-    models = _Models.of(cfg, ctx.model)
+    models = RLModels.of(cfg, ctx.model, ppo,
+                         lambda i: "ppo.reward_model" if ppo.rewards is None else f"ppo.rewards[{i}]")
     ctx.workload, ctx.param_count = minibatch, sum(s[1] for s in ctx.shards(models.policy, "causal_lm"))
     ctx.note = (f"rollout per device: {rows} prompt(s) x ({prompt} prompt + {ppo.max_new_tokens} reply) tokens; "
                 f"update minibatch: {minibatch.rows} row(s)")
     held, trained = _held_terms(cfg, ctx, models, rollout, prompt)
-    return (held + _generation_terms(ctx, models.policy, rollout, prompt)
-            + _scoring_terms(ctx, models, rollout) + _update_terms(ctx, models, minibatch, trained))
+    return (held + rl_plan.generation_terms(ctx, models.policy, rollout, prompt)
+            + rl_plan.scoring_terms(ctx, models, rollout)
+            + rl_plan.update_terms(ctx, models, minibatch, trained, "policy and value"))
 
 
-def _held_terms(cfg: TrainConfig, ctx: PlanContext, models: _Models, rollout: Workload,
+def _held_terms(cfg: TrainConfig, ctx: PlanContext, models: RLModels, rollout: Workload,
                 prompt: int) -> tuple[list[Term], int]:
     """What the iteration holds throughout, and the bytes of what trains (policy + value).
     With ``lora:`` the policy's adapters train and its base is frozen (``algos.policy``); a value
     model from a folder gets adapters of the same settings, its score head trained fully."""
     policy, frozen = models.policy, cfg.ppo.frozen_dtype
-    shards = ctx.shards(policy, "causal_lm")
-    policy_bytes = ctx.bytes_of_shards(shards, policy.param_dtype)
-    policy_trained = ctx.trained_bytes(shards, policy)
-    adapters = sum(s[1] for s in shards if is_adapter(s[0]))
-    detail = f"policy, {_count(ctx.param_count - adapters)} parameters in {policy.param_dtype}"
-    if adapters:
-        detail += f" + {_count(adapters)} LoRA adapter parameters (rank {ctx.adapters.rank}) in {ctx.adapters.param_dtype}"
-    terms = [Term("parameters", policy_bytes, detail)]
+    parameters, policy_trained = rl_plan.policy_parameter_term(ctx, policy)
+    terms = [parameters]
     if models.value is None:
         value_bytes = value_trained = policy.hidden_size * DTYPE_BYTES[policy.param_dtype]
         terms.append(Term("value model", value_bytes, "a value head on the policy's decoder"))
@@ -103,72 +63,10 @@ def _held_terms(cfg: TrainConfig, ctx: PlanContext, models: _Models, rollout: Wo
     trained = policy_trained + value_trained
     what = "policy adapters and value" if ctx.adapters else "policy and value"
     terms.append(Term("optimizer state", 2 * trained, f"AdamW mu and nu of {what} in {policy.param_dtype}"))
-    if cfg.ref_model is not None:
-        terms.append(ctx.frozen_model_term("frozen reference", models.reference, "causal_lm", frozen,
-                                           "reference parameters"))
-    else:  # the starting policy (common.starting_reference): copies of what trains, the frozen part shared
-        copied = ctx.starting_reference_bytes("causal_lm", frozen)
-        if ctx.adapters is not None:
-            detail = "the base with adapters off: the policy's frozen weights, " + (
-                f"+ starting values of base parameters that train in {frozen}" if copied else "no copy")
-        else:
-            detail = f"starting values of the trained parameters in {frozen}" + (
-                "; the frozen part is shared" if cfg.model.partial else "")
-        terms.append(Term("frozen reference", copied, detail))
-    for reward in models.rewards:
-        terms.append(ctx.frozen_model_term("frozen reward model", reward, "score", frozen, "reward model"))
-    # prompt ids and mask, segment ids and tokens (int32), and seven float32 [B, N] arrays (masks, log-probs,
-    # values, advantages, returns, ...), held from the rollout to the update's end.
-    reply = rollout.targets
-    terms.append(Term("rollout batch", rollout.rows * (4 * rollout.length + 2 * 4 * prompt + 8 * 4 * reply),
-                      "the rollout's arrays (tokens, masks, log-probs, advantages)"))
+    terms.append(rl_plan.reference_term(cfg, ctx, models, frozen))
+    terms += rl_plan.reward_model_terms(ctx, models, frozen)
+    terms.append(rl_plan.rollout_batch_term(rollout, prompt))
     return terms, trained
-
-
-def _generation_terms(ctx: PlanContext, policy: ModelConfig, rollout: Workload, prompt: int) -> list[Term]:
-    """The sampler: its KV cache, the prompts' prefill and the decode step's logits."""
-    slots = rollout.length - 1  # the last sampled token is never fed back
-    prefill = Workload(rows=rollout.rows, length=prompt, targets=1)
-    decode_logits = 3 * rollout.rows * ctx.dims(policy).vocab * 4  # float32 logits, softmax, sampling temporaries
-    return [
-        Term("KV cache", ctx.kv_cache_bytes(policy, rollout.rows, slots),
-             f"{rollout.rows} row(s) x {slots} slots x {policy.num_layers} layers in {policy.dtype}", "generation"),
-        Term("generation working set", forward_working_set(ctx.dims(policy), prefill) + decode_logits,
-             "the prompts' prefill and the decode step's logits", "generation"),
-    ]
-
-
-def _scoring_terms(ctx: PlanContext, models: _Models, rollout: Workload) -> list[Term]:
-    """The teacher-forced passes over the whole rollout, forward only, one model at a time."""
-    scored = [(models.policy, "causal_lm"), (models.reference, "causal_lm")]
-    scored += [(model, "score") for model in (*models.rewards, models.value) if model is not None]
-    chunk = min(LOGPS_CHUNK, rollout.targets)
-    passes = max(forward_working_set(ctx.dims(model), rollout) + _head_chunk(ctx, model, head, rollout.rows, chunk)
-                 for model, head in scored)
-    outputs = 6 * rollout.rows * rollout.targets * 4
-    return [Term("teacher-forced passes", passes + outputs,
-                 "one forward at a time (policy, reference, reward/value) over the rollout", "scoring")]
-
-
-def _update_terms(ctx: PlanContext, models: _Models, minibatch: Workload, trained: int) -> list[Term]:
-    """One minibatch's update: gradients, update temporaries, activations kept for the backward."""
-    terms = [
-        Term("gradients", trained, "policy and value", "update"),
-        Term("update temporaries", trained, "reduced/clipped gradients before the in-place update", "update"),
-    ]
-    terms += ctx.gathered_weights(models.policy, "causal_lm", "update")
-    terms += ctx.activation_terms("causal_lm", minibatch, models.policy, "update")
-    if ctx.adapters is not None:
-        terms += ctx.adapter_activation_terms(ctx.shards(models.policy, "causal_lm"), minibatch, models.policy, "update")
-    if models.value is not None:
-        terms += ctx.gathered_weights(models.value, "score", "update")
-        terms += ctx.activation_terms("score", minibatch, models.value, "update", label="value ")
-    return terms
-
-
-def _head_chunk(ctx: PlanContext, model: ModelConfig, head: str, rows: int, chunk: int) -> int:
-    """The chunked vocabulary projection's float32 logits (and softmax) of a causal LM."""
-    return 2 * rows * chunk * ctx.dims(model).vocab * 4 if head == "causal_lm" else 0
 
 
 def plan_knobs(cfg: TrainConfig, plan) -> list:
