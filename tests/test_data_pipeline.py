@@ -76,10 +76,11 @@ def test_two_processes_get_disjoint_shards_that_cover_the_data():
         shards.append([p for b in batches for p in prompts_of(b)])
     assert not set(shards[0]) & set(shards[1])
     assert len(set(shards[0]) | set(shards[1])) == 704
-    # Each global step is the same permuted examples the single-process run sees at that step.
+    # Each global step is the examples the single-process run sees at that step, in its order once the
+    # processes' rows are laid end to end (as shard_batch does): RL samples a row's reply by its position.
     single = build_pipeline(cfg, builtin_tokenizer(), kind="prompt").iterator()
     for step in range(3):
-        assert set(prompts_of(next(single))) == set(shards[0][32 * step:32 * step + 32] + shards[1][32 * step:32 * step + 32])
+        assert prompts_of(next(single)) == shards[0][32 * step:32 * step + 32] + shards[1][32 * step:32 * step + 32]
 
 
 def test_eval_runs_once_in_order_and_keeps_the_last_partial_batch():
@@ -92,10 +93,12 @@ def test_eval_runs_once_in_order_and_keeps_the_last_partial_batch():
 
     expected = [builtin_tokenizer()(row["prompt"])["input_ids"] for row in builtin.rows("prompts", "eval")]
     assert [list(p) for b in batches for p in prompts_of(b)] == expected
-    # Two processes: the same number of batches each; the last global batch is split between them.
-    masks = [[b["example_mask"].sum() for b in build_pipeline(
-        cfg, builtin_tokenizer(), split="eval", kind="prompt", process_index=i, process_count=2).iterator()] for i in range(2)]
-    assert masks == [[16, 16, 16, 14], [16, 16, 16, 14]]
+    # Two processes: the same number of batches each; the last global batch is split between them, the
+    # first process holding its first 16 examples; end to end they are the single process's rows.
+    shares = [list(build_pipeline(cfg, builtin_tokenizer(), split="eval", kind="prompt", process_index=i,
+                                  process_count=2).iterator()) for i in range(2)]
+    assert [[b["example_mask"].sum() for b in share] for share in shares] == [[16, 16, 16, 16], [16, 16, 16, 12]]
+    assert [list(p) for pair in zip(*shares) for b in pair for p in prompts_of(b)] == expected
 
 
 def test_no_eval_config_gives_none_and_eval_fraction_carves_disjoint_rows():

@@ -8,14 +8,15 @@ of the step. For training::
     MapDataset.source(examples)
       .shuffle(seed)                 # a new permutation each epoch
       [: steps_per_epoch * B]        # B = global batch; the epoch remainder is dropped
-      [process_index :: process_count]
+      -> ProcessShare                # positions [p*P, (p+1)*P) of every global batch
       .map(tokenize)                 # overlong examples dropped -> empty slots
       .batch(P, batch_fn=pack)       # P = B // process_count examples -> one batch
       .repeat(num_epochs)
 
 so global step s of every epoch holds exactly permuted examples [s*B, (s+1)*B),
-every process runs the same number of steps, and the Grain iterator state (a
-single index) restores the stream exactly. Eval is the same without shuffle or
+in that order once the processes' rows are laid end to end (as ``shard_batch``
+does), every process runs the same number of steps, and the Grain iterator
+state (a single index) restores the stream exactly. Eval is the same without shuffle or
 remainder: the last global batch is padded with empty slots.
 """
 
@@ -169,7 +170,7 @@ def build_pipeline(
         epochs = 1
 
     def tokenized(process: int) -> grain.MapDataset:
-        share = dataset[process::process_count]
+        share = ProcessShare(dataset, process, process_count, local_batch)
         return share.map(lambda item: None if item is None else _tokenize_indexed(to_tokens, *item))
 
     shapes = None
@@ -191,6 +192,35 @@ def build_pipeline(
         local_batch_size=local_batch, steps_per_epoch=steps, num_epochs=epochs, pack_length=pack_length,
         shapes=shapes, _dataset=iterable, _load_stats=load_stats, _run_stats=run_stats,
     )
+
+
+class ProcessShare(grain.MapDataset):
+    """Process ``process``'s examples: positions ``[process * P, (process + 1) * P)`` of every global
+    batch of ``P * process_count`` (``P``: the local batch), epoch after epoch.
+
+    Contiguous blocks rather than every ``process_count``-th example: ``shard_batch`` lays the
+    processes' rows end to end, so a multi-process step then holds its examples in the order a
+    single process would, row for row. RL samples a row's reply by its position, so the same
+    prompt must sit at the same row for a 2-process run to equal a 1-process one."""
+
+    def __init__(self, parent: grain.MapDataset, process: int, process_count: int, local_batch: int):
+        super().__init__(parent)
+        self._process, self._count, self._local = process, process_count, local_batch
+        self._parent_length = len(parent)
+        self._length = self._parent_length // process_count
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __str__(self) -> str:
+        return f"ProcessShare(process={self._process}, process_count={self._count}, local_batch={self._local})"
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        epoch, position = divmod(index, self._length)  # later epochs: the parent's next permutation
+        step, slot = divmod(position, self._local)
+        return self._parent[epoch * self._parent_length + (step * self._count + self._process) * self._local + slot]
 
 
 def _tokenize_indexed(to_tokens: ExampleTokenizer, index: int, example) -> TokenizedExample | Dropped:
