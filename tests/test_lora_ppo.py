@@ -3,7 +3,6 @@ with adapters off (no copy), the sampler uses the adapted policy, resume is exac
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jax
@@ -22,7 +21,7 @@ from jaxalign.models.trainable import leaf_paths
 from jaxalign.sharding import MeshConfig, make_mesh, shard_batch
 from jaxalign.trainer import Trainer
 from tests.test_ppo import ppo_config
-from tests.train_fixtures import resume_from_copy
+from tests.train_fixtures import assert_adapter_run_resumes_exactly
 
 
 def _cfg(run_dir: Path, **sections) -> TrainConfig:
@@ -74,18 +73,9 @@ def test_lora_ppo_trains_resumes_exactly_and_exports_an_adapter(tmp_path):
                     checkpoint={"every_steps": 2, "keep": 0, "every_minutes": 0},
                     log={"every_steps": 1, "tensorboard": False, "sinks": ["jsonl"]})
 
-    straight = Trainer(config(tmp_path / "run"))
-    straight.run()
-    metadata = json.dumps(json.loads((tmp_path / "run" / "checkpoints" / "2" / "state" / "_METADATA").read_text()))
-    assert "lora_a" in metadata and "lora_b" in metadata and "embedding" not in metadata
-    first, again = resume_from_copy(straight, config, tmp_path / "run", tmp_path / "resumed", 2)
-    for step in (3, 4):
-        for name in ("train/objective/scores", "train/objective/kl", "train/loss"):
-            assert again[step][name] == first[step][name], (step, name)
+    first = assert_adapter_run_resumes_exactly(
+        config, tmp_path, ("train/objective/scores", "train/objective/kl", "train/loss"))
     assert first[4]["train/objective/kl"] > 0  # the adapters moved the policy off the base (its reference)
-    export = tmp_path / "run" / "export"
-    assert json.loads((export / "adapter_config.json").read_text())["peft_type"] == "LORA"
-    assert not (export / "config.json").exists()
 
 
 def test_lora_ppo_refuses_dropout(tmp_path):

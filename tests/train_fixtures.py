@@ -150,3 +150,25 @@ def resume_from_copy(straight, make_config, run_dir: Path, resumed_dir: Path, st
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight.state.params),
                  jax.device_get(resumed.state.params))
     return read_metrics(run_dir), read_metrics(resumed_dir)
+
+
+def assert_adapter_run_resumes_exactly(make_config, tmp_path: Path, names: tuple[str, ...]) -> dict:
+    """A 4-step LoRA run checkpointed at step 2: its checkpoints hold adapters (no base weights),
+    steps 3-4 after resuming from step 2 repeat the straight run exactly in ``names`` (and the final
+    parameters), and the export is a PEFT adapter folder. Returns the straight run's train metrics."""
+    import json
+
+    from jaxalign.trainer import Trainer
+
+    straight = Trainer(make_config(tmp_path / "run"))
+    straight.run()
+    metadata = json.dumps(json.loads((tmp_path / "run" / "checkpoints" / "2" / "state" / "_METADATA").read_text()))
+    assert "lora_a" in metadata and "lora_b" in metadata and "embedding" not in metadata
+    first, again = resume_from_copy(straight, make_config, tmp_path / "run", tmp_path / "resumed", 2)
+    for step in (3, 4):
+        for name in names:
+            assert again[step][name] == first[step][name], (step, name)
+    export = tmp_path / "run" / "export"
+    assert json.loads((export / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    assert not (export / "config.json").exists()
+    return first

@@ -3,8 +3,6 @@ refuse, the rollout's random key, each split's example rows, the minibatch-updat
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np
