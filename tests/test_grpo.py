@@ -201,11 +201,13 @@ def test_sigkill_resume_matches_uninterrupted_run(tmp_path):
 # held-out pairs (8 replies each at temperature 1; tests/grpo_learning.py). Measured 2026-12-03 on the shared
 # 2-core CPU (load 10-20) with
 #   python -m tests.learning_margins tests.grpo_learning:GRPO_LEARNING --seeds 0 1 2 --perturbations one_device default
-# one_device: seed 0 0.398 -> 0.486 (+0.088), seed 1 0.880 -> 0.926 (+0.046), seed 2 0.361 -> 0.407 (+0.046).
+# one_device: seed 0 0.398 -> 0.486 (+0.088), seed 1 0.880 -> 0.926 (+0.046), seed 2 0.361 -> 0.407 (+0.046);
+# default (8 fake devices, as the test runs): seed 0 0.398 -> 0.509 (+0.111).
 # The lift is small (the quickstart's +0.10 is the same run) and one held-out reply is 1/216 = 0.005, so the
 # bound is under half the smallest measured lift: it catches GRPO not learning (or unlearning), not a
-# weaker run. The first attempt at the default perturbation (8 fake devices) hit an XLA CPU collective
-# rendezvous timeout in the SFT stage at load ~12 (not a GRPO failure).
+# weaker run. Default seeds 1 and 2 are unmeasured: twice (seed 0 in a first attempt, then seed 1) the SFT
+# stage with 8 fake devices stopped on an XLA CPU all-reduce rendezvous timeout ("only 7 of 8 threads
+# arrived", 900 s) with the machine at load 12-20; fast_math and vector128 were not run.
 LIFT = 0.02
 
 
