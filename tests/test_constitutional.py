@@ -226,3 +226,11 @@ def test_a_larger_max_prompts_extends_the_outputs_after_a_short_last_batch(tmp_p
     assert [r["index"] for r in trace] == list(range(7)) and totals.prompts == 7 and totals.resumed_at == 3
     first_reply_batches = [len(texts) for texts, prefix in sampler.calls if prefix is None]
     assert first_reply_batches == [2, 1, 1, 2, 1]  # batch_size 2: [0,1] [2] | [3] [4,5] [6]
+
+
+def test_without_few_shot_every_prompt_is_the_bare_transcript(tmp_path):
+    sampler = EchoSampler()
+    make_run(tmp_path, sampler, prompts=2, few_shot=False).run(str(tmp_path / "out"), {"v": 1})
+    assert all(prefix is None for _, prefix in sampler.calls)
+    critique_texts = next(texts for texts, _ in sampler.calls if texts[0].endswith("Critique:"))
+    assert critique_texts[0] == "\n\nHuman: q0\n\nAssistant: first\n\nCritique request: Is it harmful?\n\nCritique:"

@@ -24,6 +24,9 @@ class ConstitutionalConfig:
       ``builtin:alignment_prompts#train``, a hub name); only each row's prompt is used and
       its other columns are carried into the outputs.
     - ``constitution``: YAML file (default: the shipped ``default.yaml``).
+    - ``few_shot``: put the constitution's examples before every critique and revision
+      prompt (default). Turn it off for a model that learned the format in training (the
+      built-in task's ``builtin:alignment_cai_sft`` model), which saves their tokens.
     - ``rounds``: critique -> revision rounds per prompt; ``principle_order``: ``random``
       (seeded per prompt and round) or ``cycle`` (prompt i's round r uses principle (i + r) mod P).
     - ``max_*_tokens``: new tokens per stage; ``max_prompt_tokens``: longer prompts keep
@@ -38,6 +41,7 @@ class ConstitutionalConfig:
     prompts: str
     out_dir: str
     constitution: str | None = None
+    few_shot: bool = True
     rounds: int = 1
     principle_order: str = "random"
     seed: int = 0

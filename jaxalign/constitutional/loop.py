@@ -75,7 +75,7 @@ class ConstitutionalRun:
     def __init__(self, cfg: ConstitutionalConfig, constitution: Constitution, sampler: TextSampler,
                  prompts: list[PromptRow]):
         self.cfg, self.constitution, self.sampler, self.prompts = cfg, constitution, sampler, prompts
-        prefix = few_shot_prefix(constitution)
+        prefix = few_shot_prefix(constitution) if cfg.few_shot else ""
         self.prefix_ids = sampler.encode(prefix, first=True) if prefix else None
         self.prefix_tokens = len(self.prefix_ids or ())
         room = cfg.max_transcript_tokens - self.prefix_tokens - cfg.max_critique_tokens - cfg.max_revision_tokens

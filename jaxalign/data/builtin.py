@@ -28,13 +28,13 @@ import random
 from pathlib import Path
 from typing import Any
 
-from jaxalign.data import alignment, builtin_arithmetic, builtin_feedback
+from jaxalign.data import alignment, alignment_cai, builtin_arithmetic, builtin_feedback
 from jaxalign.data import builtin_templates as T
 
 TOKENIZER_DIR = Path(__file__).parent / "builtin" / "tokenizer"
 ALIGNMENT_TOKENIZER_DIR = Path(__file__).parent / "builtin" / "alignment_tokenizer"
 QUICKSTART_NAMES = ("preferences", "sft", "kto", "prompts")
-NAMES = QUICKSTART_NAMES + builtin_feedback.NAMES + alignment.NAMES + builtin_arithmetic.NAMES
+NAMES = QUICKSTART_NAMES + builtin_feedback.NAMES + alignment.NAMES + alignment_cai.NAMES + builtin_arithmetic.NAMES
 SPLITS = ("train", "eval")
 EVAL_FRACTION = 0.15
 PAIRS_PER_CATEGORY = 36
@@ -63,6 +63,8 @@ def rows(name: str, split: str = "train") -> list[dict[str, Any]]:
         return builtin_feedback.rows(name, split)
     if name in alignment.NAMES:
         return alignment.rows(name, split)
+    if name in alignment_cai.NAMES:
+        return alignment_cai.rows(name, split)
     if name in builtin_arithmetic.NAMES:
         return builtin_arithmetic.rows(name, split)
     pairs = [pair for pair, held_out in _pairs() if held_out == (split == "eval")]
