@@ -16,6 +16,10 @@ from typing import Any
 
 EVENTS_FILE = "events.jsonl"
 LIFECYCLE = frozenset({"start", "resume", "checkpoint", "eval", "finish", "stop", "error"})
+# The lifecycle events that say whether a run is training, finished or stopped. An ``eval`` (a
+# ``jaxalign eval`` of a finished run) or a late ``checkpoint`` note comes after ``finish`` and
+# leaves the run finished.
+RUN_STATE = frozenset({"start", "resume", "finish", "stop", "error"})
 
 
 def read(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -32,13 +32,13 @@ def _pipeline(tmp_path, **changes) -> str:
     dpo = _stage(tmp_path / "dpo.yaml", "dpo", 4, data={"train": "builtin:alignment_preferences"},
                  checkpoint={"every_steps": 2, "keep": 0, "async_save": False})
     eval_run = {"prompts": "builtin:alignment_prompts#eval", "max_prompts": 8, "max_new_tokens": 8, "batch_size": 8,
-                "checkers": ["alignment"]}
+                "num_generations": 1, "checkers": ["alignment"]}
     tree = {
         "run_dir": str(tmp_path / "runs"),
         "stages": {"sft": {"config": sft}, "rm": {"config": rm, "set": {"model.path": "${sft}"}, "eval": False},
                    "dpo": {"config": dpo, "set": {"model.path": "${sft}"}}},
         "eval": {"reference": "${sft}", "rewards": [{"model": "${rm}"}],
-                 "runs": [{"name": "greedy", "temperature": 0, "reference": None, **eval_run},
+                 "runs": [{"name": "greedy", "temperature": 0, "reference": "none", **eval_run},
                           {"name": "sampled", "temperature": 1.0, **eval_run}]},
         **changes,
     }
@@ -116,9 +116,10 @@ def test_a_finished_stage_whose_config_changed_is_an_error_not_a_silent_reuse(tm
     ({"stages": {"sft": {"config": "nope.yaml"}}}, r"stages.sft.config: file not found: .*nope.yaml"),
     ({"stages": {"sft": {"config": "sft.yaml", "sett": {}}}}, "stages.sft: unknown key 'sett'"),
     ({"stages": {"sft": {"config": "sft.yaml", "set": {"run_dir": "x"}}}}, "stages.sft.set.run_dir: the pipeline sets"),
-    ({"eval": {"runs": [{"name": "a", "prompts": "p", "temprature": 0}]}}, r"eval.runs\[0\]: unknown key\(s\) temprature"),
+    ({"eval": {"runs": [{"name": "a", "prompts": "p", "temprature": 0}]}},
+     r"eval.runs\[0\]: unknown key 'temprature' \(did you mean 'temperature'\?\)"),
     ({"eval": {"runs": [{"name": "a"}]}}, r"eval.runs\[0\]: 'prompts' .* is required"),
-    ({"eval": {"runs": [{"prompts": "p", "checkers": ["nope"]}]}}, "unknown checker 'nope'; known: alignment"),
+    ({"eval": {"runs": [{"prompts": "p", "checkers": ["nope"]}]}}, r"eval.runs\[0\].checkers: unknown checker 'nope'; registered: .*alignment"),
     ({"sweeps": {"ppo": {"ppo.kl_coef": [0.1]}}}, "sweeps: unknown key 'ppo'"),
     ({"stagez": {}}, "unknown key 'stagez'; known keys: run_dir, stages, sweeps, eval"),
 ])
@@ -137,3 +138,28 @@ def test_cli_reports_a_bad_config_in_one_line_and_sweeps_add_one_stage_per_value
     assert names == ["sft", "rm", "dpo", "dpo-beta=0.05", "dpo-beta=0.5"]
     assert "loss.beta=0.5" in load_pipeline(config, sweeps=True).stages[-1].overrides
     assert [stage.name for stage in load_pipeline(config).stages] == ["sft", "rm", "dpo"]
+
+
+def test_a_stage_evaluated_after_it_finished_stays_finished_and_its_eval_is_redone_only_for_a_new_spec(tmp_path):
+    from jaxalign.pipeline.evaluate import eval_spec, is_current
+    from jaxalign.pipeline.runner import is_finished
+
+    pipeline = load_pipeline(_pipeline(tmp_path))
+    stage = pipeline.stage("sft")
+    (stage.export).mkdir(parents=True)
+    (stage.export / "config.json").write_text("{}")
+    kinds = ["start", "checkpoint", "finish", "eval", "checkpoint"]  # jaxalign eval appends after finish
+    (stage.run_dir / run_events.EVENTS_FILE).write_text(
+        "".join(json.dumps({"time": 0, "step": 4, "kind": kind}) + "\n" for kind in kinds))
+    assert is_finished(stage)
+    (stage.run_dir / run_events.EVENTS_FILE).write_text(
+        "".join(json.dumps({"time": 0, "step": 4, "kind": kind}) + "\n" for kind in ["start", "finish", "resume"]))
+    assert not is_finished(stage)  # resumed after finishing (more steps): not finished until its next finish
+
+    spec = pipeline.evals[0]
+    assert spec == eval_spec(dict(spec))  # a full EvalSpec: reloading it changes nothing
+    (stage.run_dir / "eval").mkdir()
+    (stage.run_dir / "eval" / "greedy.json").write_text(json.dumps({"metrics": {}, "spec": spec}))
+    assert is_current(stage.run_dir, spec)
+    assert not is_current(stage.run_dir, {**spec, "max_new_tokens": 9})
+    assert not is_current(stage.run_dir, {**spec, "name": "other"})

@@ -3,6 +3,7 @@ evaluator its kind calls for, write ``RUN_DIR/eval/NAME.json`` and publish to th
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ def evaluate(target: str | os.PathLike, spec: EvalSpec | Mapping[str, Any] | Non
              sinks: Any = None, write: bool = True) -> dict[str, Any]:
     """Evaluates ``target`` (a run dir, an exported model folder or a run config) as ``spec`` says
     and returns the result (the dict written to ``eval/NAME.json``: ``name``, ``kind``,
-    ``target``, ``step``, ``metrics`` and the kind's extras). With ``write`` the file is written
+    ``target``, ``step``, ``metrics``, ``spec`` (the EvalSpec's fields) and the kind's extras). With ``write`` the file is written
     into the target's run dir (or ``spec.output_dir``) and the metrics go to ``sinks`` (default:
     the run's configured sinks). Bad input raises ``EvalError`` with one line."""
     return evaluate_resolved(resolve(target), EvalSpec.of(spec), sinks=sinks, write=write)
@@ -37,7 +38,8 @@ def evaluate_resolved(resolved: Target, spec: EvalSpec, *, sinks: Any = None, wr
     result = _run(resolved, spec)
     result = {"name": spec.name, "kind": result.pop("kind"), "target": str(resolved.model_dir),
               "step": spec.step if spec.step is not None else resolved.step,
-              "seconds": round(time.monotonic() - started, 2), **result}
+              "seconds": round(time.monotonic() - started, 2), **result,
+              "spec": dataclasses.asdict(spec)}  # what was measured: a rerun with another spec is told apart
     if write:
         folder = resolved.run_dir if resolved.run_dir is not None else spec.output_dir
         if folder is not None:

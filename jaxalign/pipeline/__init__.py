@@ -2,8 +2,7 @@
 after each stage, summarised in one table: ``jaxalign pipeline CONFIG``."""
 
 from jaxalign.pipeline.config import Pipeline, PipelineError, Stage, load_pipeline
-from jaxalign.pipeline.evaluate import evaluate_policy
 from jaxalign.pipeline.runner import PipelineRun, PipelineStopped, run_pipeline
 
-__all__ = ["Pipeline", "PipelineError", "PipelineRun", "PipelineStopped", "Stage", "evaluate_policy",
-           "load_pipeline", "run_pipeline"]
+__all__ = ["Pipeline", "PipelineError", "PipelineRun", "PipelineStopped", "Stage", "load_pipeline",
+           "run_pipeline"]

@@ -3,7 +3,7 @@ interrupted), each finished policy stage is evaluated as soon as what its evalua
 exists, and the results table is rewritten after every evaluation.
 
 What lands in the pipeline's run dir: ``NAME/`` per stage (a normal run dir, with
-``eval/EVAL.json``), ``timings.json`` (wall and CPU seconds per stage and evaluation) and
+``eval/EVAL.json`` written by ``jaxalign.eval``), ``timings.json`` (wall and CPU seconds per stage and evaluation) and
 ``results.md`` / ``results.json`` (the table), each written whole or not at all.
 """
 
@@ -19,7 +19,7 @@ import yaml
 
 from jaxalign import run_events
 from jaxalign.pipeline.config import Pipeline, PipelineError, Stage, load_pipeline
-from jaxalign.pipeline.evaluate import evaluate_policy
+from jaxalign.pipeline.evaluate import is_current
 from jaxalign.pipeline.table import results_table, write_atomic
 
 Log = Callable[[str], None]
@@ -41,8 +41,8 @@ def stage_config(stage: Stage):
 
 
 def is_finished(stage: Stage) -> bool:
-    """The stage's run ended with its ``finish`` event and an exported folder."""
-    lifecycle = [event for event in run_events.read(stage.run_dir) if event.get("kind") in run_events.LIFECYCLE]
+    """The stage's run ended with its ``finish`` event (evaluations may follow) and an exported folder."""
+    lifecycle = [event for event in run_events.read(stage.run_dir) if event.get("kind") in run_events.RUN_STATE]
     return bool(lifecycle) and lifecycle[-1]["kind"] == "finish" and (stage.export / "config.json").is_file()
 
 
@@ -105,6 +105,8 @@ class PipelineRun:
 
     def _evaluate_ready(self) -> None:
         """Evaluates every finished stage whose evaluations are missing, once what they read exists."""
+        from jaxalign.eval import evaluate
+
         if not self.pipeline.evals:
             return
         if not all(is_finished(self.pipeline.stage(name)) for name in self.pipeline.eval_needs):
@@ -113,15 +115,12 @@ class PipelineRun:
             if not stage.evaluate or not is_finished(stage):
                 continue
             for spec in self.pipeline.evals:
-                path = stage.run_dir / "eval" / f"{spec['name']}.json"
-                if path.is_file() and json.loads(path.read_text()).get("spec") == json.loads(json.dumps(spec)):
+                if is_current(stage.run_dir, spec):
                     continue
                 self.log(f"stage {stage.name}: evaluating ({spec['name']})")
                 wall, cpu = time.monotonic(), _cpu_seconds()
-                result = evaluate_policy(str(stage.export), spec)
+                evaluate(stage.run_dir, spec)  # writes RUN_DIR/eval/NAME.json (with its spec)
                 self._record(stage.name, f"eval_{spec['name']}", wall, cpu)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_atomic(path, json.dumps({**result, "spec": spec}, indent=1))
                 self._write_table()
 
     def _write_table(self) -> Path:

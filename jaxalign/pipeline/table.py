@@ -14,6 +14,8 @@ COLUMNS = (
     ("alignment/help_rate", "help"),
     ("alignment/over_refusal_rate", "over-refusal"),
     ("reward", "reward"),
+    ("gold/reward", "gold"),
+    ("win_rate", "win rate vs ref"),
     ("kl", "KL to ref"),
     ("mean_length", "tokens"),
 )
@@ -57,7 +59,8 @@ def results_table(pipeline, results: Mapping[str, Mapping[str, Mapping[str, floa
         lines.append("| " + " | ".join(cells) + " |")
     notes = [f"- {spec['name']}: {spec['prompts']}, {spec['num_generations']} repl{'y' if spec['num_generations'] == 1 else 'ies'}"
              f" per prompt, temperature {spec['temperature']}, max {spec['max_new_tokens']} new tokens, seed {spec['seed']}"
-             + (f"; KL to {spec['reference']}" if spec.get("reference") else "")
+             + (f"; KL and win rate against {spec['reference']}"
+                if str(spec.get("reference") or "none").lower() not in ("none", "null", "") else "")
              for spec in pipeline.evals]
     spent_wall = sum(value for entry in timings.values() for key, value in entry.items() if key.endswith("wall_s"))
     spent_cpu = sum(value for entry in timings.values() for key, value in entry.items() if key.endswith("cpu_s"))
