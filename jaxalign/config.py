@@ -41,6 +41,7 @@ class ModelSpec:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     remat: str = "none"  # none | full | dots
+    attention: str = "auto"  # auto | xla | tiled | cudnn | pallas (jaxalign/models/attention_backends.py)
     seed: int = 0
     # Which parameters train: regular expressions matched in full against parameter paths
     # ("model/embed_tokens/embedding"); see jaxalign/models/trainable.py. Default: all of them.
