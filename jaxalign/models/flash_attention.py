@@ -27,9 +27,9 @@ probabilities of its blocks. Memory stays O(seq) per head; the alternative
 kernel exists to avoid. dk/dv come out per query head and are summed over the
 heads of a kv group outside the kernel.
 
-Written in the Triton style of Pallas (whole-sequence key/value blocks,
-``pl.ds`` slices in a ``fori_loop``), so it lowers on GPU; on CPU it runs with
-``interpret=True`` (for tests: slow). Not tried on TPU.
+Written for Pallas's Triton lowering (whole-sequence key/value blocks, ``pl.ds``
+slices in a ``fori_loop``; selected by the Triton compiler params); on CPU it
+runs with ``interpret=True`` (for tests: slow). Not tried on TPU.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pl_triton
 
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
@@ -55,6 +56,13 @@ class FlashOptions:
     block_k: int = 64
     window: int | None = None
     interpret: bool = False
+    num_warps: int = 4  # Triton launch settings (GPU); ignored in interpret mode
+    num_stages: int = 2
+
+    def compiler_params(self) -> pl_triton.CompilerParams:
+        """Selects Pallas's Triton lowering on GPU (its default there is Mosaic GPU, which
+        this kernel's style does not target)."""
+        return pl_triton.CompilerParams(num_warps=self.num_warps, num_stages=self.num_stages)
 
 
 def segment_bounds(segment_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -229,6 +237,7 @@ def _forward(q, k, v, ids, options: FlashOptions):
         out_specs=[s["q_block"], s["stat_q"]],
         out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((batch, heads, seq), jnp.float32)],
         interpret=options.interpret,
+        compiler_params=options.compiler_params(),
         name="packed_flash_forward",
     )(q, k, v, segment_ids, branch_ids, positions, starts, segment_ids, branch_ids, positions)
 
@@ -259,6 +268,7 @@ def _flash_bwd(options, residuals, d_out):
         out_specs=s["q_block"],
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
         interpret=options.interpret,
+        compiler_params=options.compiler_params(),
         name="packed_flash_dq",
     )(q, k, v, d_out, lse, delta, segment_ids, branch_ids, positions, starts, segment_ids, branch_ids, positions)
     per_head = jax.ShapeDtypeStruct((batch, seq, heads, dim), k.dtype)
@@ -270,6 +280,7 @@ def _flash_bwd(options, residuals, d_out):
         out_specs=[s["k_block_per_query_head"]] * 2,
         out_shape=[per_head, per_head],
         interpret=options.interpret,
+        compiler_params=options.compiler_params(),
         name="packed_flash_dkv",
     )(q, k, v, d_out, lse, delta, segment_ids, branch_ids, positions, segment_ids, branch_ids, positions, ends)
     # Each query head's share of its kv head's gradient, summed over the group.
