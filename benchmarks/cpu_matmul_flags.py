@@ -62,20 +62,21 @@ for m, k, n in shapes:
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
         seconds = best(lambda: ta @ tb)
         product = (ta @ tb).numpy()
-        hlo = ""
+        library = "torch"
     else:
         import jax, jax.numpy as jnp
         ja, jb = jnp.asarray(a), jnp.asarray(b)
         dot = jax.jit(jnp.dot)
         seconds = best(lambda: dot(ja, jb).block_until_ready())
         product = np.asarray(dot(ja, jb))
-        hlo = dot.lower(ja, jb).compile().as_text().lower()
+        sys.path.insert(0, sys.argv[3])
+        import common
+        library = common.dot_library()
     reference = a.astype(np.float64) @ b.astype(np.float64)
     out[f"{m}x{k}x{n}"] = dict(
         gflops=2.0 * m * k * n / seconds / 1e9,
         rel_err=float(np.abs(product - reference).max() / np.abs(reference).max()),
-        library=("ynnpack" if "__ynn_fusion" in hlo else "xnnpack" if "__xnn_fusion" in hlo
-                 else "onednn" if "onednn" in hlo else "xla dot" if hlo else "torch"))
+        library=library)
 print("PROBE_JSON " + json.dumps(out))
 """
 
@@ -83,7 +84,8 @@ print("PROBE_JSON " + json.dumps(out))
 def run_probe(kind: str, flags: str) -> dict | None:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}
     shapes = json.dumps(SHAPES)
-    result = subprocess.run([sys.executable, "-c", PROBE, kind, shapes], env=env, capture_output=True, text=True)
+    here = str(Path(__file__).resolve().parent)
+    result = subprocess.run([sys.executable, "-c", PROBE, kind, shapes, here], env=env, capture_output=True, text=True)
     for line in result.stdout.splitlines():
         if line.startswith("PROBE_JSON "):
             return json.loads(line[len("PROBE_JSON "):])
