@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxalign.config import ModelSpec
 from jaxalign.models import load_pretrained
 from jaxalign.models.attention import dot_product_attention, packed_mask
 from jaxalign.models.attention_backends import CudnnMask, attention_layout, resolve_backend
@@ -86,6 +87,8 @@ def test_backend_choice_by_platform_dtype_and_config():
         resolve_backend("cudnn", "bfloat16", has_tiles=True, platform="cpu")
     with pytest.raises(ValueError, match="attention must be one of"):
         ModelConfig(vocab_size=8, hidden_size=8, intermediate_size=8, num_layers=1, num_heads=2, attention="flash")
+    with pytest.raises(ValueError, match="model.attention must be one of auto, xla, tiled, cudnn, pallas, got 'flash'"):
+        ModelSpec(config={"vocab_size": 8}, attention="flash")
     layout = attention_layout("pallas", *(jnp.zeros((1, 4), jnp.int32),) * 3, platform="cpu")
     assert layout.interpret
 
