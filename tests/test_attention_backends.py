@@ -125,3 +125,14 @@ def test_pallas_kernels_lower_to_triton_for_gpu():
     exported = export.export(jax.jit(jax.grad(loss, argnums=(0, 1, 2))), platforms=["cuda"],
                              disabled_checks=[export.DisabledSafetyCheck.custom_call(triton)])(q, kv, kv, ids, ids, ids)
     assert exported.mlir_module().count(f"@{triton}") == 3  # forward, dq, dk/dv
+
+
+def test_run_config_model_attention_reaches_the_model():
+    from jaxalign.algos import common
+    from jaxalign.config import config_class
+    from jaxalign.sharding import MeshConfig, make_mesh
+    from train_fixtures import TINY_LLAMA
+
+    cfg = config_class("dpo")(algo="dpo", model=ModelSpec(config={**TINY_LLAMA, "vocab_size": 64}, attention="pallas"))
+    mesh = make_mesh(MeshConfig(data=1), devices=jax.devices()[:1])
+    assert common.build_model(cfg.model, cfg, mesh, "causal_lm").config.attention == "pallas"
