@@ -186,6 +186,20 @@ def torch_matmul_rate(n: int = 2048, repeats: int = 7) -> float:
     return 2.0 * n ** 3 / best
 
 
+def dot_library() -> str:
+    """Which library XLA:CPU runs a float32 dot on, read from the compiled HLO: "ynnpack"
+    (jax 0.10's default), "xnnpack", "onednn", or "xla dot" (XLA's own Eigen-backed dot)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((256, 256), jnp.float32)
+    hlo = jax.jit(jnp.dot).lower(a, a).compile().as_text().lower()
+    for marker, name in (("__ynn_fusion", "ynnpack"), ("__xnn_fusion", "xnnpack"), ("onednn", "onednn")):
+        if marker in hlo:
+            return name
+    return "xla dot"
+
+
 def probe_rates() -> dict[str, float]:
     """Both matmul probes, FLOP/s."""
     return {"jax": matmul_rate(), "torch": torch_matmul_rate()}
@@ -365,17 +379,21 @@ def quiet_libraries() -> None:
 # ------------------------------------------------------------------------ reports
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def machine() -> dict[str, Any]:
     import jax
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__, "torch": torch.__version__,
+    return {"cpu": cpu_model(), "xla_flags": os.environ.get("XLA_FLAGS", ""), "jax_dot_library": dot_library(),
+            "cores": os.cpu_count(), "jax": jax.__version__, "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
 
 
@@ -553,8 +571,8 @@ def report_side_by_side(name: str, headline: Sequence[str], result: dict, warmup
     print(f"TRL pushes {summary['trl_slots_per_step'] / summary['jaxalign_slots_per_step']:.2f}x as many token "
           f"positions through the decoder: it pads chosen and rejected to the batch's longest and repeats the prompt "
           f"in both; jaxalign packs [prompt|chosen|rejected] rows, the prompt stored once.")
-    print(f"matmul probe (2048^2 float32, best of 7, before and after the run): jax {jax_rate / 1e9:.1f} GFLOP/s, "
-          f"torch {torch_rate / 1e9:.1f} GFLOP/s")
+    print(f"matmul probe (2048^2 float32, best of 7, before and after the run): jax {jax_rate / 1e9:.1f} GFLOP/s "
+          f"(dot on {dot_library()}), torch {torch_rate / 1e9:.1f} GFLOP/s; CPU {cpu_model()}")
     print(f"jaxalign batch shapes over one epoch of this data: {epoch['distinct_shapes']} distinct (R, L, C, P) "
           f"({epoch['distinct_row_shapes']} distinct (R, L)) in {epoch['batches']} batches = "
           f"{epoch['distinct_shapes']} train-step compiles per epoch; packed fill {epoch['fill']:.2f}")

@@ -77,7 +77,7 @@ def main() -> None:
               f"{census['tokens']} real tokens, {census['completion_tokens']} completion tokens, "
               f"{census['tile_pairs']} attention tile pairs a row")
 
-        dense, tiled = attention.dot_product_attention, attention.tiled_attention
+        original_attend = attention.attend
 
         def without_tiles(batch):
             return {key: value for key, value in batch.items() if key != "tile_pairs"}
@@ -86,19 +86,19 @@ def main() -> None:
         variants = [
             ("tiled attention (default)", lambda batch: batch, None),
             ("dense [L, L] mask", without_tiles, None),
-            ("attention removed (out = v)", lambda batch: batch, lambda q, k, v, mask, scale: v),
+            ("attention removed (out = v)", lambda batch: batch, lambda q, k, v, layout, scale: v),
         ]
         compiled, rows = {}, []
         for algo, trainer in trainers.items():
             for name, transform, replacement in variants:
                 batch = shard_batch(transform(host_batches[algo]), trainer.mesh)
                 if replacement is not None:
-                    attention.dot_product_attention = attention.tiled_attention = replacement
+                    attention.attend = replacement
                 try:  # a fresh function object, so jax traces again instead of reusing the cached trace
                     step = jax.jit(lambda s, b, f, _step=trainer.algo.train_step: _step(s, b, f))
                     exe = step.lower(trainer.state, batch, trainer.algo.frozen).compile()
                 finally:
-                    attention.dot_product_attention, attention.tiled_attention = dense, tiled
+                    attention.attend = original_attend
                 cost = exe.cost_analysis()
                 cost = cost[0] if isinstance(cost, list) else cost
                 compiled[(algo, name)] = (exe, batch)

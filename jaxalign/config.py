@@ -23,6 +23,7 @@ from jaxalign.data import DataConfig
 from jaxalign.eval.spec import EvalSpec
 from jaxalign.health import HealthConfig
 from jaxalign.metrics_log import get_logger
+from jaxalign.models.config import ATTENTION_BACKENDS
 from jaxalign.models.lora import LoraConfig
 from jaxalign.models.trainable import compile_patterns
 from jaxalign.optim import OptimConfig
@@ -41,6 +42,7 @@ class ModelSpec:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     remat: str = "none"  # none | full | dots
+    attention: str = "auto"  # auto | xla | tiled | cudnn | pallas (jaxalign/models/attention_backends.py)
     seed: int = 0
     # Which parameters train: regular expressions matched in full against parameter paths
     # ("model/embed_tokens/embedding"); see jaxalign/models/trainable.py. Default: all of them.
@@ -50,6 +52,8 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if (self.path is None) == (self.config is None):
             raise ValueError("model: set exactly one of model.path (an HF checkpoint folder) or model.config")
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"model.attention must be one of {', '.join(ATTENTION_BACKENDS)}, got {self.attention!r}")
         compile_patterns(self.trainable, "model.trainable")
         compile_patterns(self.freeze, "model.freeze")
 

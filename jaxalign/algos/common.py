@@ -29,7 +29,7 @@ def build_model(spec: ModelSpec, cfg: TrainConfig, mesh: Mesh, head: str, tokeni
     (whose ``vocab_size`` defaults to the tokenizer's). With ``lora`` (pass ``cfg.lora``
     for the model an algorithm trains) the model carries LoRA adapters (docs/lora.md)."""
     rules = rules_from(cfg.mesh)
-    options = dict(dtype=spec.dtype, param_dtype=spec.param_dtype, remat=spec.remat)
+    options = dict(dtype=spec.dtype, param_dtype=spec.param_dtype, remat=spec.remat, attention=spec.attention)
     if spec.path is not None:
         return load_pretrained(spec.path, mesh=mesh, rules=rules, head=head, seed=spec.seed, lora=lora, **options)
     hf_config = dict(spec.config)

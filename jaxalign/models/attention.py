@@ -2,9 +2,11 @@
 
 The mask is exactly ``jaxalign.batch.attention_mask`` (segments, branches,
 causal order), optionally narrowed to a sliding window measured in positions,
-so a packed row gives each example the outputs it would get alone. With a KV
-cache (``jaxalign.models.kv_cache``) the new tokens' keys and values are
-written into it and the queries attend to the cache's slots instead.
+so a packed row gives each example the outputs it would get alone. Which
+kernel computes it is the layout's backend (``attend``;
+``jaxalign.models.attention_backends``). With a KV cache
+(``jaxalign.models.kv_cache``) the new tokens' keys and values are written
+into it and the queries attend to the cache's slots instead.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from jaxalign.models.kv_cache import LayerCache
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.layers import Linear, RMSNorm, residual_std, to_dtype
 from jaxalign.models.rope import apply_rope
-from jaxalign.models.tiled_attention import TileLayout, tiled_attention
 
 # Finite, so a fully masked row (never produced by our masks) would not turn into NaN.
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
@@ -61,6 +62,15 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgst,btkd->bskgd", probs, v)
     return out.reshape(batch, seq, heads, dim)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, layout, scale: float) -> jax.Array:
+    """The attention entry point: q ``[b, s, heads, d]``, k/v ``[b, s, kv_heads, d]`` -> ``[b, s, heads, d]``.
+
+    ``layout`` comes from ``attention_backends.attention_layout`` and names the
+    backend (dense mask, tile layout, cuDNN mask or Pallas ids).
+    """
+    return layout.attend(q, k, v, scale)
 
 
 def cached_attention(q: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
@@ -113,8 +123,8 @@ class Attention(nnx.Module):
     ) -> jax.Array | tuple[jax.Array, LayerCache]:
         """x ``[b, s, embed]``, cos/sin ``[b, s, head_dim]`` (or None) -> ``[b, s, embed]``.
 
-        ``mask``: a dense ``[b, s, s]`` bool mask, or a ``TileLayout`` for
-        block-sparse attention over the listed tiles. With ``cache`` the new
+        ``mask``: an attention layout (``attention_backends.attention_layout``),
+        which names the backend. With ``cache`` the new
         keys/values are written into it, ``mask`` is ``[b, s, slots]`` over its
         slots, and the updated layer cache is returned too.
         """
@@ -126,5 +136,4 @@ class Attention(nnx.Module):
         if cache is not None:
             cache = cache.write(k, v)
             return self.o_proj(cached_attention(q, cache.keys, cache.values, mask, self.scale)), cache
-        attend = tiled_attention if isinstance(mask, TileLayout) else dot_product_attention
         return self.o_proj(attend(q, k, v, mask, self.scale))

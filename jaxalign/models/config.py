@@ -22,6 +22,8 @@ ROPE_KEYS = {
 ACTIVATIONS = ("silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 REMAT_POLICIES = ("none", "full", "dots")
 DTYPES = ("float32", "bfloat16", "float16")
+# jaxalign.models.attention_backends; "auto" picks by platform and dtype.
+ATTENTION_BACKENDS = ("auto", "xla", "tiled", "cudnn", "pallas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +67,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype of activations and matmuls
     param_dtype: str = "float32"  # storage dtype of parameters
     remat: str = "none"  # "none" | "full" | "dots" (keep weight-matmul outputs)
+    attention: str = "auto"  # one of ATTENTION_BACKENDS (jaxalign.models.attention_backends)
 
     def __post_init__(self) -> None:
         if self.num_kv_heads is None:
@@ -89,6 +92,7 @@ class ModelConfig:
         check(self.num_heads % self.num_kv_heads == 0, f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
         check(self.activation in ACTIVATIONS, f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         check(self.remat in REMAT_POLICIES, f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
+        check(self.attention in ATTENTION_BACKENDS, f"attention must be one of {ATTENTION_BACKENDS}, got {self.attention!r}")
         check(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         check(self.param_dtype in DTYPES, f"param_dtype must be one of {DTYPES}, got {self.param_dtype!r}")
         rope_type = self.rope_type

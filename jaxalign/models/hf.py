@@ -126,14 +126,15 @@ def load_pretrained(
     mesh: Mesh | None = None,
     rules: Mapping[str, Any] | None = None,
     remat: str | None = None,
+    attention: str | None = None,
     head: str = "auto",
     seed: int = 0,
     lora: LoraConfig | None = None,
 ) -> Model:
     """Loads a Hugging Face checkpoint folder (config.json + safetensors) as a ``CausalLM`` or ``ScoreModel``.
 
-    ``dtype``/``param_dtype``/``remat`` override the config's defaults
-    (float32/float32/"none"). ``head="auto"`` follows ``architectures``;
+    ``dtype``/``param_dtype``/``remat``/``attention`` override the config's defaults
+    (float32/float32/"none"/"auto"). ``head="auto"`` follows ``architectures``;
     ``head="score"`` on a causal-LM checkpoint starts a reward/value model with
     a fresh score head (normal(initializer_range), seeded by ``seed``). ``lora``
     (the ``lora:`` section) adds LoRA adapters (``jaxalign.models.lora``): fresh ones
@@ -147,7 +148,7 @@ def load_pretrained(
 
         raise missing_folder_error(path, "model")
     hf_config = read_hf_config(folder)
-    overrides = {k: v for k, v in dict(dtype=dtype, param_dtype=param_dtype, remat=remat).items() if v is not None}
+    overrides = {k: v for k, v in dict(dtype=dtype, param_dtype=param_dtype, remat=remat, attention=attention).items() if v is not None}
     try:
         cfg = ModelConfig.from_hf(hf_config, **overrides)
     except KeyError as e:

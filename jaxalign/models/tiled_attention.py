@@ -43,6 +43,9 @@ class TileLayout(NamedTuple):
     query_select: jax.Array
     mask: jax.Array
 
+    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> jax.Array:
+        return tiled_attention(q, k, v, self, scale)
+
 
 def _tiles_of(values: jax.Array, tile: int, index: jax.Array) -> jax.Array:
     """``values`` ``[R, L]`` -> the ``[R, P, T]`` tiles named by ``index`` ``[R, P]``."""

@@ -11,13 +11,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxalign.batch import ATTENTION_TILE
-from jaxalign.models.attention import Attention, packed_mask
+from jaxalign.models.attention import Attention
+from jaxalign.models.attention_backends import attention_layout, resolve_backend
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.kv_cache import KVCache, LayerCache
 from jaxalign.models.layers import ACTIVATION_FNS, Embed, LayerNorm, Linear, RMSNorm, matmul, residual_std, to_dtype
 from jaxalign.models.rope import inverse_frequencies, rope_tables
-from jaxalign.models.tiled_attention import tile_layout
 
 REMAT_POLICY = {
     "full": None,  # save nothing inside the layer; recompute all of it
@@ -155,9 +154,11 @@ class Decoder(nnx.Module):
     ) -> jax.Array | tuple[jax.Array, KVCache]:
         """All inputs ``[batch, seq]`` int -> hidden states ``[batch, seq, hidden]`` in ``cfg.dtype``.
 
-        With ``tile_pairs`` ``[batch, P, 2]`` (``jaxalign.batch``), attention
-        runs on those tiles only; real tokens get the same outputs, and query
-        tiles with no pair (row padding) come out of attention as zeros.
+        Attention runs on the backend ``cfg.attention`` names
+        (``jaxalign.models.attention_backends``). With ``tile_pairs``
+        ``[batch, P, 2]`` (``jaxalign.batch``) the tiled backend runs on those
+        tiles only; real tokens get the same outputs, and query tiles with no
+        pair (row padding) come out of attention as zeros.
 
         With ``cache`` (``jaxalign.models.kv_cache``) the ``seq`` tokens are new
         tokens of each row (segment 0 = padding, anything else = a real token;
@@ -173,12 +174,11 @@ class Decoder(nnx.Module):
 
             def mask_for(window: int | None):
                 return cache.mask(positions, window)
-        elif tile_pairs is None:
-            def mask_for(window: int | None):
-                return packed_mask(segment_ids, branch_ids, positions, window)
         else:
+            backend = resolve_backend(cfg.attention, cfg.dtype, has_tiles=tile_pairs is not None)
+
             def mask_for(window: int | None):
-                return tile_layout(tile_pairs, ATTENTION_TILE, segment_ids, branch_ids, positions, window)
+                return attention_layout(backend, segment_ids, branch_ids, positions, tile_pairs, window)
         full_mask = mask_for(None)
         sliding_mask = None
         if any(block.sliding for block in self.layers):
