@@ -229,6 +229,14 @@ class CausalLM(nnx.Module):
             return self.model.embed_tokens.embedding[...].T
         return self.lm_head.kernel[...]
 
+    def output_projection(self) -> tuple[jax.Array, int]:
+        """``(weights, vocab_axis)``: the projection to logits as stored, the tied embedding
+        ``[vocab, hidden]`` (axis 0) or ``lm_head``'s kernel ``[hidden, vocab]`` (axis 1), for
+        ``logps_from_hidden`` (a transposed view would be copied whole for the backward pass)."""
+        if self.lm_head is None:
+            return self.model.embed_tokens.embedding[...], 0
+        return self.lm_head.kernel[...], 1
+
     def logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
         """``[..., hidden]`` -> float32 logits ``[..., vocab]``."""
         weights = self.output_embedding().astype(hidden.dtype)
