@@ -175,13 +175,18 @@ class Checkpointer:
     across processes (process 0's clock decides time-based saves).
     """
 
-    def __init__(self, cfg: CheckpointConfig, run_dir: str | os.PathLike) -> None:
+    def __init__(self, cfg: CheckpointConfig, run_dir: str | os.PathLike, read_only: bool = False) -> None:
+        """``read_only``: for a reader beside a trainer (``jaxalign export``): it creates, saves and
+        cleans up nothing, so a save the trainer has in flight is left alone."""
         self.cfg = cfg
         self.directory = _absolute(cfg.dir if cfg.dir else os.path.join(os.fspath(run_dir), "checkpoints"))
         options = ocp.CheckpointManagerOptions(
             max_to_keep=cfg.keep or None,
             enable_async_checkpointing=cfg.async_save,
-            cleanup_tmp_directories=True,  # remove what an interrupted save left behind
+            cleanup_tmp_directories=not read_only,  # remove what an interrupted save left behind
+            read_only=read_only,
+            create=not read_only,
+            **({"save_interval_steps": 0} if read_only else {}),  # orbax warns unless a reader says so
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
         self._last_save_time = time.time()
@@ -272,6 +277,18 @@ class Checkpointer:
         """The run config saved with ``step`` (None for a checkpoint without one)."""
         path = self.directory / str(step) / "config" / "metadata"
         return json.loads(path.read_text()) if path.exists() else None
+
+    def restore_params(self, step: int, sharding: jax.sharding.Sharding) -> Any:
+        """The train state's ``params`` alone at ``step`` (optimizer state and the rest are not
+        read), every array placed with ``sharding``: for reading a run's model back
+        (``jaxalign export``) without rebuilding its algorithm."""
+        saved = self.saved_state_shapes(step)["params"]
+        abstract = jax.tree.map(lambda meta: jax.ShapeDtypeStruct(meta.shape, meta.dtype, sharding=sharding), saved)
+        restored = ocp.PyTreeCheckpointer().restore(
+            self.directory / str(step) / "state",
+            args=ocp.args.PyTreeRestore(item={"params": abstract}, partial_restore=True,
+                                        restore_args=ocp.checkpoint_utils.construct_restore_args({"params": abstract})))
+        return restored["params"]
 
     def set_aside(self, step: int) -> epath.Path:
         """Renames a damaged checkpoint ``<step>.damaged`` (kept for inspection,

@@ -1,5 +1,5 @@
 """Command line: ``jaxalign train CONFIG [--set a.b=c ...]``, ``jaxalign generate --model DIR --prompts FILE``,
-``jaxalign pipeline PIPELINE.yaml [--sweeps]``, ``jaxalign eval TARGET``,
+``jaxalign pipeline PIPELINE.yaml [--sweeps]``, ``jaxalign export RUN_DIR [--merged]``, ``jaxalign eval TARGET``,
 ``jaxalign dashboard RUN_DIR...``, ``jaxalign report RUN_DIR... -o report.html``, ``jaxalign data stats DATASET``,
 ``jaxalign constitutional CONFIG``, ``jaxalign label PAIRS --judge DIR --out FILE``."""
 
@@ -51,6 +51,15 @@ def _parser() -> argparse.ArgumentParser:
                           help="longer prompts keep their end (default: model context - max new tokens)")
     generate.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="compute dtype")
     generate.set_defaults(coordinator=None, num_processes=None, process_id=None)  # one process
+
+    export = commands.add_parser("export", help="write a run's model from its checkpoint as Hugging Face folders")
+    export.add_argument("run_dir", help="the run's run_dir (holds config.yaml and the checkpoints)")
+    export.add_argument("--merged", action="store_true",
+                        help="a full model folder, LoRA adapters merged into the base weights (default: as "
+                             "the run's lora.export says, a PEFT adapter folder for LoRA runs)")
+    export.add_argument("--out", default=None, help="new folder to write (default: RUN_DIR/export-step<N>[-merged])")
+    export.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest intact one)")
+    export.set_defaults(coordinator=None, num_processes=None, process_id=None)  # one process
 
     from jaxalign.eval.command import add_command as add_eval_command
 
@@ -108,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         return _generate(args)
     if args.command == "pipeline":
         return _pipeline(args)
+    if args.command == "export":
+        return _one_line_errors(lambda: _export(args), "interrupted; nothing was written (rerun to export)")
     if args.command == "eval":
         from jaxalign.eval.command import run as run_eval_command
 
@@ -130,6 +141,17 @@ def _pipeline(args: argparse.Namespace) -> int:
     return _one_line_errors(run, "interrupted; rerun the same command to resume")
 
 
+def _export(args: argparse.Namespace) -> None:
+    from jaxalign.export_run import export_run
+
+    result = export_run(args.run_dir, out=args.out, merged=args.merged, step=args.step)
+    if result.note:
+        print(f"jaxalign export: note: {result.note}", file=sys.stderr)
+    for folder in result.folders:
+        kind = "a PEFT adapter" if (folder / "adapter_config.json").exists() else "a Hugging Face model"
+        print(f"jaxalign export: step {result.step}: {kind} in {folder}", file=sys.stderr)
+
+
 def _one_line_errors(call, interrupted: str) -> int:
     """Runs ``call()``; bad input (config, data rows, mesh, checkpoints, NaN loss) reads better as
     one line than a traceback (JAXALIGN_DEBUG=1 shows it). Exit codes: 2 config, 1 error, 130 stopped."""
@@ -144,7 +166,7 @@ def _one_line_errors(call, interrupted: str) -> int:
     except PipelineStopped as err:
         print(f"jaxalign: {err}", file=sys.stderr)
         return 130
-    except (ValueError, RuntimeError, FileNotFoundError) as err:
+    except (ValueError, RuntimeError, FileNotFoundError, FileExistsError) as err:
         if os.environ.get("JAXALIGN_DEBUG"):
             raise
         print(f"jaxalign: error: {err}", file=sys.stderr)

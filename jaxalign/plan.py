@@ -268,8 +268,8 @@ def head_working_set(d: _Dims, w: Workload, head: str) -> int:
     float32 logits and its gradient (``jaxalign.models.logps``)."""
     total = 2 * w.tokens * d.hidden * d.compute_bytes + w.rows * w.length**2 + 2 * w.tokens * (d.q // max(d.heads, 1)) * 4
     if head == "causal_lm":
-        chunk = min(DEFAULT_CHUNK_SIZE, w.targets)
-        total += w.rows * w.targets * d.hidden * d.compute_bytes + 2 * w.rows * chunk * d.vocab * 4
+        chunk = min(DEFAULT_CHUNK_SIZE, w.rows * w.targets)  # target tokens over all rows
+        total += w.rows * w.targets * d.hidden * d.compute_bytes + 2 * chunk * d.vocab * 4
     return total
 
 

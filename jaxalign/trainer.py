@@ -9,7 +9,6 @@ sinks (``jaxalign.sinks``): scalars, and the events ``start``, ``resume``,
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from jaxalign.data import build_pipeline, load_tokenizer
 from jaxalign.data.report import DataReport
 from jaxalign.metrics_log import get_logger
 from jaxalign.optim import learning_rate_schedule
+from jaxalign.export_run import finish_folders
 from jaxalign.resume import resume_latest
 from jaxalign.run_dir import RunDirLock
 from jaxalign.sharding import batch_divisor, batch_sharding, make_mesh, replicated, shard_batch
@@ -304,10 +304,8 @@ class Trainer:
             export_dir = self.run_dir / "export"
             folders = self.algo.export(self.state, str(export_dir)) or [str(export_dir)]
             if self.is_main:
-                for folder in map(Path, folders):  # each loads on its own: a model or a PEFT adapter
-                    self.tokenizer.save_pretrained(folder)
-                    if (folder / "config.json").exists():
-                        _record_special_tokens(folder, self.tokenizer)
+                finish_folders(list(map(Path, folders)), self.tokenizer)
+                for folder in map(Path, folders):
                     log.info("exported %s to %s", "a PEFT adapter" if (folder / "adapter_config.json").exists()
                              else "a Hugging Face folder", folder)
         if self.generation_eval is not None:
@@ -356,18 +354,6 @@ class _MetricsWindow:
         means["tokens_per_s"] = float(jax.device_get(self._tokens)) / max(time.monotonic() - self._start, 1e-9)
         self._reset()
         return means
-
-
-def _record_special_tokens(export_dir: Path, tokenizer) -> None:
-    """Writes the tokenizer's special ids into config.json: transformers'
-    sequence classifiers find each row's last token through ``pad_token_id``."""
-    config_path = export_dir / "config.json"
-    config = json.loads(config_path.read_text())
-    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
-        value = getattr(tokenizer, name, None)
-        if value is not None:
-            config[name] = int(value)
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:

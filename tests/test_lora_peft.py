@@ -112,3 +112,51 @@ def test_a_peft_adapter_starts_our_model_and_a_reward_model_adapter_loads_in_pef
     adapted = peft.PeftModel.from_pretrained(classifier, export).eval()
     np.testing.assert_allclose(_peft_logits(adapted)[:, 0], scores, atol=TOLERANCE, rtol=0)
     assert np.abs(scores).max() > 1e-3
+
+
+# ---------------------------------------------------------------- jaxalign export RUN_DIR --merged
+
+
+def _export(capsys, *argv):
+    from jaxalign import cli
+
+    code = cli.main(["export", *map(str, argv)])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_export_merged_from_a_checkpoint_loads_in_transformers_with_our_and_peft_merged_logits(tmp_path, base, capsys):
+    """A DPO run's checkpoint (adapters only) merged into a full folder: transformers' logits equal the
+    trained model's and PEFT's merge_and_unload of the run's own adapter export within 1e-4. Bad input
+    on the same run: an existing --out and a missing --step are one line and write nothing."""
+    trainer, cfg = _train(tmp_path, base, "dpo", {"rank": 4, "alpha": 8})
+    ours = np.asarray(_our_model(trainer, cfg, "causal_lm")(IDS))
+    run = tmp_path / "run"
+    code, err = _export(capsys, run, "--merged")
+    folder = run / "export-step3-merged"
+    assert code == 0 and f"step 3: a Hugging Face model in {folder}" in err, err
+    assert not (folder / "adapter_config.json").exists() and (folder / "tokenizer.json").exists()
+    merged = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert np.abs(ours - np.asarray(load_pretrained(base)(IDS))).max() > 0.1  # the adapters moved the model
+    np.testing.assert_allclose(_peft_logits(merged), ours, atol=TOLERANCE, rtol=0)
+    theirs = peft.PeftModel.from_pretrained(transformers.LlamaForCausalLM.from_pretrained(base), run / "export")
+    np.testing.assert_allclose(_peft_logits(merged), _peft_logits(theirs.merge_and_unload().eval()), atol=TOLERANCE,
+                               rtol=0)
+
+    from tests.test_bad_input import assert_one_line
+
+    assert_one_line(*_export(capsys, run, "--merged"), 1, f"{folder} already exists; pass --out with a new folder")
+    assert_one_line(*_export(capsys, run, "--step", 7, "--out", tmp_path / "x"), 1,
+                    "no checkpoint for step 7 in", "have [3]")
+    assert_one_line(*_export(capsys, tmp_path, "--merged"), 2, f"{tmp_path} is not a run directory (no config.yaml)")
+    assert not (tmp_path / "x").exists() and not list(run.glob(".*partial"))
+
+
+@pytest.mark.slow
+def test_export_merged_of_a_run_without_lora_writes_its_whole_model_and_says_so(tmp_path, base, capsys):
+    trainer, cfg = _train(tmp_path, base, "sft", None)
+    code, err = _export(capsys, tmp_path / "run", "--merged", "--out", tmp_path / "plain")
+    assert code == 0 and "trained no LoRA adapters: nothing to merge, wrote its whole model (a plain export)" in err
+    exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "plain").eval()
+    np.testing.assert_allclose(_peft_logits(exported), np.asarray(_our_model(trainer, cfg, "causal_lm")(IDS)),
+                               atol=TOLERANCE, rtol=0)

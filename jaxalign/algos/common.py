@@ -187,21 +187,24 @@ def num_examples(batch: Batch) -> jax.Array:
 
 def export_with(graphdef: nnx.GraphDef, frozen: dict | None = None, lora: LoraConfig | None = None,
                 base_name: str | None = None) -> Callable[[TrainState, str], list[str] | None]:
-    """Writes the whole model (trained part + frozen part) as a Hugging Face folder; with
-    ``lora``, what ``lora.export`` says (a PEFT adapter folder naming ``base_name`` as its
+    """``export(state, path)``: ``export_params`` of the state's trained part."""
+    return lambda state, path: export_params(graphdef, state.params, frozen, lora, base_name, path)
+
+
+def export_params(graphdef: nnx.GraphDef, params: dict, frozen: dict | None, lora: LoraConfig | None,
+                  base_name: str | None, path: str) -> list[str] | None:
+    """Writes the whole model (trained part ``params`` + frozen part) as a Hugging Face folder;
+    with ``lora``, what ``lora.export`` says (a PEFT adapter folder naming ``base_name`` as its
     base, the merged model, or both) and returns the folders written."""
     from jaxalign.models import save_pretrained
     from jaxalign.models.peft_io import export_lora
 
-    def export(state: TrainState, path: str) -> list[str] | None:
-        model = nnx.merge(graphdef, with_frozen(state.params, frozen or {}))
-        if lora is None:
-            save_pretrained(model, path)
-            return None
-        trained = {name for name, _ in leaf_paths(state.params)}
-        return export_lora(model, path, lora.export, trained, base_name)
-
-    return export
+    model = nnx.merge(graphdef, with_frozen(params, frozen or {}))
+    if lora is None:
+        save_pretrained(model, path)
+        return None
+    trained = {name for name, _ in leaf_paths(params)}
+    return export_lora(model, path, lora.export, trained, base_name)
 
 
 def completion_logps(model, batch: Batch, with_logits_mean: bool = False, with_hits: bool = False) -> dict[str, jax.Array]:

@@ -6,7 +6,8 @@ store the prompt once. The reference is, by default, a frozen copy of the
 starting policy (with LoRA, the base with adapters off: no copy of the
 weights); ``ref_model`` names another checkpoint; with
 ``precompute_ref_logps`` its log-probs are computed in one pass before
-training, saved in the run directory, and the reference leaves memory.
+training, saved in the run directory, and the reference leaves memory. The
+policy and its reference come from ``algos.policy.build_policy``, as for PPO.
 Reference-free losses (SimPO, ORPO, CPO) hold no reference at all.
 """
 
@@ -24,6 +25,7 @@ from jax.sharding import Mesh
 
 from jaxalign import distributed
 from jaxalign.algos import common, reference_cache
+from jaxalign.algos.policy import build_policy
 from jaxalign.algos.registry import Algorithm, register_algorithm
 from jaxalign.batch import target_counts
 from jaxalign.config import TrainConfig
@@ -64,31 +66,16 @@ def loss_inputs(batch: Batch, policy: dict[str, jax.Array], reference: jax.Array
 
 
 def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
-    policy = common.build_model(cfg.model, cfg, mesh, head="causal_lm", tokenizer=tokenizer, lora=cfg.lora)
-    graphdef, params = common.split_params(policy)
+    # The reference: ref_model, or the starting policy (with LoRA: the base, adapters off, no copy).
+    # Precomputed, it is used once before training and shares the policy's arrays meanwhile.
+    policy = build_policy(cfg, mesh, tokenizer, reference=cfg.loss.needs_reference,
+                          copy_reference=not cfg.precompute_ref_logps)
     kind = cfg.loss.kind
-    params, policy_frozen = common.trainable_split(cfg.model, params, cfg.lora)
-    frozen: dict[str, Any] = dict(policy_frozen)
-    ref_graphdef = graphdef
-
-    def ref_params_of(frozen: dict) -> dict:
-        return frozen["ref_params"] if cfg.ref_model is not None else common.reference_params(frozen)
-
-    if cfg.loss.needs_reference:
-        if cfg.ref_model is not None:
-            ref_graphdef, ref_params = common.split_params(
-                common.build_model(cfg.ref_model, cfg, mesh, head="causal_lm", tokenizer=tokenizer))
-            reference = {"ref_params": ref_params}
-        else:  # the starting policy (with LoRA: the base, adapters off), sharing the frozen part
-            ref_graphdef, reference = common.starting_reference(policy, graphdef, params,
-                                                                copy=not cfg.precompute_ref_logps)
-        if cfg.precompute_ref_logps:
-            frozen.update(precomputed_reference(cfg, mesh, tokenizer, ref_graphdef,
-                                                ref_params_of({**frozen, **reference})))
-            del reference
-        else:
-            frozen.update(reference)
-    state, optimizer = common.init_train_state(cfg, mesh, params, total_steps)
+    frozen: dict[str, Any] = dict(policy.frozen)
+    if cfg.loss.needs_reference and cfg.precompute_ref_logps:
+        tables = precomputed_reference(cfg, mesh, tokenizer, policy.reference_graphdef, policy.reference(frozen))
+        frozen = {**policy.without_reference(frozen), **tables}
+    state, optimizer = common.init_train_state(cfg, mesh, policy.params, total_steps)
     loss = build_loss(cfg.loss)
 
     def reference_sums(frozen: dict, batch: Batch, split: str) -> jax.Array | None:
@@ -96,12 +83,11 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
             return None
         if cfg.precompute_ref_logps:
             return frozen[f"ref_{split}"][batch["example_id"]]
-        reference = nnx.merge(ref_graphdef, ref_params_of(frozen))
+        reference = nnx.merge(policy.reference_graphdef, policy.reference(frozen))
         return jax.lax.stop_gradient(common.completion_logps(reference, batch)["sums"])
 
     def loss_fn(params, batch: Batch, frozen: dict, split: str, dropout_key=None):
-        policy = common.merge_model(graphdef, common.with_frozen(params, frozen), dropout_key)
-        policy_out = common.completion_logps(policy, batch, with_logits_mean=True)
+        policy_out = common.completion_logps(policy.model(params, frozen, dropout_key), batch, with_logits_mean=True)
         inputs = loss_inputs(batch, policy_out, reference_sums(frozen, batch, split), kind)
         return loss(inputs).result()
 
@@ -113,8 +99,7 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int) -> AlgoRun:
         loss_value, metrics = loss_fn(state.params, batch, frozen, "eval")
         return {**metrics, "loss": loss_value, "eval_weight": common.num_examples(batch)}
 
-    return AlgoRun(state=state, frozen=frozen, train_step=train_step, eval_step=eval_step,
-                   export=common.export_with(graphdef, policy_frozen, cfg.lora, common.base_name(cfg.model)))
+    return AlgoRun(state=state, frozen=frozen, train_step=train_step, eval_step=eval_step, export=policy.export)
 
 
 def precomputed_reference(cfg: TrainConfig, mesh: Mesh, tokenizer, ref_graphdef, ref_params) -> dict[str, jax.Array]:

@@ -1,6 +1,6 @@
 """The policy an RL algorithm trains and its reference, through the trainable-subset seam.
 
-An algorithm on the rollout layer (PPO, GRPO, ...) builds its policy with
+An algorithm with a policy and a reference (the DPO family, PPO, GRPO, ...) builds its policy with
 ``build_policy`` and never looks at ``lora:``, ``model.trainable`` or
 ``model.freeze`` itself:
 
@@ -61,6 +61,10 @@ class Policy:
             return None
         return frozen[REF_PARAMS] if REF_PARAMS in frozen else common.reference_params(frozen)
 
+    def without_reference(self, frozen: dict) -> dict:
+        """``frozen`` less the reference's own arrays (what the policy itself needs)."""
+        return {name: value for name, value in frozen.items() if name not in (REF_PARAMS, common.REF_TRAINED)}
+
 
 def build_trained(spec: ModelSpec, cfg: TrainConfig, mesh: Mesh, head: str, tokenizer: Any,
                   lora: LoraConfig | None) -> tuple[nnx.Module, nnx.GraphDef, dict, dict]:
@@ -72,10 +76,13 @@ def build_trained(spec: ModelSpec, cfg: TrainConfig, mesh: Mesh, head: str, toke
 
 
 def build_policy(cfg: TrainConfig, mesh: Mesh, tokenizer: Any, reference: bool = True,
-                 frozen_dtype: str | None = None) -> Policy:
+                 frozen_dtype: str | None = None, copy_reference: bool = True) -> Policy:
     """The policy ``cfg.model`` (with ``cfg.lora``'s adapters), and with ``reference`` its
     reference: ``cfg.ref_model`` loaded in ``frozen_dtype``, else the starting policy (copies
-    of trained base parameters in ``frozen_dtype``; the frozen part shared)."""
+    of trained base parameters in ``frozen_dtype``; the frozen part shared).
+    ``copy_reference=False`` shares the trained base parameters instead of copying them: for a
+    reference used only before the first step (DPO's precomputed log-probs), after which
+    ``without_reference`` drops it."""
     model, graphdef, trained, frozen = build_trained(cfg.model, cfg, mesh, "causal_lm", tokenizer, cfg.lora)
     entries, ref_graphdef = dict(frozen), None
     if reference and cfg.ref_model is not None:
@@ -83,7 +90,8 @@ def build_policy(cfg: TrainConfig, mesh: Mesh, tokenizer: Any, reference: bool =
         ref_graphdef, entries[REF_PARAMS] = common.split_params(
             common.build_model(spec, cfg, mesh, head="causal_lm", tokenizer=tokenizer))
     elif reference:
-        ref_graphdef, reference_entries = common.starting_reference(model, graphdef, trained, dtype=frozen_dtype)
+        ref_graphdef, reference_entries = common.starting_reference(model, graphdef, trained, copy=copy_reference,
+                                                                    dtype=frozen_dtype)
         entries.update(reference_entries)
     export = common.export_with(graphdef, frozen, cfg.lora, common.base_name(cfg.model))
     return Policy(graphdef, trained, entries, ref_graphdef, model.config.hidden_size, export)

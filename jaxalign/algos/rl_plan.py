@@ -124,8 +124,8 @@ def scoring_terms(ctx: PlanContext, models: RLModels, rollout: Workload) -> list
     """The teacher-forced passes over the whole rollout, forward only, one model at a time."""
     scored = [(model, "causal_lm") for model in (models.policy, models.reference) if model is not None]
     scored += [(model, "score") for model in (*models.rewards, models.value) if model is not None]
-    chunk = min(LOGPS_CHUNK, rollout.targets)
-    passes = max(forward_working_set(ctx.dims(model), rollout) + _head_chunk(ctx, model, head, rollout.rows, chunk)
+    chunk = min(LOGPS_CHUNK, rollout.rows * rollout.targets)  # target tokens over all rows
+    passes = max(forward_working_set(ctx.dims(model), rollout) + _head_chunk(ctx, model, head, chunk)
                  for model, head in scored)
     outputs = 6 * rollout.rows * rollout.targets * 4
     names = "policy" + (", reference" if models.reference is not None else "") + (
@@ -151,6 +151,6 @@ def update_terms(ctx: PlanContext, models: RLModels, minibatch: Workload, traine
     return terms
 
 
-def _head_chunk(ctx: PlanContext, model: ModelConfig, head: str, rows: int, chunk: int) -> int:
+def _head_chunk(ctx: PlanContext, model: ModelConfig, head: str, chunk: int) -> int:
     """The chunked vocabulary projection's float32 logits (and softmax) of a causal LM."""
-    return 2 * rows * chunk * ctx.dims(model).vocab * 4 if head == "causal_lm" else 0
+    return 2 * chunk * ctx.dims(model).vocab * 4 if head == "causal_lm" else 0

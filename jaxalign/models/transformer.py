@@ -19,7 +19,7 @@ from jaxalign.models.layers import ACTIVATION_FNS, Embed, LayerNorm, Linear, RMS
 from jaxalign.models.rope import inverse_frequencies, rope_tables
 
 REMAT_POLICY = {
-    "full": None,  # save nothing inside the layer; recompute all of it
+    "full": None,  # save nothing inside the layer; recompute all of it (recomputed_in_backward)
     # Keep weight-matmul outputs (projections), recompute the rest; attention
     # scores have batch dimensions and are recomputed, so no [seq, seq] is kept.
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
@@ -108,7 +108,9 @@ class Block(nnx.Module):
 
 
 def _run_block(block: Block, remat: str, *args: jax.Array | None) -> jax.Array:
-    """Runs ``block``, under ``jax.checkpoint`` with the configured policy unless remat is "none"."""
+    """Runs ``block``, recomputed in the backward pass unless remat is "none": "full" keeps
+    only the block's inputs (``recomputed_in_backward``), "dots" goes through
+    ``jax.checkpoint`` with its saving policy. ``args[0]`` is the residual stream."""
     if remat == "none":
         return block(*args)
     graphdef, state = nnx.split(block)
@@ -116,7 +118,41 @@ def _run_block(block: Block, remat: str, *args: jax.Array | None) -> jax.Array:
     def apply(state, *args):
         return nnx.merge(graphdef, state)(*args)
 
+    if remat == "full":
+        return recomputed_in_backward(apply)(state, *args)
     return jax.checkpoint(apply, policy=REMAT_POLICY[remat])(state, *args)
+
+
+def recomputed_in_backward(fn):
+    """``fn(params, x, *rest)`` whose backward pass recomputes its forward from the saved
+    inputs (nothing else is kept, as with ``jax.checkpoint`` and no saving policy), and
+    finishes the parameters' gradients before it hands ``x``'s cotangent on.
+
+    Why not ``jax.checkpoint``: it leaves the order of the backward's operations to XLA,
+    and XLA:CPU deferred each layer's weight-gradient matmuls (small outputs, e.g. a LoRA
+    adapter's ``[rank, out]``, from inputs of ``[tokens, intermediate]``) to the end of the
+    backward pass, which kept every layer's recomputed activations alive at once
+    (``benchmarks/lora_memory.py``, 494M model, DPO step with LoRA: 7.6 GiB; with this
+    function 2.7 GiB). Optimization barriers do not help there: XLA:CPU removes them
+    before scheduling. A data dependence does: ``x``'s cotangent gets ``0 * sum(gradients)``
+    added, so the next layer's backward cannot start before this layer's gradients exist
+    (a non-finite gradient then makes the whole step non-finite, which the health check
+    reports anyway). The barrier on the inputs and the cotangent keeps XLA from merging
+    the recomputation with the forward pass (``jax.checkpoint``'s ``prevent_cse``) where
+    barriers are honoured (GPU, TPU)."""
+    def forward(*inputs):
+        return fn(*inputs), inputs
+
+    def backward(inputs, cotangent):
+        inputs, cotangent = jax.lax.optimization_barrier((inputs, cotangent))
+        grads = jax.vjp(fn, *inputs)[1](cotangent)
+        leaves = [g for g in jax.tree.leaves(grads[0]) if jnp.issubdtype(g.dtype, jnp.floating)]
+        tie = sum(jnp.sum(g.astype(jnp.float32)) for g in leaves) * 0.0
+        return (grads[0], grads[1] + tie.astype(grads[1].dtype), *grads[2:])
+
+    wrapped = jax.custom_vjp(fn)
+    wrapped.defvjp(forward, backward)
+    return wrapped
 
 
 class Decoder(nnx.Module):
@@ -228,6 +264,14 @@ class CausalLM(nnx.Module):
         if self.lm_head is None:
             return self.model.embed_tokens.embedding[...].T
         return self.lm_head.kernel[...]
+
+    def output_projection(self) -> tuple[jax.Array, int]:
+        """``(weights, vocab_axis)``: the projection to logits as stored, the tied embedding
+        ``[vocab, hidden]`` (axis 0) or ``lm_head``'s kernel ``[hidden, vocab]`` (axis 1), for
+        ``logps_from_hidden`` (a transposed view would be copied whole for the backward pass)."""
+        if self.lm_head is None:
+            return self.model.embed_tokens.embedding[...], 0
+        return self.lm_head.kernel[...], 1
 
     def logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
         """``[..., hidden]`` -> float32 logits ``[..., vocab]``."""

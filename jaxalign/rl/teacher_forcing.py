@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from jaxalign.models import layout_from_attention_mask, logps_from_hidden
 
-LOGPS_CHUNK = 128
+LOGPS_CHUNK = 256  # target tokens (over all rows) per chunk of the vocabulary projection
 
 
 def sequences(prompt_ids: jax.Array, prompt_mask: jax.Array, completion_ids: jax.Array,
@@ -32,14 +32,16 @@ def completion_hidden(hidden: jax.Array, prompt_length: int) -> jax.Array:
     return hidden[:, prompt_length - 1:-1]
 
 
-def completion_logps(weights: jax.Array, hidden: jax.Array, tokens: jax.Array,
+def completion_logps(projection: tuple[jax.Array, int], hidden: jax.Array, tokens: jax.Array,
                      temperature: float) -> tuple[jax.Array, jax.Array]:
     """Log-probs and entropies ``[R, N]`` of the completion tokens under softmax(logits / temperature),
     the distribution they were sampled from (as TRL does), without holding ``[R, N, V]`` logits.
 
-    weights ``[H, V]`` (the output embedding), hidden ``[R, N, H]``, tokens ``[R, N]``."""
+    projection: ``model.output_projection()`` (weights as stored, vocab axis); hidden ``[R, N, H]``,
+    tokens ``[R, N]``."""
+    weights, vocab_axis = projection
     hidden = hidden / jnp.asarray(temperature, hidden.dtype)  # logits / T = (hidden / T) @ W
-    return logps_from_hidden(hidden, weights, tokens, LOGPS_CHUNK, return_entropy=True)
+    return logps_from_hidden(hidden, weights, tokens, LOGPS_CHUNK, return_entropy=True, vocab_axis=vocab_axis)
 
 
 def policy_pass(model, prompt_ids: jax.Array, prompt_mask: jax.Array, completion_ids: jax.Array,
@@ -48,7 +50,7 @@ def policy_pass(model, prompt_ids: jax.Array, prompt_mask: jax.Array, completion
     the completion positions' hidden states ``[R, N, H]``, e.g. for a value head)."""
     ids, positions, segment_ids = sequences(prompt_ids, prompt_mask, completion_ids, completion_mask)
     hidden = completion_hidden(model.hidden_states(ids, positions, segment_ids), prompt_ids.shape[1])
-    logps, entropy = completion_logps(model.output_embedding(), hidden, completion_ids, temperature)
+    logps, entropy = completion_logps(model.output_projection(), hidden, completion_ids, temperature)
     return logps, entropy, hidden
 
 
