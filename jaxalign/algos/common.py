@@ -229,7 +229,8 @@ def completion_logps(model, batch: Batch, with_logits_mean: bool = False, with_h
     if with_hits:
         out["hits"] = jnp.where(used, hits, False).astype(jnp.float32)
     if with_logits_mean:
-        mean_direction = jnp.mean(model.output_embedding().astype(jnp.float32), axis=1)
+        weights, vocab_axis = model.output_projection()
+        mean_direction = jnp.mean(weights.astype(jnp.float32), axis=vocab_axis)  # [hidden]
         mean_logits = jnp.where(used, jnp.einsum("gch,h->gc", target_hidden.astype(jnp.float32), mean_direction), 0.0)
         out["logits_mean_sums"] = per_example_sums(mean_logits, batch)
     return out

@@ -259,12 +259,6 @@ class CausalLM(nnx.Module):
         """
         return self.model(input_ids, positions, segment_ids, branch_ids, tile_pairs, cache)
 
-    def output_embedding(self) -> jax.Array:
-        """The ``[hidden, vocab]`` projection from hidden states to logits (parameter dtype)."""
-        if self.lm_head is None:
-            return self.model.embed_tokens.embedding[...].T
-        return self.lm_head.kernel[...]
-
     def output_projection(self) -> tuple[jax.Array, int]:
         """``(weights, vocab_axis)``: the projection to logits as stored, the tied embedding
         ``[vocab, hidden]`` (axis 0) or ``lm_head``'s kernel ``[hidden, vocab]`` (axis 1), for
@@ -275,7 +269,8 @@ class CausalLM(nnx.Module):
 
     def logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
         """``[..., hidden]`` -> float32 logits ``[..., vocab]``."""
-        weights = self.output_embedding().astype(hidden.dtype)
+        weights, vocab_axis = self.output_projection()
+        weights = (weights.T if vocab_axis == 0 else weights).astype(hidden.dtype)  # [hidden, vocab]
         return matmul(hidden, weights, preferred_element_type=jnp.float32)
 
     def __call__(
