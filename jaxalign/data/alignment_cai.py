@@ -57,6 +57,7 @@ def rows(name: str, split: str = "train") -> list[dict[str, Any]]:
     """Rows of ``builtin:alignment_cai_sft`` (prompt, completion) for ``split``."""
     if name not in NAMES:
         raise ValueError(f"data: unknown built-in dataset 'builtin:{name}'")
+    # Imported here: jaxalign.constitutional's package imports the data layer (and jax).
     from jaxalign.constitutional.constitution import load_constitution
 
     constitution = load_constitution()
