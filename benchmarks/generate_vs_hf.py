@@ -46,6 +46,20 @@ def build_checkpoint(path: Path) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def load_both():
+    """(parameter count, transformers model, jaxalign model) of one random checkpoint built in a temp dir."""
+    import torch
+    import transformers
+
+    from jaxalign.models import load_pretrained
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "llama"
+        num_params = build_checkpoint(path)
+        hf_model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        return num_params, hf_model, load_pretrained(path)
+
+
 def mixed_prompts(batch: int, min_len: int, max_len: int, vocab: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Left-padded ids and mask ``[batch, max_len]`` with prompt lengths spread over [min_len, max_len]."""
     rng = np.random.default_rng(seed)
@@ -116,16 +130,10 @@ def main() -> None:
 
     import jax
     import torch
-    import transformers
 
     from jaxalign.generation import SamplingConfig, generate
-    from jaxalign.models import load_pretrained
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "llama"
-        num_params = build_checkpoint(path)
-        hf_model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        model = load_pretrained(path)
+    num_params, hf_model, model = load_both()
     ids, mask = mixed_prompts(args.batch, args.prompt_min, args.prompt_max, MODEL["vocab_size"])
     torch_ids, torch_mask = torch.tensor(ids), torch.tensor(mask)
     jax_ids, jax_mask = jax.device_put(ids.astype(np.int32)), jax.device_put(mask.astype(np.int32))

@@ -45,7 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     generate.add_argument("--top-k", type=int, default=0, help="0 = off")
     generate.add_argument("--top-p", type=float, default=1.0, help="1.0 = off")
-    generate.add_argument("--batch-size", type=int, default=16)
+    generate.add_argument("--batch-size", type=int, default=256,
+                          help="prompts per sampler call; their replies are written when it returns")
+    generate.add_argument("--slots", type=int, default=16,
+                          help="replies decoded at once (continuous batching; vLLM's max_num_seqs)")
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--max-prompt-length", type=int, default=None,
                           help="longer prompts keep their end (default: model context - max new tokens)")
@@ -178,13 +181,15 @@ def _one_line_errors(call, interrupted: str) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from jaxalign.generation.jsonl import generate_jsonl
+    from jaxalign.generation.jsonl import check_counts, generate_jsonl
 
     options = dict(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        batch_size=args.batch_size, seed=args.seed, max_prompt_length=args.max_prompt_length, dtype=args.dtype,
+        batch_size=args.batch_size, slots=args.slots, seed=args.seed, max_prompt_length=args.max_prompt_length,
+        dtype=args.dtype,
     )
     try:
+        check_counts(args.slots, args.batch_size)  # before --out is opened (and emptied)
         if args.out is None:
             counts = generate_jsonl(args.model, args.prompts, sys.stdout, **options)
         else:

@@ -69,6 +69,14 @@ def test_generate_cli_end_to_end(tmp_path, tokenizer, capsys):
         assert 1 <= row["num_tokens"] <= NEW
         assert (row["finish_reason"] == "length") == (row["num_tokens"] == NEW)
 
+    # Continuous batching (16 rows through 8 slots, one per fake device) writes the same file.
+    continuous = tmp_path / "continuous.jsonl"
+    assert cli.main(args[:-1] + ["16", "--slots", "8", "--out", str(continuous)]) == 0
+    assert continuous.read_text() == out.read_text()
+    assert cli.main(args + ["--slots", "0"]) == 1
+    assert "--slots and --batch-size must be >= 1, got 0 and 2" in capsys.readouterr().err
+    assert out.read_text() == continuous.read_text()  # the refused run left the earlier output alone
+
 
 def test_generate_cli_reports_bad_rows(tmp_path, tokenizer, capsys):
     folder = tmp_path / "model"

@@ -164,6 +164,7 @@ def test_mask_truncated_completions_drops_their_tokens_not_their_rewards(rig):
     ({"steps_per_generation": 3}, {}, "steps_per_generation 3 does not divide the 16 rows"),
     ({"loss_type": "dapoo"}, {}, "Did you mean 'dapo'"),
     ({"reward_weights": [1.0]}, {}, "1 weights for 2 reward sources"),
+    ({"generation_slots": -1}, {}, "generation_slots must be >= 1 (rows sampled at once), or 0"),
     ({}, {"ref_model": {"config": dict(TINY_LLAMA), "tokenizer": "builtin"}}, "grpo.beta is 0"),
 ])
 def test_config_errors_are_one_clear_line(tmp_path, capsys, grpo, extra, message):

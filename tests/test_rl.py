@@ -97,6 +97,10 @@ def test_rollout_record_n_samples_weighted_none_aware_rewards(tokenizer, policy)
                        jax.random.key(0), sampling, num_samples=N)
     np.testing.assert_array_equal(np.asarray(sampled.tokens)[: len(PROMPTS) * N], host["completion_ids"][: len(PROMPTS) * N])
     np.testing.assert_allclose(host["logps"], np.asarray(sampled.logps) * host["completion_mask"], atol=2e-5)
+    # Through 2 live slots (continuous batching) the rollout samples the same replies.
+    slotted = RolloutEngine(policy, tokenizer, dataclasses.replace(sampling, slots=2), num_generations=N)
+    np.testing.assert_array_equal(np.asarray(slotted.sample(params, prompt_batch(tokenizer), jax.random.key(0))
+                                             .batch.completion_ids), host["completion_ids"])
 
     metrics = rollout.metrics()
     real = host["row_mask"] > 0

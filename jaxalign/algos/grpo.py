@@ -103,7 +103,7 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) 
                                                total_steps * grpo.updates_per_step)
     sampling = SamplingConfig(max_new_tokens=grpo.max_completion_length, temperature=grpo.temperature,
                               top_k=grpo.top_k, top_p=grpo.top_p, stop_token_ids=(int(tokenizer.eos_token_id),),
-                              pad_token_id=int(tokenizer.pad_token_id or 0))
+                              pad_token_id=int(tokenizer.pad_token_id or 0), slots=grpo.generation_slots)
     engine = RolloutEngine((policy.graphdef, policy.full(policy.params, frozen)), tokenizer, sampling,
                            rewards=rewards, num_generations=grpo.num_generations,
                            reference_graphdef=policy.reference_graphdef, mesh=mesh, rules=rules)

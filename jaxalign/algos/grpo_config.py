@@ -40,6 +40,7 @@ class GRPOConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    generation_slots: int = 0  # rows sampled at once (continuous batching); 0 = every row at once
     # Rewards.
     reward_funcs: list[Any] | None = None
     reward_weights: list[float] | None = None
@@ -99,6 +100,9 @@ class GRPOConfig:
             problems.append(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             problems.append(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.generation_slots < 0:
+            problems.append(f"generation_slots must be >= 1 (rows sampled at once), or 0 for every row at once, "
+                            f"got {self.generation_slots}")
         if problems:
             raise ValueError("grpo: " + "; ".join(problems))
 

@@ -106,7 +106,7 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) 
     control = KLControl(init_coef=ppo.kl_coef, target=ppo.target_kl, horizon=ppo.kl_horizon)
     sampling = SamplingConfig(max_new_tokens=ppo.max_new_tokens, temperature=ppo.temperature, top_k=ppo.top_k,
                               top_p=ppo.top_p, stop_token_ids=(int(tokenizer.eos_token_id),),
-                              pad_token_id=int(tokenizer.pad_token_id or 0))
+                              pad_token_id=int(tokenizer.pad_token_id or 0), slots=ppo.generation_slots)
     rows = batch_sharding(mesh)
 
     def whole_value(trained: Any, frozen: dict) -> Any:

@@ -38,6 +38,7 @@ class PPOConfig:
     temperature: float = 0.7
     top_k: int = 0
     top_p: float = 1.0
+    generation_slots: int = 0  # rows sampled at once (continuous batching); 0 = every row at once
     missing_eos_penalty: float | None = None  # subtracted from the score of replies that never emit EOS
     # Reward and value models.
     reward_model: str | None = None
@@ -89,6 +90,9 @@ class PPOConfig:
             problems.append(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             problems.append(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.generation_slots < 0:
+            problems.append(f"generation_slots must be >= 1 (rows sampled at once), or 0 for every row at once, "
+                            f"got {self.generation_slots}")
         if self.reward_function is not None and ":" not in self.reward_function:
             problems.append(f"reward_function must be 'module:function' or 'file.py:function', got '{self.reward_function}'")
         if problems:

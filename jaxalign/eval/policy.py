@@ -77,7 +77,7 @@ def policy_eval(policy: Loaded, prompts: EvalSet, spec: EvalSpec, *, rewards: Re
     ``kl`` (needs the policy's tokenizer) and, with ``judge`` (one reward source), ``win_rate``."""
     sampling = SamplingConfig(max_new_tokens=spec.max_new_tokens, temperature=spec.temperature, top_k=spec.top_k,
                               top_p=spec.top_p, stop_token_ids=(int(policy.tokenizer.eos_token_id),),
-                              pad_token_id=int(policy.tokenizer.pad_token_id or 0))
+                              pad_token_id=int(policy.tokenizer.pad_token_id or 0), slots=spec.generation_slots)
     notes: list[str] = []
     kl_reference = reference
     if reference is not None and not same_vocabulary(reference.tokenizer, policy.tokenizer):

@@ -37,6 +37,7 @@ class EvalSpec:
     top_k: int = 0
     top_p: float = 1.0
     batch_size: int = 8  # prompts per sampling batch (replies: batch_size x num_generations)
+    generation_slots: int = 0  # replies sampled at once (continuous batching); 0 = the whole batch at once
     max_prompts: int | None = None  # the first N prompts; None = all
     max_prompt_length: int = 512
     rewards: list[Any] | None = None  # reward sources as in ppo.rewards (role: gold allowed)
@@ -57,6 +58,9 @@ class EvalSpec:
         for field in ("num_generations", "max_new_tokens", "batch_size", "bins", "max_prompt_length"):
             if getattr(self, field) < 1:
                 problems.append(f"{field} must be >= 1, got {getattr(self, field)}")
+        if self.generation_slots < 0:
+            problems.append(f"generation_slots must be >= 1 (replies sampled at once), or 0 for the whole batch, "
+                            f"got {self.generation_slots}")
         if self.max_prompts is not None and self.max_prompts < 1:
             problems.append(f"max_prompts must be >= 1 or null, got {self.max_prompts}")
         if self.temperature < 0 or self.every_steps < 0:

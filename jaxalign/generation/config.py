@@ -20,6 +20,10 @@ class SamplingConfig:
       ``stop_at_eos`` the model config's ``eos_token_id`` (one id or several)
       is added to them.
     - ``pad_token_id``: written in the token slots after a row has stopped.
+    - ``slots``: rows decoded at once (continuous batching: a row that stops hands its
+      slot to the next prompt's row). 0 = every row at once, in one program (what a
+      static batch does). Results do not depend on it (see docs/generation.md);
+      with a mesh it must be a multiple of the batch axes' size.
     """
 
     max_new_tokens: int
@@ -29,6 +33,7 @@ class SamplingConfig:
     stop_token_ids: tuple[int, ...] = ()
     stop_at_eos: bool = True
     pad_token_id: int = 0
+    slots: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
@@ -41,6 +46,8 @@ class SamplingConfig:
             problems.append(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             problems.append(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+        if self.slots < 0:
+            problems.append(f"slots must be >= 1 (rows decoded at once), or 0 for every row at once, got {self.slots}")
         if problems:
             raise ValueError("SamplingConfig: " + "; ".join(problems))
 

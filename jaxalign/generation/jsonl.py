@@ -3,8 +3,9 @@
 Rows are read and rendered by the data layer (``prompt`` strings, or chat
 messages through the tokenizer's chat template; errors name file and line),
 tokenized like training prompts (BOS when the tokenizer adds one; overlong
-prompts keep their end), packed left-padded into batches and sampled with
-``generate`` on a data-parallel mesh over all local devices. Output rows keep
+prompts keep their end), packed left-padded into batches of ``batch_size`` prompts and
+sampled with ``generate`` on a data-parallel mesh over all local devices, ``slots``
+replies at a time (continuous batching: a finished reply's slot takes the next prompt). Output rows keep
 the input order: ``{prompt, completion, num_tokens, finish_reason}``.
 """
 
@@ -64,6 +65,12 @@ def _output_row(row: RawRow, example: TokenizedExample, tokens: np.ndarray, leng
     }
 
 
+def check_counts(slots: int, batch_size: int) -> None:
+    """Raises the one-line error for a slot or batch count below 1 (before any output file is opened)."""
+    if slots < 1 or batch_size < 1:
+        raise ValueError(f"--slots and --batch-size must be >= 1, got {slots} and {batch_size}")
+
+
 def generate_jsonl(
     model_dir: str | Path,
     prompts_path: str | Path,
@@ -73,7 +80,8 @@ def generate_jsonl(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
-    batch_size: int = 16,
+    batch_size: int = 256,
+    slots: int = 16,
     seed: int = 0,
     max_prompt_length: int | None = None,
     dtype: str | None = None,
@@ -84,9 +92,12 @@ def generate_jsonl(
     The model and its tokenizer both come from ``model_dir`` (a Hugging Face
     folder). Sampling stops at the tokenizer's and the model's EOS ids.
     ``max_prompt_length`` defaults to the model's context minus ``max_new_tokens``.
+    ``batch_size`` prompts go to the sampler at a time (their replies are written when the
+    batch is done); ``slots`` replies are decoded at once (rounded up to the device count).
     """
     if jax.process_count() > 1:
         raise ValueError("jaxalign generate runs in one process; start it on a single host")
+    check_counts(slots, batch_size)
     tokenizer = load_tokenizer(str(model_dir))
     mesh = make_mesh(MeshConfig(data=-1))
     model = load_pretrained(model_dir, dtype=dtype, head="causal_lm", mesh=mesh)
@@ -99,7 +110,9 @@ def generate_jsonl(
 
     extra_stops = () if tokenizer.eos_token_id is None else (int(tokenizer.eos_token_id),)
     pad_id = int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else 0
-    cfg = SamplingConfig(max_new_tokens, temperature, top_k, top_p, stop_token_ids=extra_stops, pad_token_id=pad_id)
+    slots = -(-slots // batch_divisor(mesh)) * batch_divisor(mesh)  # every device decodes as many rows
+    cfg = SamplingConfig(max_new_tokens, temperature, top_k, top_p, stop_token_ids=extra_stops, pad_token_id=pad_id,
+                         slots=slots)
     stop_ids = stop_token_ids(cfg, model.config.eos_token_id)
     rng = jax.random.key(seed)
     num_batches = -(-len(examples) // batch_size)

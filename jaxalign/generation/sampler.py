@@ -1,12 +1,15 @@
-"""The jitted sampler: prefill the prompts into a KV cache, then a ``lax.while_loop`` decode.
+"""``generate``: prefill the prompts into a KV cache, then a ``lax.while_loop`` decode.
 
-One compiled program per (model graph, ``SamplingConfig``, prompt shape,
-``num_samples``, shardings). Both phases are the model's own forward with a KV
-cache (``CausalLM.hidden_states(..., cache=...)``). Prompts are left-padded
-``[B, Lp]``, so every row's prompt ends in slot ``Lp - 1`` and step ``i``'s
-token goes to slot ``Lp + i`` for the whole batch (one ``dynamic_update_slice``
-per layer), while RoPE positions continue from each row's own prompt length. The loop stops as soon as every row has
-emitted a stop token, or after ``max_new_tokens``.
+Every row at once (the static program here), or ``cfg.slots`` rows at a time by
+continuous batching (``continuous.py``); both are made of ``decode.py``'s pieces and
+give the same rows. The static program is one compiled program per (model graph,
+``SamplingConfig``, prompt shape, ``num_samples``, shardings). Both phases are the
+model's own forward with a KV cache (``CausalLM.hidden_states(..., cache=...)``).
+Prompts are left-padded ``[B, Lp]``, so every row's prompt ends in slot ``Lp - 1``
+and step ``i``'s token goes to slot ``Lp + i`` for the whole batch (one
+``dynamic_update_slice`` per layer), while RoPE positions continue from each row's
+own prompt length. The loop stops as soon as every row has emitted a stop token,
+or after ``max_new_tokens``.
 """
 
 from __future__ import annotations
@@ -17,14 +20,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from jaxalign.generation.config import SamplingConfig
-from jaxalign.generation.sampling import policy_logps, sample_tokens
+from jaxalign.generation.continuous import sample_continuously
+from jaxalign.generation.decode import CacheShardings, constrain_rows, decode, prefill, prefix_cache, start_rows
 from jaxalign.models.config import ModelConfig
-from jaxalign.models.kv_cache import KEY_AXES, VALUE_AXES, KVCache, cache_shapes, init_kv_cache
+from jaxalign.models.kv_cache import KEY_AXES, VALUE_AXES, cache_shapes
 from jaxalign.models.transformer import CausalLM
-from jaxalign.sharding import logical_sharding
+from jaxalign.sharding import batch_divisor, logical_sharding
 
 
 class Generation(NamedTuple):
@@ -37,8 +41,8 @@ class Generation(NamedTuple):
     sampling_logps ``[B, N]`` float32: log-prob under the distribution actually
         sampled from (temperature, top-k, top-p applied); 0 for greedy and where mask is 0.
     lengths ``[B]`` int32: completion tokens per row (= mask.sum(-1)).
-    steps ``[]`` int32: tokens the loop sampled per row (prefill's included) before
-        it stopped; < N when every row stopped early.
+    steps ``[]`` int32: the most tokens any row sampled (= lengths.max()); < N when
+        every row stopped early.
     """
 
     tokens: jax.Array
@@ -49,52 +53,13 @@ class Generation(NamedTuple):
     steps: jax.Array
 
 
-class _Loop(NamedTuple):
-    """The while-loop carry. ``step`` = tokens sampled so far."""
-
-    step: jax.Array
-    last_tokens: jax.Array  # [B]
-    tokens: jax.Array  # [B, N]
-    logps: jax.Array  # [B, N]
-    sampling_logps: jax.Array  # [B, N]
-    lengths: jax.Array  # [B]
-    done: jax.Array  # [B] bool
-    cache: KVCache
+def _generation(tokens: jax.Array, logps: jax.Array, sampling_logps: jax.Array, lengths: jax.Array) -> Generation:
+    """The result of finished rows ``[B, N]`` (in result order)."""
+    mask = (jnp.arange(tokens.shape[1])[None] < lengths[:, None]).astype(jnp.int32)
+    return Generation(tokens, mask, logps, sampling_logps, lengths, jnp.max(lengths))
 
 
-def _record(loop: _Loop, logits: jax.Array, rng: jax.Array, cfg: SamplingConfig, stop_ids: tuple[int, ...]) -> _Loop:
-    """Samples token ``loop.step`` for every row from ``logits`` ``[B, vocab]`` and writes it down."""
-    token, sampling_logp = sample_tokens(logits, jax.random.fold_in(rng, loop.step), cfg)
-    logp = policy_logps(logits, token)
-    live = ~loop.done
-    token = jnp.where(live, token, cfg.pad_token_id)
-    is_stop = jnp.zeros_like(live)
-    for stop in stop_ids:
-        is_stop = is_stop | (token == stop)
-
-    def put(buffer: jax.Array, column: jax.Array) -> jax.Array:
-        return jax.lax.dynamic_update_slice_in_dim(buffer, column[:, None], loop.step, axis=1)
-
-    return loop._replace(
-        step=loop.step + 1,
-        last_tokens=token,
-        tokens=put(loop.tokens, token),
-        logps=put(loop.logps, jnp.where(live, logp, 0.0)),
-        sampling_logps=put(loop.sampling_logps, jnp.where(live, sampling_logp, 0.0)),
-        lengths=loop.lengths + live.astype(jnp.int32),
-        done=loop.done | (live & is_stop),
-    )
-
-
-CacheShardings = tuple[NamedSharding, NamedSharding]  # (keys, values) of every layer
-
-
-def _constrain(cache: KVCache, shardings: CacheShardings | None) -> KVCache:
-    if shardings is None:
-        return cache
-    keys, values = shardings
-    return cache.replace(keys=tuple(jax.lax.with_sharding_constraint(x, keys) for x in cache.keys),
-                         values=tuple(jax.lax.with_sharding_constraint(x, values) for x in cache.values))
+_generation_jit = jax.jit(_generation)
 
 
 def _sample(
@@ -109,59 +74,22 @@ def _sample(
     cache_shardings: tuple[CacheShardings, CacheShardings] | None,
     prefix_ids: jax.Array | None = None,
 ) -> Generation:
+    """Every row at once: one prefill per prompt, copied to its ``num_samples`` rows, then decode."""
     model = nnx.merge(graphdef, state)
     prompts, prompt_len = prompt_ids.shape
-    batch = prompts * num_samples
-    new = cfg.max_new_tokens
     prefill_shardings, decode_shardings = cache_shardings or (None, None)
-    prompt_valid = prompt_mask.astype(bool)
-    prompt_positions = jnp.maximum(jnp.cumsum(prompt_valid.astype(jnp.int32), axis=-1) - 1, 0)
-    prefix_len = 0 if prefix_ids is None else prefix_ids.shape[0]
-
     # A prefix shared by every prompt is prefilled once, on one row, and its cache copied to
-    # every prompt's row; the prompts then continue it (positions from prefix_len on). A
-    # padding row keeps the prefix slots but is still marked done below by its own length.
-    cache = init_kv_cache(model.config, 1 if prefix_len else prompts, prefix_len + prompt_len)
-    if prefix_len:
-        prefix_positions = jnp.arange(prefix_len, dtype=jnp.int32)[None]
-        _, cache = model.hidden_states(prefix_ids[None], prefix_positions, jnp.ones_like(prefix_positions), cache=cache)
-        cache = cache.repeat(prompts)
-    # Prefill once per prompt, on a cache of exactly the prompt's slots; then room for the
-    # decoded tokens (the last sampled token is never fed back), each prompt's cache copied
-    # to its num_samples rows.
-    cache = _constrain(cache, prefill_shardings)
-    hidden, cache = model.hidden_states(prompt_ids, prompt_positions + prefix_len, prompt_mask, cache=cache)
-    first_logits = model.logits_from_hidden(hidden[:, -1])  # left padding: every prompt ends in the last column
-    cache = _constrain(cache.grow(prefix_len + prompt_len + new - 1).repeat(num_samples), decode_shardings)
-    prompt_lengths = jnp.repeat(prompt_valid.sum(axis=-1, dtype=jnp.int32), num_samples)
-
-    loop = _Loop(
-        step=jnp.zeros((), jnp.int32),
-        last_tokens=jnp.zeros((batch,), jnp.int32),
-        tokens=jnp.full((batch, new), cfg.pad_token_id, jnp.int32),
-        logps=jnp.zeros((batch, new), jnp.float32),
-        sampling_logps=jnp.zeros((batch, new), jnp.float32),
-        lengths=jnp.zeros((batch,), jnp.int32),
-        done=prompt_lengths == 0,  # padding rows (no prompt) generate nothing and never hold the loop up
-        cache=cache,
-    )
-    prompt_lengths = prompt_lengths + prefix_len
-    loop = _record(loop, jnp.repeat(first_logits, num_samples, axis=0), rng, cfg, stop_ids)
-    real_token = jnp.ones((batch, 1), jnp.int32)
-
-    def keep_going(loop: _Loop) -> jax.Array:
-        return (loop.step < new) & ~jnp.all(loop.done)
-
-    def decode_step(loop: _Loop) -> _Loop:
-        # The previous token goes to slot prompt_len + step - 1 (= cache.index); its position continues the prompt.
-        positions = (prompt_lengths + loop.step - 1)[:, None]
-        hidden, cache = model.hidden_states(loop.last_tokens[:, None], positions, real_token, cache=loop.cache)
-        loop = loop._replace(cache=_constrain(cache, decode_shardings))
-        return _record(loop, model.logits_from_hidden(hidden[:, 0]), rng, cfg, stop_ids)
-
-    loop = jax.lax.while_loop(keep_going, decode_step, loop)
-    mask = (jnp.arange(new)[None] < loop.lengths[:, None]).astype(jnp.int32)
-    return Generation(loop.tokens, mask, loop.logps, loop.sampling_logps, loop.lengths, loop.step)
+    # every prompt's row; the prompts then continue it (positions from prefix_len on).
+    prefix = None if prefix_ids is None else prefix_cache(model, prefix_ids, prompt_len)
+    prefix_len = 0 if prefix_ids is None else prefix_ids.shape[0]
+    first_logits, cache, lengths = prefill(model, prompt_ids, prompt_mask, prefix, prefill_shardings)
+    rows = start_rows(first_logits, cache, lengths, jnp.arange(prompts * num_samples, dtype=jnp.int32),
+                      num_samples=num_samples, total_slots=prefix_len + prompt_len + cfg.max_new_tokens - 1,
+                      prefix_len=prefix_len, rng=rng, cfg=cfg, stop_ids=stop_ids)
+    rows = constrain_rows(rows, decode_shardings)
+    # The last sampled token is never fed back: at most max_new_tokens - 1 decode steps.
+    rows = decode(model, rows, rng, cfg, stop_ids, decode_shardings, cfg.max_new_tokens, prompts * num_samples + 1)
+    return _generation(rows.tokens, rows.logps, rows.sampling_logps, rows.lengths)
 
 
 _sample_jit = jax.jit(_sample, static_argnames=("graphdef", "cfg", "stop_ids", "num_samples", "cache_shardings"))
@@ -220,7 +148,11 @@ def generate(
     Pass already-global arrays when running on several hosts.
 
     Each prompt is prefilled once; its cache is copied to its ``num_samples``
-    rows, which then decode independently (one uniform number per row and step).
+    rows, which then decode independently: row ``r`` samples its token ``t`` with
+    ``fold_in(fold_in(rng, r), t)``, so its tokens do not depend on the other rows.
+
+    With ``cfg.slots`` (>= 1) smaller than the rows, ``cfg.slots`` rows decode at once and a
+    row that stops hands its slot to the next (continuous batching; same results).
 
     ``prefix_ids`` ``[Lx]`` int (no padding): tokens that come before every prompt (a
     shared instruction or few-shot block). They are prefilled once for the whole batch
@@ -250,19 +182,41 @@ def generate(
             f"{shared}prompt length {np.shape(prompt_ids)[1]} + max_new_tokens {cfg.max_new_tokens} exceeds the model's "
             f"{model_cfg.max_position_embeddings} learned positions"
         )
-    cache_shardings = None
+    prompts, prompt_len = np.shape(prompt_ids)
+    stop_ids = stop_token_ids(cfg, model_cfg.eos_token_id)
+    if mesh is not None and cfg.slots and cfg.slots % batch_divisor(mesh):
+        raise ValueError(f"slots {cfg.slots} must be a multiple of the mesh's batch axes (data x fsdp = "
+                         f"{batch_divisor(mesh)}): each device decodes the same number of rows")
+    cache_shardings = put_prompts = None
     if mesh is not None:
-        prompts, prompt_len = np.shape(prompt_ids)
-        rows = logical_sharding(mesh, ("batch", None), (prompts, prompt_len), rules)
-        prompt_ids, prompt_mask = jax.device_put((prompt_ids, prompt_mask), rows)
+        def put_prompts(ids, mask):
+            rows = logical_sharding(mesh, ("batch", None), np.shape(ids), rules)
+            return jax.device_put((ids, mask), rows)
 
-        def shardings(batch: int, slots: int) -> CacheShardings:
+        def cache_shardings(batch: int, slots: int) -> CacheShardings:
             key_shape, value_shape = cache_shapes(model_cfg, batch, slots)
-            return (logical_sharding(mesh, KEY_AXES, key_shape, rules), logical_sharding(mesh, VALUE_AXES, value_shape, rules))
+            return (logical_sharding(mesh, KEY_AXES, key_shape, rules),
+                    logical_sharding(mesh, VALUE_AXES, value_shape, rules),
+                    logical_sharding(mesh, ("batch",), (batch,), rules))
 
-        cache_shardings = (shardings(prompts, prefix_len + prompt_len), shardings(prompts * num_samples, total - 1))
+    if cfg.slots and cfg.slots < prompts * num_samples:
+        if jax.process_count() > 1:
+            raise ValueError(f"slots {cfg.slots} (continuous batching) runs in one process for now; "
+                             "set slots to 0 (every row at once) on several hosts")
+        results = sample_continuously(
+            graphdef, state, np.asarray(prompt_ids), np.asarray(prompt_mask), rng, cfg, stop_ids=stop_ids,
+            num_samples=num_samples, prefix_ids=prefix_ids, put_prompts=put_prompts or (lambda ids, mask: (ids, mask)),
+            cache_shardings=cache_shardings,
+        )
+        if mesh is not None:  # rows split over the batch axes, as the static program returns them
+            results = jax.device_put(results, logical_sharding(mesh, ("batch",), (prompts * num_samples,), rules))
+        return _generation_jit(results.tokens, results.logps, results.sampling_logps, results.lengths)
+    static_shardings = None
+    if mesh is not None:
+        prompt_ids, prompt_mask = put_prompts(prompt_ids, prompt_mask)
+        static_shardings = (cache_shardings(prompts, prefix_len + prompt_len),
+                            cache_shardings(prompts * num_samples, total - 1))
     return _sample_jit(
-        graphdef, state, prompt_ids, prompt_mask, rng, cfg=cfg, stop_ids=stop_token_ids(cfg, model_cfg.eos_token_id),
-        num_samples=num_samples, cache_shardings=cache_shardings, prefix_ids=prefix_ids,
+        graphdef, state, prompt_ids, prompt_mask, rng, cfg=cfg, stop_ids=stop_ids,
+        num_samples=num_samples, cache_shardings=static_shardings, prefix_ids=prefix_ids,
     )
-

@@ -81,21 +81,32 @@ def _inverse_cdf(weights: jax.Array, target: jax.Array) -> jax.Array:
     return jnp.minimum(index, last_positive)
 
 
+def row_uniforms(key: jax.Array, batch: int) -> jax.Array:
+    """``[batch]`` uniform numbers in [0, 1): from one key, or one from each of ``batch`` keys
+    (a ``[batch]`` array of typed keys or ``[batch, 2]`` raw ones), so a row's draw can depend
+    on that row's key alone."""
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    if key.ndim == (1 if typed else 2):
+        return jax.vmap(lambda k: jax.random.uniform(k))(key)
+    return jax.random.uniform(key, (batch,))
+
+
 def categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
     """Samples an index ``[batch]`` int32 with probability softmax(logits); -inf entries are never drawn.
 
-    logits ``[batch, n]``. One uniform number per row (inverse CDF).
+    logits ``[batch, n]``. One uniform number per row (inverse CDF), from ``key`` or, given
+    one key per row, from the row's own (``row_uniforms``).
     """
     batch, size = logits.shape
     weights = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
     if size <= CDF_BLOCK:
-        target = jax.random.uniform(key, (batch,)) * weights.sum(axis=-1)
+        target = row_uniforms(key, batch) * weights.sum(axis=-1)
         return _inverse_cdf(weights, target)
     num_blocks = -(-size // CDF_BLOCK)
     blocks = jnp.pad(weights, ((0, 0), (0, num_blocks * CDF_BLOCK - size))).reshape(batch, num_blocks, CDF_BLOCK)
     block_mass = blocks.sum(axis=-1)
     block_cdf = jnp.cumsum(block_mass, axis=-1)
-    target = jax.random.uniform(key, (batch,)) * block_cdf[:, -1]
+    target = row_uniforms(key, batch) * block_cdf[:, -1]
     block = _inverse_cdf(block_mass, target)
     before = jnp.where(block > 0, jnp.take_along_axis(block_cdf, jnp.maximum(block - 1, 0)[:, None], axis=-1)[:, 0], 0.0)
     inside = jnp.take_along_axis(blocks, block[:, None, None], axis=1)[:, 0]
@@ -182,7 +193,7 @@ def sample_tokens(logits: jax.Array, key: jax.Array, cfg: SamplingConfig) -> tup
     """Next tokens ``[batch]`` int32 and their log-probs ``[batch]`` float32 under the
     distribution actually sampled from (temperature, then top-k, then top-p; 0 for greedy).
 
-    logits ``[batch, vocab]`` float32 (raw model outputs).
+    logits ``[batch, vocab]`` float32 (raw model outputs); key: one key, or one per row (``row_uniforms``).
     """
     if cfg.greedy:
         return first_argmax(logits), jnp.zeros(logits.shape[:1], jnp.float32)

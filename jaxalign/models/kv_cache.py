@@ -7,8 +7,11 @@ to every valid slot written so far; it returns the hidden states and the
 updated cache. Sampling calls it twice: over the whole prompt (prefill) and
 then once per decode step over one token.
 
-*Slots* index the cache buffer and are shared by the whole batch, so a write
-is one ``lax.dynamic_update_slice`` per layer. *Positions* are what RoPE /
+*Slots* index the cache buffer. The write index is either shared by the whole
+batch (``index`` ``[]``: a write is one ``lax.dynamic_update_slice`` per layer;
+the static sampler) or per row (``index`` ``[batch]``, one new token per row:
+a scatter; the continuous-batching sampler, whose rows start at different
+times and each keep their prompt in slots ``0 ..``). *Positions* are what RoPE /
 GPT-2's position table see and are per row, so left-padded prompts of
 different lengths each continue from their own length. The cache records,
 per slot, whether it holds a real token (``valid``) and its position, so the
@@ -46,10 +49,16 @@ class LayerCache(NamedTuple):
 
     keys: jax.Array  # [batch, kv_heads, head_dim, slots]
     values: jax.Array  # [batch, kv_heads, slots, head_dim]
-    index: jax.Array  # [] int32
+    index: jax.Array  # [] or [batch] int32
 
     def write(self, k: jax.Array, v: jax.Array) -> "LayerCache":
-        """Stores the new tokens' k, v ``[batch, s, kv_heads, head_dim]`` at slots ``index .. index + s - 1``."""
+        """Stores the new tokens' k, v ``[batch, s, kv_heads, head_dim]`` at slots ``index .. index + s - 1``
+        (a per-row ``index`` takes one token per row; a row whose index is past the end writes nothing)."""
+        if self.index.ndim:
+            rows = jnp.arange(k.shape[0])
+            keys = self.keys.at[rows, :, :, self.index].set(k[:, 0].astype(self.keys.dtype), mode="drop")
+            values = self.values.at[rows, :, self.index, :].set(v[:, 0].astype(self.values.dtype), mode="drop")
+            return self._replace(keys=keys, values=values)
         keys = jax.lax.dynamic_update_slice(self.keys, k.transpose(0, 2, 3, 1).astype(self.keys.dtype),
                                             (0, 0, 0, self.index))
         values = jax.lax.dynamic_update_slice(self.values, v.transpose(0, 2, 1, 3).astype(self.values.dtype),
@@ -61,7 +70,8 @@ class LayerCache(NamedTuple):
 class KVCache:
     """Per layer, keys ``[batch, kv_heads, head_dim, slots]`` and values ``[batch, kv_heads, slots, head_dim]``
     in the model's compute dtype; per slot ``valid`` ``[batch, slots]`` bool and ``positions``
-    ``[batch, slots]`` int32; ``index`` ``[]`` int32, the next slot to write (the same for every row)."""
+    ``[batch, slots]`` int32; ``index`` int32, the next slot to write: ``[]`` (the same for every
+    row) or ``[batch]`` (each row its own; then every forward adds one token per row)."""
 
     keys: tuple[jax.Array, ...]
     values: tuple[jax.Array, ...]
@@ -78,6 +88,13 @@ class KVCache:
 
     def mark_slots(self, positions: jax.Array, segment_ids: jax.Array) -> "KVCache":
         """Marks the slots of new tokens (``[batch, s]`` positions; segment 0 = padding) before the layers run."""
+        if self.index.ndim:
+            if segment_ids.shape[1] != 1:
+                raise ValueError(f"a cache with a per-row write index takes one token per row, "
+                                 f"got {segment_ids.shape[1]}")
+            rows = jnp.arange(self.valid.shape[0])
+            return self.replace(valid=self.valid.at[rows, self.index].set(segment_ids[:, 0] > 0, mode="drop"),
+                                positions=self.positions.at[rows, self.index].set(positions[:, 0], mode="drop"))
         start = (0, self.index)
         valid = jax.lax.dynamic_update_slice(self.valid, segment_ids > 0, start)
         positions = jax.lax.dynamic_update_slice(self.positions, positions.astype(jnp.int32), start)
@@ -91,9 +108,9 @@ class KVCache:
     def mask(self, query_positions: jax.Array, sliding_window: int | None = None) -> jax.Array:
         """Boolean ``[batch, s, slots]`` for the ``s`` tokens just written at ``index``: each sees the
         valid slots up to its own; the window is measured in positions, as in ``packed_mask``."""
-        query_slots = self.index + jnp.arange(query_positions.shape[1])
-        causal = jnp.arange(self.slots)[None, :] <= query_slots[:, None]  # [s, slots]
-        mask = self.valid[:, None, :] & causal[None]
+        query_slots = self.index[..., None] + jnp.arange(query_positions.shape[1])  # [s] or [batch, s]
+        causal = jnp.arange(self.slots) <= query_slots[..., None]  # [s, slots] or [batch, s, slots]
+        mask = self.valid[:, None, :] & causal
         if sliding_window is not None:
             distance = query_positions[:, :, None] - self.positions[:, None, :]
             mask = mask & (distance < sliding_window)
@@ -107,6 +124,10 @@ class KVCache:
         pad = lambda x, axis: jnp.pad(x, [(0, extra if a == axis else 0) for a in range(x.ndim)])  # noqa: E731
         return self.replace(keys=tuple(pad(k, 3) for k in self.keys), values=tuple(pad(v, 2) for v in self.values),
                             valid=pad(self.valid, 1), positions=pad(self.positions, 1))
+
+    def per_row_index(self) -> "KVCache":
+        """The same cache with the shared write index copied to every row (``index`` ``[batch]``)."""
+        return self.replace(index=jnp.broadcast_to(self.index, self.valid.shape[:1]))
 
     def repeat(self, n: int) -> "KVCache":
         """Every row ``n`` times in a row (row ``r`` -> rows ``r*n .. r*n + n-1``): ``n`` continuations of
