@@ -64,32 +64,94 @@ def read_jsonl_gz(path: Path) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def hh_pairs(path: Path, tokenizer, max_length: int, limit: int | None = None) -> tuple[list[dict], dict]:
-    """HH-RLHF rows as ``{"prompt", "chosen", "rejected"}`` (split with jaxalign's
-    implicit-prompt rule), keeping only pairs where prompt + each reply + EOS fits
-    ``max_length`` with one token to spare, so neither trainer truncates or drops
-    anything. File order is kept (both trainers read without shuffling).
-    Returns the rows and counts of what was dropped."""
+def hh_split(path: Path, counts: dict) -> Iterable[dict]:
+    """HH-RLHF rows as ``{"prompt", "chosen", "rejected"}`` split with jaxalign's
+    implicit-prompt rule, in file order; degenerate rows (no prompt, an empty
+    reply, identical replies) are skipped and counted in ``counts``."""
     from jaxalign.data import implicit_prompt
 
-    kept, counts = [], {"rows": 0, "dropped_degenerate": 0, "dropped_too_long": 0}
-    encode = tokenizer.backend_tokenizer.encode
     for row in read_jsonl_gz(path):
-        counts["rows"] += 1
+        counts["rows"] = counts.get("rows", 0) + 1
         prompt = implicit_prompt(row["chosen"], row["rejected"])
         chosen, rejected = row["chosen"][len(prompt):], row["rejected"][len(prompt):]
         if not prompt or not chosen.strip() or not rejected.strip() or chosen == rejected:
-            counts["dropped_degenerate"] += 1
+            counts["dropped_degenerate"] = counts.get("dropped_degenerate", 0) + 1
             continue
-        lengths = [len(encode(text, add_special_tokens=False).ids) for text in (prompt, chosen, rejected)]
-        if lengths[0] + max(lengths[1], lengths[2]) + 1 > max_length - 1:
+        yield {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def pair_length(tokenizer, pair: dict) -> int:
+    """Tokens of the longer side, prompt + reply + EOS (what both trainers see)."""
+    encode = tokenizer.backend_tokenizer.encode
+    lengths = [len(encode(pair[key], add_special_tokens=False).ids) for key in ("prompt", "chosen", "rejected")]
+    return lengths[0] + max(lengths[1], lengths[2]) + 1
+
+
+def hh_pairs(path: Path, tokenizer, max_length: int, limit: int | None = None) -> tuple[list[dict], dict]:
+    """HH-RLHF rows (``hh_split``), keeping only pairs where prompt + each reply + EOS
+    fits ``max_length`` with one token to spare, so neither trainer truncates or
+    drops anything. File order is kept (both trainers read without shuffling).
+    Returns the rows and counts of what was dropped."""
+    kept, counts = [], {"rows": 0, "dropped_degenerate": 0, "dropped_too_long": 0}
+    for pair in hh_split(path, counts):
+        if pair_length(tokenizer, pair) > max_length - 1:
             counts["dropped_too_long"] += 1
             continue
-        kept.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+        kept.append(pair)
         if limit is not None and len(kept) >= limit:
             break
     counts["kept"] = len(kept)
     return kept, counts
+
+
+_TURN = "\n\nHuman:"
+CONTEXT_ROWS = 100  # pairs read ahead of the used ones, to lend their conversations as context
+
+
+def hh_pairs_to_length(path: Path, tokenizer, max_length: int, count: int) -> tuple[list[dict], dict]:
+    """``count`` HH-RLHF pairs lengthened towards ``max_length`` for scaling runs.
+
+    The pairs that fit (``hh_pairs``) are read in file order up to ``count +
+    CONTEXT_ROWS``; the last ``count`` of them are used, each with earlier
+    conversation put in front of its prompt: whole Human/Assistant exchanges of
+    the conversations (prompt + chosen reply) of the pairs before it, nearest
+    first, added while prompt + longer reply + EOS still fits ``max_length - 1``
+    tokens. The replies are untouched, so the pair's preference is the original
+    one; only its context grows. Returns the pairs and counts, with
+    ``mean_length``/``min_length``/``max_length`` in tokens (longer side)."""
+    base, counts = hh_pairs(path, tokenizer, max_length, limit=count + CONTEXT_ROWS)
+    if not base:
+        raise ValueError(f"no HH-RLHF pair fits max_length {max_length}")
+    exchanges = [[_TURN + part for part in (pair["prompt"] + pair["chosen"]).split(_TURN) if part]
+                 for pair in base]
+    encode = tokenizer.backend_tokenizer.encode
+    start = max(len(base) - count, 0)
+    out, lengths = [], []
+    for i in range(start, start + count):
+        pair = dict(base[i % len(base)])
+        room = max_length - 1 - pair_length(tokenizer, pair)
+        context: list[str] = []
+        for back in range(1, len(base)):
+            taken = False
+            for exchange in reversed(exchanges[(i - back) % len(base)]):
+                cost = len(encode(exchange, add_special_tokens=False).ids)
+                if cost > room:
+                    break
+                context.insert(0, exchange)
+                room -= cost
+                taken = True
+            if not taken:
+                break
+        longer = {**pair, "prompt": "".join(context) + pair["prompt"]}
+        # BPE of a join can differ from the parts by a token: drop exchanges until it fits.
+        while context and pair_length(tokenizer, longer) > max_length - 1:
+            context.pop(0)
+            longer = {**pair, "prompt": "".join(context) + pair["prompt"]}
+        out.append(longer)
+        lengths.append(pair_length(tokenizer, longer))
+    counts.update(kept=len(out), mean_length=statistics.fmean(lengths), min_length=min(lengths),
+                  max_length=max(lengths))
+    return out, counts
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> Path:
@@ -413,169 +475,3 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]
 
 def emit_json(name: str, payload: dict) -> None:
     print("BENCHMARK_JSON " + json.dumps({"benchmark": name, **payload}, default=float))
-
-
-# ------------------------------------------------------------------ side by side
-
-
-def jaxalign_trainer(config: dict):
-    """``jaxalign.trainer.Trainer`` from a config dict (the same path as ``jaxalign train``)."""
-    from jaxalign import configlib
-    from jaxalign.config import TrainConfig
-    from jaxalign.trainer import Trainer
-
-    return Trainer(configlib.from_dict(TrainConfig, config))
-
-
-def run_side_by_side(jax_trainer, trl_trainer, warmup: int, steps: int) -> dict:
-    """Times ``warmup + steps`` optimizer steps of each trainer on the same batches.
-
-    TRL runs its own ``train()``; after each TRL step a callback runs one
-    jaxalign step (on the same batch index), so the two alternate on the
-    machine and see the same background load. A jaxalign step that meets a new
-    batch shape compiles inside it; its run time is its wall time minus the
-    seconds jax reports for tracing, lowering and compiling (reported apart).
-    The first ``warmup`` steps of each side are left out of the timed numbers.
-    """
-    total = warmup + steps
-    stepper = JaxalignStepper(jax_trainer)
-    trl_census: list[dict] = []
-    trl_trainer.data_collator = RecordingCollator(trl_trainer.data_collator, trl_census)
-    timer = make_interleaved_timer(stepper.step)
-    trl_trainer.add_callback(timer)
-    trl_trainer.train()
-    if len(stepper.records) != total or len(timer.step_seconds) != total:
-        raise RuntimeError(f"expected {total} steps each, got jaxalign {len(stepper.records)}, "
-                           f"TRL {len(timer.step_seconds)}")
-    return {"jaxalign": stepper.records, "trl_seconds": timer.step_seconds, "trl_census": trl_census[:total],
-            "compiles": stepper.compiles()}
-
-
-def epoch_shapes(pipeline) -> dict:
-    """Host-only pass over a whole epoch of a jaxalign pipeline: how many distinct
-    ``(R, L, C, P)`` batch shapes (= compiles of the train step) it produces."""
-    from collections import Counter
-
-    shapes: Counter = Counter()
-    tokens = slots = 0
-    start = time.perf_counter()
-    for batch in pipeline.iterator():
-        census = batch_census(batch)
-        shapes[(census["rows"], census["length"], census["target_slots"], census["tile_pairs"])] += 1
-        tokens += census["tokens"]
-        slots += census["slots"]
-    return {"batches": sum(shapes.values()), "distinct_shapes": len(shapes),
-            "distinct_row_shapes": len({shape[:2] for shape in shapes}),
-            "fill": tokens / max(slots, 1), "host_seconds": time.perf_counter() - start,
-            "most_common": [[list(k), v] for k, v in shapes.most_common(5)]}
-
-
-def report_side_by_side(name: str, headline: Sequence[str], result: dict, warmup: int,
-                        flops_of: Callable[[dict], float], rates: dict[str, float],
-                        setup: dict, epoch: dict, target: float, extra: dict, completions: bool = False) -> dict:
-    """Prints the per-step table, the summary and a ``BENCHMARK_JSON`` line; returns the summary.
-
-    ``flops_of(census)`` gives the useful FLOPs of one jaxalign batch; the same
-    count is used for TRL's step on the same pairs (same information, so the
-    shares of the matmul probe compare like with like). ``rates``: the best
-    matmul probe per library (``best_rates``)."""
-    jax_rate, torch_rate = rates["jax"], rates["torch"]
-    jax_records, trl_seconds, trl_census = result["jaxalign"], result["trl_seconds"], result["trl_census"]
-    rows = []
-    for i, (j, t, c) in enumerate(zip(jax_records, trl_seconds, trl_census)):
-        row = [f"{i}{' warm-up' if i < warmup else ''}", j["pairs"], c["slots"], c["tokens"]]
-        if completions:
-            row += [c.get("completion_tokens", "-")]
-        row += [j["slots"], j["tokens"]]
-        if completions:
-            row += [j["completion_tokens"], j["lm_head_slots"]]
-        shape = f"{j['rows']}x{j['length']}" + (f"/{j['target_slots']}" if completions else "")
-        row += [shape, t, j["run_seconds"], f"{j['compile_seconds']:.1f}" if j["compiled"] else "-",
-                t / j["run_seconds"]]
-        rows.append(row)
-    header = ["step", "pairs", "TRL slots", "TRL tokens"] + (["TRL compl"] if completions else []) + \
-             ["jxa slots", "jxa tokens"] + (["jxa compl", "jxa lm-head slots"] if completions else []) + \
-             ["jxa RxL" + ("/C" if completions else ""), "TRL s", "jxa s", "jxa compile s", "TRL/jxa"]
-    print_table("per step (slots: token positions pushed through the decoder; tokens: non-padding ones"
-                + ("; compl: completion tokens; lm-head slots: positions the vocab projection runs on" if completions
-                   else "") + ")", header, rows)
-
-    timed_jax, timed_trl, timed_census = jax_records[warmup:], trl_seconds[warmup:], trl_census[warmup:]
-    jax_s = sum(r["run_seconds"] for r in timed_jax)
-    trl_s = sum(timed_trl)
-    pairs = sum(r["pairs"] for r in timed_jax)
-    flops = sum(flops_of(r) for r in timed_jax)
-    n = len(timed_jax)
-    compile_s = [r["compile_seconds"] for r in jax_records if r["compiled"]]
-    summary = {
-        "jaxalign_s_per_step": jax_s / n, "trl_s_per_step": trl_s / n,
-        "jaxalign_s_per_step_median": stats([r["run_seconds"] for r in timed_jax])["median"],
-        "trl_s_per_step_median": stats(timed_trl)["median"],
-        "speedup": trl_s / jax_s, "speedup_median_of_step_ratios": stats(
-            [t / j["run_seconds"] for t, j in zip(timed_trl, timed_jax)])["median"],
-        "jaxalign_pairs_per_s": pairs / jax_s, "trl_pairs_per_s": pairs / trl_s,
-        "jaxalign_slots_per_step": sum(r["slots"] for r in timed_jax) / n,
-        "trl_slots_per_step": sum(c["slots"] for c in timed_census) / n,
-        "jaxalign_tokens_per_step": sum(r["tokens"] for r in timed_jax) / n,
-        "trl_tokens_per_step": sum(c["tokens"] for c in timed_census) / n,
-        "useful_gflop_per_step": flops / n / 1e9,
-        "jaxalign_useful_share_of_matmul_rate": flops / jax_s / jax_rate,
-        "trl_useful_share_of_matmul_rate": flops / trl_s / torch_rate,
-        "matmul_gflops_jax": jax_rate / 1e9, "matmul_gflops_torch": torch_rate / 1e9,
-        "compiles": len(compile_s), "compile_seconds": compile_s,
-        "fetch_seconds_max": max(r["fetch_seconds"] for r in jax_records),
-        "timed_steps": n, "warmup_steps": warmup,
-    }
-    # A step that met a new shape also pays first-run costs beyond the compile
-    # seconds jax reports; the same step indices on both sides, without them.
-    steady = [(t, j["run_seconds"]) for t, j in zip(timed_trl, timed_jax) if not j["compiled"]]
-    summary["steady_steps"] = len(steady)
-    summary["speedup_steady"] = sum(t for t, _ in steady) / sum(j for _, j in steady) if steady else float("nan")
-    if completions:
-        summary["completion_tokens_per_step"] = sum(r["completion_tokens"] for r in timed_jax) / n
-        summary["jaxalign_lm_head_slots_per_step"] = sum(r["lm_head_slots"] for r in timed_jax) / n
-    summary_rows = [
-        ["seconds / step (mean over timed steps)", summary["jaxalign_s_per_step"], summary["trl_s_per_step"]],
-        ["seconds / step (median)", summary["jaxalign_s_per_step_median"], summary["trl_s_per_step_median"]],
-        ["pairs / s", summary["jaxalign_pairs_per_s"], summary["trl_pairs_per_s"]],
-        ["token slots through the decoder / step", summary["jaxalign_slots_per_step"], summary["trl_slots_per_step"]],
-        ["real tokens / step (jaxalign: prompt once)", summary["jaxalign_tokens_per_step"],
-         summary["trl_tokens_per_step"]],
-        ["real tokens / slots", summary["jaxalign_tokens_per_step"] / summary["jaxalign_slots_per_step"],
-         summary["trl_tokens_per_step"] / summary["trl_slots_per_step"]],
-    ]
-    if completions:
-        trl_compl = sum(c.get("completion_tokens", 0) for c in timed_census) / n
-        summary_rows.append(["completion tokens / step (vocab projection)",
-                             summary["completion_tokens_per_step"], trl_compl])
-        summary_rows.append(["  positions the vocab projection runs on", summary["jaxalign_lm_head_slots_per_step"],
-                             trl_compl])
-    summary_rows += [
-        ["useful GFLOP / step (same count both sides)", summary["useful_gflop_per_step"],
-         summary["useful_gflop_per_step"]],
-        ["useful GFLOP/s", flops / jax_s / 1e9, flops / trl_s / 1e9],
-        ["  share of the matmul probe (jax / torch)", summary["jaxalign_useful_share_of_matmul_rate"],
-         summary["trl_useful_share_of_matmul_rate"]],
-        ["setup s (model, data, trainer)", setup["jaxalign"], setup["trl"]],
-        ["train-step compiles / mean s each", f"{len(compile_s)} / {stats(compile_s)['mean']:.1f}", "-"],
-        ["longest wait for a host batch (s)", summary["fetch_seconds_max"], "-"],
-    ]
-    print_table(f"summary over {n} timed steps per side (after {warmup} warm-up)", ["", "jaxalign", "TRL"],
-                summary_rows)
-    print(f"\nspeed-up, TRL time / jaxalign time over the timed steps: {summary['speedup']:.2f}x "
-          f"(median of per-step ratios {summary['speedup_median_of_step_ratios']:.2f}x; target >= {target}x): "
-          f"{'OK' if summary['speedup'] >= target else 'BELOW TARGET'}")
-    print(f"over the {summary['steady_steps']} timed steps that met no new batch shape: "
-          f"{summary['speedup_steady']:.2f}x (a step that compiles also pays first-run costs beyond its compile "
-          f"seconds)")
-    print(f"TRL pushes {summary['trl_slots_per_step'] / summary['jaxalign_slots_per_step']:.2f}x as many token "
-          f"positions through the decoder: it pads chosen and rejected to the batch's longest and repeats the prompt "
-          f"in both; jaxalign packs [prompt|chosen|rejected] rows, the prompt stored once.")
-    print(f"matmul probe (2048^2 float32, best of 7, before and after the run): jax {jax_rate / 1e9:.1f} GFLOP/s "
-          f"(dot on {dot_library()}), torch {torch_rate / 1e9:.1f} GFLOP/s; CPU {cpu_model()}")
-    print(f"jaxalign batch shapes over one epoch of this data: {epoch['distinct_shapes']} distinct (R, L, C, P) "
-          f"({epoch['distinct_row_shapes']} distinct (R, L)) in {epoch['batches']} batches = "
-          f"{epoch['distinct_shapes']} train-step compiles per epoch; packed fill {epoch['fill']:.2f}")
-    emit_json(name, {"machine": machine(), **extra, "setup_seconds": setup, "epoch_shapes": epoch, **summary,
-                     "headline": list(headline)})
-    return summary

@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import side_by_side  # noqa: E402
 
 wl = sys.argv[1]
 steps = int(sys.argv[2])
@@ -40,14 +41,8 @@ with tempfile.TemporaryDirectory() as tmp:
               num_attention_heads=spec["heads"], num_key_value_heads=spec["heads"], intermediate_size=spec["intermediate"],
               max_position_embeddings=max(256, 2 * spec["max_length"]), tie_word_embeddings=False, **special)
     common.build_llama(tmp / "policy", head="causal_lm", seed=0, **mc)
-    tr = common.jaxalign_trainer({
-        "algo": "dpo", "run_dir": str(tmp / "run"), "max_steps": steps, "export": False,
-        "model": {"path": str(tmp / "policy"), "tokenizer": tok_spec},
-        "data": {"train": data_spec, "batch_size": spec["pairs"], "max_length": spec["max_length"],
-                 "max_prompt_length": spec["max_length"] - 1, "shuffle": False},
-        "loss": {"name": "sigmoid", "beta": 0.1},
-        "optim": {"lr": 1e-6, "schedule": "linear", "weight_decay": 0.0, "max_grad_norm": 1.0},
-        "checkpoint": {"every_steps": 0, "every_minutes": 0}, "log": {"every_steps": 10 ** 6, "tensorboard": False}})
+    tr = side_by_side.jaxalign_dpo_trainer(tmp / "run", tmp / "policy", tok_spec, data_spec, spec["pairs"],
+                                     spec["max_length"], 1e-6, steps)
     st = common.JaxalignStepper(tr)
     recs = [st.step() for _ in range(steps)]
     for r in recs:

@@ -41,6 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+import side_by_side  # noqa: E402
 
 WORKLOADS = {
     "hh": dict(pairs=8, max_length=512, hidden=512, layers=8, heads=8, intermediate=1376, warmup=1, steps=2,
@@ -64,11 +65,7 @@ def main() -> None:
     if args.workload == "hh":
         paths = common.shared_data(common.HH_FILE, common.GPT2_TOKENIZER)
     common.quiet_libraries()
-    import torch
     import trl
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM
-    from trl import DPOConfig, DPOTrainer
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="jaxalign-bench-dpo-") as tmp:
@@ -107,36 +104,18 @@ def main() -> None:
         total = spec["warmup"] + spec["steps"]
 
         setup_start = time.perf_counter()
-        jax_trainer = common.jaxalign_trainer({
-            "algo": "dpo", "run_dir": str(tmp / "jaxalign-run"), "max_steps": total, "export": False,
-            "model": {"path": str(ckpt), "tokenizer": tokenizer_spec},
-            "data": {"train": data_spec, "batch_size": spec["pairs"], "max_length": spec["max_length"],
-                     "max_prompt_length": spec["max_length"] - 1, "shuffle": False,
-                     **({"pack_length": args.pack_length} if args.pack_length else {})},
-            "loss": {"name": "sigmoid", "beta": 0.1},
-            "optim": {"lr": spec["lr"], "schedule": "linear", "weight_decay": 0.0, "max_grad_norm": 1.0},
-            "checkpoint": {"every_steps": 0, "every_minutes": 0},
-            "log": {"every_steps": 10 ** 6, "tensorboard": False},
-        })
+        jax_trainer = side_by_side.jaxalign_dpo_trainer(tmp / "jaxalign-run", ckpt, tokenizer_spec, data_spec,
+                                                  spec["pairs"], spec["max_length"], spec["lr"], total,
+                                                  args.pack_length)
         jax_setup = time.perf_counter() - setup_start
 
         setup_start = time.perf_counter()
-        trl_args = DPOConfig(
-            output_dir=str(tmp / "trl-run"), max_length=spec["max_length"], per_device_train_batch_size=spec["pairs"],
-            gradient_accumulation_steps=1, max_steps=total, learning_rate=spec["lr"], lr_scheduler_type="linear",
-            weight_decay=0.0, max_grad_norm=1.0, beta=0.1, loss_type=["sigmoid"], precompute_ref_log_probs=False,
-            report_to=[], save_strategy="no", eval_strategy="no", logging_steps=10 ** 6, dataloader_num_workers=0,
-            use_cpu=True, bf16=False, gradient_checkpointing=False, train_sampling_strategy="sequential",
-            disable_tqdm=True, seed=0,
-        )
-        policy = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
-        reference = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
-        trl_trainer = DPOTrainer(model=policy, ref_model=reference, args=trl_args,
-                                 train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+        trl_trainer = side_by_side.trl_dpo_trainer(tmp / "trl-run", ckpt, rows, tokenizer, spec["pairs"],
+                                             spec["max_length"], spec["lr"], total)
         trl_setup = time.perf_counter() - setup_start
 
-        result = common.run_side_by_side(jax_trainer, trl_trainer, spec["warmup"], spec["steps"])
-        epoch = common.epoch_shapes(jax_trainer.train_data)
+        result = side_by_side.run_side_by_side(jax_trainer, trl_trainer, spec["warmup"], spec["steps"])
+        epoch = side_by_side.epoch_shapes(jax_trainer.train_data)
         probe_end = common.probe_rates()
         rates = common.best_rates(probe_start, probe_end)
 
@@ -155,7 +134,7 @@ def main() -> None:
         "once per pair, Tc = completion tokens; attention T^2 terms excluded",
     ]
     print("\n" + "\n".join(headline))
-    common.report_side_by_side(
+    side_by_side.report_side_by_side(
         f"dpo_vs_trl_{args.workload}", headline, result, spec["warmup"],
         lambda census: common.useful_flops(params["non_embedding"], spec["hidden"], model_config["vocab_size"],
                                            census["tokens"], census["completion_tokens"], reference=True,

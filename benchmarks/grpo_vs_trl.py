@@ -38,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+import side_by_side  # noqa: E402
 
 PROMPTS, GENERATIONS, NEW_TOKENS, MAX_PROMPT_TOKENS = 4, 4, 64, 48
 BETA, LOSS_TYPE, NUM_ITERATIONS, EPSILON, LR = 0.04, "dapo", 1, 0.2, 1e-6
@@ -117,7 +118,7 @@ def main() -> None:
         common.build_llama(ckpt, head="causal_lm", seed=0, **model_config)
 
         setup_start = time.perf_counter()
-        jax_trainer = common.jaxalign_trainer({
+        jax_trainer = side_by_side.jaxalign_trainer({
             "algo": "grpo", "run_dir": str(tmp / "jaxalign-run"), "max_steps": total, "export": False,
             "eval_batches": 0,
             "model": {"path": str(ckpt), "tokenizer": str(paths[common.GPT2_TOKENIZER])},

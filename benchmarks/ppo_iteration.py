@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+import side_by_side  # noqa: E402
 
 PHASES = ("generation", "scoring", "logps", "training")
 
@@ -62,7 +63,7 @@ def main() -> None:
             "checkpoint": {"every_steps": 10_000, "every_minutes": 0},
             "log": {"tensorboard": False},
         }
-        trainer = common.jaxalign_trainer(config)
+        trainer = side_by_side.jaxalign_trainer(config)
         iterator = trainer.train_data.iterator()
         rows = []
         for index in range(args.warmup + args.iterations):

@@ -18,7 +18,7 @@ Same model, data, batch and precision on both sides:
 
 jaxalign is driven through ``jaxalign.trainer.Trainer`` (the path ``jaxalign
 train`` takes), one ``_optimizer_step`` at a time, blocking after each;
-TRL through its own ``train()``. See ``common.run_side_by_side`` for the
+TRL through its own ``train()``. See ``side_by_side.run_side_by_side`` for the
 interleaving and how compile time is separated.
 
 Usage::
@@ -37,6 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+import side_by_side  # noqa: E402
 
 
 def main() -> None:
@@ -55,11 +56,7 @@ def main() -> None:
 
     paths = common.shared_data(common.HH_FILE, common.GPT2_TOKENIZER)
     common.quiet_libraries()
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification
     import trl
-    from trl import RewardConfig, RewardTrainer
 
     tokenizer = common.gpt2_tokenizer(paths[common.GPT2_TOKENIZER])
     pairs, dropped = common.hh_pairs(paths[common.HH_FILE], tokenizer, args.max_length)
@@ -83,35 +80,20 @@ def main() -> None:
         probe_start = common.probe_rates()
 
         setup_start = time.perf_counter()
-        jax_trainer = common.jaxalign_trainer({
-            "algo": "rm", "run_dir": str(tmp / "jaxalign-run"), "max_steps": total, "export": False,
-            "model": {"path": str(ckpt), "tokenizer": str(paths[common.GPT2_TOKENIZER])},
-            "data": {"train": str(data_file), "batch_size": args.pairs, "max_length": args.max_length,
-                     "max_prompt_length": args.max_length - 1, "shuffle": False,
-                     **({"pack_length": args.pack_length} if args.pack_length else {})},
-            "optim": {"lr": args.lr, "schedule": "linear", "weight_decay": 0.0, "max_grad_norm": 1.0},
-            "checkpoint": {"every_steps": 0, "every_minutes": 0},
-            "log": {"every_steps": 10 ** 6, "tensorboard": False},
-        })
+        jax_trainer = side_by_side.jaxalign_rm_trainer(tmp / "jaxalign-run", ckpt, str(paths[common.GPT2_TOKENIZER]),
+                                                 str(data_file), args.pairs, args.max_length, args.lr, total,
+                                                 args.pack_length)
         jax_setup = time.perf_counter() - setup_start
 
         setup_start = time.perf_counter()
-        trl_args = RewardConfig(
-            output_dir=str(tmp / "trl-run"), max_length=args.max_length, per_device_train_batch_size=args.pairs,
-            gradient_accumulation_steps=1, max_steps=total, learning_rate=args.lr, lr_scheduler_type="linear",
-            weight_decay=0.0, max_grad_norm=1.0, report_to=[], save_strategy="no", eval_strategy="no",
-            logging_steps=10 ** 6, dataloader_num_workers=0, use_cpu=True, bf16=False,
-            gradient_checkpointing=False, train_sampling_strategy="sequential", disable_tqdm=True, seed=0,
-        )
-        trl_model = AutoModelForSequenceClassification.from_pretrained(ckpt, num_labels=1, dtype=torch.float32)
-        trl_trainer = RewardTrainer(model=trl_model, args=trl_args, train_dataset=Dataset.from_list(implicit_rows),
-                                    processing_class=tokenizer)
+        trl_trainer = side_by_side.trl_rm_trainer(tmp / "trl-run", ckpt, implicit_rows, tokenizer, args.pairs,
+                                            args.max_length, args.lr, total)
         trl_setup = time.perf_counter() - setup_start
         if len(trl_trainer.train_dataset) != len(pairs):
             print(f"note: TRL kept {len(trl_trainer.train_dataset)} of {len(pairs)} pairs (max_length filter)")
 
-        result = common.run_side_by_side(jax_trainer, trl_trainer, args.warmup, args.steps)
-        epoch = common.epoch_shapes(jax_trainer.train_data)
+        result = side_by_side.run_side_by_side(jax_trainer, trl_trainer, args.warmup, args.steps)
+        epoch = side_by_side.epoch_shapes(jax_trainer.train_data)
         probe_end = common.probe_rates()
         rates = common.best_rates(probe_start, probe_end)
 
@@ -129,7 +111,7 @@ def main() -> None:
         "useful FLOPs = 6 * non-embedding params * real tokens (prompt once per pair); attention T^2 terms excluded",
     ]
     print("\n" + "\n".join(headline))
-    common.report_side_by_side(
+    side_by_side.report_side_by_side(
         "rm_vs_trl", headline, result, args.warmup,
         lambda census: common.useful_flops(params["non_embedding"], args.hidden, 0, census["tokens"], 0,
                                            reference=False, lm_head=False),

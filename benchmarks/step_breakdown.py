@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+import side_by_side  # noqa: E402
 
 
 def main() -> None:
@@ -60,7 +61,7 @@ def main() -> None:
         common.build_llama(tmp / "lm", head="causal_lm", **model_config)
         data = common.write_jsonl(tmp / "pairs.jsonl", pairs)
         trainers = {
-            algo: common.jaxalign_trainer({
+            algo: side_by_side.jaxalign_trainer({
                 "algo": algo, "run_dir": str(tmp / f"run-{algo}"), "max_steps": 10, "export": False,
                 "model": {"path": str(tmp / ("rm" if algo == "rm" else "lm")),
                           "tokenizer": str(paths[common.GPT2_TOKENIZER])},

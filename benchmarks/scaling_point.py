@@ -1,0 +1,258 @@
+"""One point of the scaling benchmark (``scaling.py``), run in a fresh process.
+
+A training point (``--train SPEC``) is three processes: this one coordinates,
+and each side trains in its own worker (``--side jaxalign|trl``) so that each
+side's RSS high-water mark (``ru_maxrss``) is its own. The sides still take
+turns step by step, as in ``side_by_side.run_side_by_side``: TRL's ``train()`` runs in
+its worker with ``side_by_side.run_trl_interleaved``; after each TRL step its worker
+tells the coordinator, which has the jaxalign worker run one
+``common.JaxalignStepper`` step and then lets TRL go on. The two workers talk
+to the coordinator in JSON lines prefixed with ``@@`` on stdout/stdin (other
+output is passed through to stderr).
+
+A generation point (``--generate SPEC``) loads one Llama on both sides in this
+process and times ``jaxalign.generation.generate`` and transformers'
+``generate`` alternately, best of ``repeats``, compile time apart.
+
+Each prints one ``SCALING_POINT {...}`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import common  # noqa: E402
+import side_by_side  # noqa: E402
+
+PREFIX = "@@ "
+
+
+def peak_rss_mb() -> float:
+    """This process's RSS high-water mark (Linux reports ``ru_maxrss`` in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+# ------------------------------------------------------------------- side workers
+
+
+def _send(message: dict) -> None:
+    sys.__stdout__.write(PREFIX + json.dumps(message, default=float) + "\n")
+    sys.__stdout__.flush()
+
+
+def _receive() -> str:
+    line = sys.stdin.readline()
+    if not line:
+        raise SystemExit("coordinator went away")
+    return line.strip()
+
+
+def side_worker(side: str, spec: dict) -> None:
+    """Builds one side's trainer, reports its setup, then steps when told."""
+    sys.stdout = sys.stderr  # library prints must not reach the protocol stream
+    common.quiet_libraries()
+    tmp = Path(spec["tmp"])
+    tokenizer = common.gpt2_tokenizer(Path(spec["tokenizer"]))
+    total = spec["warmup"] + spec["steps"]
+    rows = [json.loads(line) for line in open(spec["data"], encoding="utf-8")]
+    shape = (spec["pairs"], spec["max_length"], spec["lr"], total)
+    start = time.perf_counter()
+    if side == "jaxalign":
+        build = side_by_side.jaxalign_dpo_trainer if spec["workload"] == "dpo" else side_by_side.jaxalign_rm_trainer
+        trainer = build(tmp / "jaxalign-run", Path(spec["ckpt"]), spec["tokenizer"], spec["data"], *shape)
+        stepper = common.JaxalignStepper(trainer)
+    else:
+        build = side_by_side.trl_dpo_trainer if spec["workload"] == "dpo" else side_by_side.trl_rm_trainer
+        if spec["workload"] == "rm":
+            rows = [{"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]} for r in rows]
+        trainer = build(tmp / "trl-run", Path(spec["ckpt"]), rows, tokenizer, *shape)
+    _send({"event": "ready", "setup_seconds": time.perf_counter() - start, "rss_mb": rss_mb()})
+    if side == "jaxalign":
+        while _receive() == "step":
+            _send({"event": "record", **stepper.step()})
+        _send({"event": "done", "compiles": stepper.compiles(), "peak_rss_mb": peak_rss_mb()})
+        return
+
+    def between_steps() -> None:
+        _send({"event": "trl_step"})
+        if _receive() != "go":
+            raise SystemExit("coordinator stopped the run")
+
+    _receive()  # "start"
+    result = side_by_side.run_trl_interleaved(trainer, between_steps, total)
+    _send({"event": "done", **result, "peak_rss_mb": peak_rss_mb()})
+
+
+class _Worker:
+    """A side worker process and its ``@@`` message stream."""
+
+    def __init__(self, side: str, spec_file: Path, log: Path):
+        self.side, self.log = side, open(log, "w")
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--side", side, str(spec_file)], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self.log, text=True, bufsize=1)
+
+    def send(self, command: str) -> None:
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+
+    def receive(self) -> dict:
+        for line in self.process.stdout:
+            if line.startswith(PREFIX):
+                return json.loads(line[len(PREFIX):])
+            self.log.write(line)
+        self.log.flush()
+        raise RuntimeError(f"{self.side} worker exited ({self.process.wait()}); its log: {self.log.name}")
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.log.close()
+
+
+def train_point(spec: dict) -> dict:
+    """Runs one (workload, max_length, pairs) point; returns its measurements."""
+    paths = common.shared_data(common.HH_FILE, common.GPT2_TOKENIZER)
+    tokenizer = common.gpt2_tokenizer(paths[common.GPT2_TOKENIZER])
+    total = spec["warmup"] + spec["steps"]
+    # Every step trains on the same pairs, so every step has the same shape on both
+    # sides: one compile (in the warm-up), and the timed steps measure growth with
+    # length or pairs, not the mix of shapes a data order happens to produce (that
+    # is dpo_vs_trl.py's subject). One spare batch: jaxalign's packer may look ahead.
+    pairs, data = common.hh_pairs_to_length(paths[common.HH_FILE], tokenizer, spec["max_length"], spec["pairs"])
+    rows = pairs * (total + 1)
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="jaxalign-scaling-") as tmp:
+        tmp = Path(tmp)
+        spec = {**spec, "tmp": str(tmp), "tokenizer": str(paths[common.GPT2_TOKENIZER]),
+                "data": str(common.write_jsonl(tmp / "pairs.jsonl", rows))}
+        spec_file = tmp / "spec.json"
+        spec_file.write_text(json.dumps(spec))
+        workers = {side: _Worker(side, spec_file, tmp / f"{side}.log") for side in ("jaxalign", "trl")}
+        try:
+            ready = {side: worker.receive() for side, worker in workers.items()}
+            jax_worker, trl_worker = workers["jaxalign"], workers["trl"]
+            trl_worker.send("start")
+            records = []
+            while (message := trl_worker.receive())["event"] == "trl_step":
+                jax_worker.send("step")
+                records.append(jax_worker.receive())
+                trl_worker.send("go")
+            trl = message
+            jax_worker.send("finish")
+            jax_done = jax_worker.receive()
+        except Exception as error:
+            for worker in workers.values():
+                worker.close()
+                sys.stderr.write(f"--- {worker.side} worker log (tail)\n{Path(worker.log.name).read_text()[-3000:]}\n")
+            raise RuntimeError(f"point {spec['workload']} L={spec['max_length']} pairs={spec['pairs']}") from error
+        for worker in workers.values():
+            worker.close()
+    warmup = spec["warmup"]
+    timed_jax, timed_trl = records[warmup:], trl["trl_seconds"][warmup:]
+    census = trl["trl_census"][warmup:total]
+    return {
+        "kind": "train", "workload": spec["workload"], "max_length": spec["max_length"], "pairs": spec["pairs"],
+        "jaxalign_s": common.stats([r["run_seconds"] for r in timed_jax])["median"],
+        "trl_s": common.stats(timed_trl)["median"],
+        "jaxalign_compile_s": sum(r["compile_seconds"] for r in records), "compiles": jax_done["compiles"],
+        "timed_steps_with_new_shape": sum(r["compiled"] for r in timed_jax),
+        "jaxalign_peak_rss_mb": jax_done["peak_rss_mb"], "trl_peak_rss_mb": trl["peak_rss_mb"],
+        "jaxalign_ready_rss_mb": ready["jaxalign"]["rss_mb"], "trl_ready_rss_mb": ready["trl"]["rss_mb"],
+        "jaxalign_tokens_per_step": common.stats([r["tokens"] for r in timed_jax])["mean"],
+        "jaxalign_slots_per_step": common.stats([r["slots"] for r in timed_jax])["mean"],
+        "trl_slots_per_step": common.stats([c["slots"] for c in census])["mean"],
+        "pair_length_mean": data["mean_length"], "pair_length_min": data["min_length"],
+        "steps": spec["steps"], "warmup": warmup, "load_average": [load_before, os.getloadavg()[0]],
+        "jaxalign_step_seconds": [r["run_seconds"] for r in records], "trl_step_seconds": trl["trl_seconds"],
+    }
+
+
+# --------------------------------------------------------------------- generation
+
+
+def generate_point(spec: dict) -> dict:
+    """Times one (batch, new tokens) generation on both sides: sampling with
+    temperature 1 / top-k 50, EOS ignored, left-padded prompts of 16-64 tokens
+    (``generate_vs_hf.mixed_prompts``); best wall time of ``repeats``, alternating,
+    transformers at each of ``torch_threads`` torch threads."""
+    import jax
+    import numpy as np
+    import torch
+    import transformers
+
+    from generate_vs_hf import MODEL, mixed_prompts, timed
+    from jaxalign.generation import SamplingConfig, generate
+    from jaxalign.models import load_pretrained
+
+    batch, new_tokens = spec["batch"], spec["new_tokens"]
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(spec["ckpt"], dtype=torch.float32).eval()
+    model = load_pretrained(spec["ckpt"])
+    ids, mask = mixed_prompts(batch, 16, 64, MODEL["vocab_size"])
+    torch_ids, torch_mask = torch.tensor(ids), torch.tensor(mask)
+    jax_ids, jax_mask = jax.device_put(ids.astype(np.int32)), jax.device_put(mask.astype(np.int32))
+    sampling = SamplingConfig(max_new_tokens=new_tokens, stop_at_eos=False, temperature=1.0, top_k=50)
+
+    def run_hf() -> Any:
+        with torch.inference_mode():
+            return hf_model.generate(input_ids=torch_ids, attention_mask=torch_mask, max_new_tokens=new_tokens,
+                                     min_new_tokens=new_tokens, do_sample=True, top_k=50, pad_token_id=0,
+                                     eos_token_id=None)
+
+    def run_jax() -> Any:
+        return generate(model, jax_ids, jax_mask, jax.random.key(0), sampling).tokens.block_until_ready()
+
+    load_before = os.getloadavg()[0]
+    compile_and_run = timed(run_jax)[0]
+    timed(run_hf)  # warm-up
+    # transformers is credited with its fastest torch thread count, as in generate_vs_hf.py
+    # (OpenMP threads spin-wait and slow down badly when other jobs share the cores).
+    best = {"jaxalign": float("inf"), "hf": float("inf")}
+    for _ in range(spec["repeats"]):
+        for threads in spec["torch_threads"]:
+            torch.set_num_threads(threads)
+            seconds = timed(run_hf)[0]
+            if seconds < best["hf"]:
+                best["hf"], best["hf_threads"] = seconds, threads
+        best["jaxalign"] = min(best["jaxalign"], timed(run_jax)[0])
+    return {"kind": "generate", "batch": batch, "new_tokens": new_tokens, "jaxalign_s": best["jaxalign"],
+            "hf_s": best["hf"], "hf_torch_threads": best["hf_threads"], "jaxalign_compile_s": compile_and_run - best["jaxalign"],
+            "repeats": spec["repeats"], "load_average": [load_before, os.getloadavg()[0]]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--train", help="JSON spec of a training point")
+    group.add_argument("--generate", help="JSON spec of a generation point")
+    group.add_argument("--side", choices=("jaxalign", "trl"), help="(internal) a training side worker")
+    parser.add_argument("spec_file", nargs="?", help="(with --side) the point's spec file")
+    args = parser.parse_args()
+    if args.side:
+        side_worker(args.side, json.loads(Path(args.spec_file).read_text()))
+        return
+    common.quiet_libraries()
+    result = train_point(json.loads(args.train)) if args.train else generate_point(json.loads(args.generate))
+    print("SCALING_POINT " + json.dumps(result, default=float), flush=True)
+
+
+if __name__ == "__main__":
+    main()
