@@ -16,6 +16,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# A launch's deadline. A 4-step DPO run over two processes took 6-7 min at load 17-18 on 2 cores
+# (2026-12-03), past the 420 s this was, and failed a test that passes at load 2-4 in ~1 min;
+# 900 s matches tests/conftest.py's patience for XLA's CPU collectives.
+LAUNCH_TIMEOUT_S = 900
 
 
 @dataclasses.dataclass
@@ -40,7 +44,7 @@ def cpu_env(devices: int) -> dict[str, str]:
 
 
 def train_processes(config: Path, *overrides: str, processes: int = 2, devices_per_process: int = 2,
-                    timeout: float = 420, log_dir: Path | None = None) -> list[Finished]:
+                    timeout: float = LAUNCH_TIMEOUT_S, log_dir: Path | None = None) -> list[Finished]:
     """Runs ``jaxalign train config`` as ``processes`` cooperating processes; waits for all.
 
     Output goes to files (a full pipe would stall a process and, through the
@@ -73,7 +77,8 @@ def train_processes(config: Path, *overrides: str, processes: int = 2, devices_p
     return [Finished(i, proc.returncode, path.read_text()) for i, (proc, _, path) in enumerate(running)]
 
 
-def train_one_process(config: Path, *overrides: str, devices: int = 4, timeout: float = 420) -> Finished:
+def train_one_process(config: Path, *overrides: str, devices: int = 4,
+                      timeout: float = LAUNCH_TIMEOUT_S) -> Finished:
     """The same run as a single process with ``devices`` fake CPU devices."""
     sets = [arg for item in overrides for arg in ("--set", item)]
     result = subprocess.run([sys.executable, "-m", "jaxalign.cli", "train", str(config), *sets],

@@ -92,6 +92,7 @@ def test_peft_loads_the_adapter_and_transformers_the_merged_model_with_our_logit
     np.testing.assert_allclose(np.asarray(again(IDS)), ours, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow  # 29 CPU s (275 s wall at load 18) on 2 cores, 2026-12-03
 def test_a_peft_adapter_starts_our_model_and_a_reward_model_adapter_loads_in_peft(tmp_path, base):
     # PEFT's own adapter, with B non-zero (init_lora_weights=False), read as lora.init_from.
     torch.manual_seed(0)

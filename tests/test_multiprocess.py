@@ -111,33 +111,35 @@ def test_reward_model_two_processes_match_one_resume_and_change_process_count(tm
 
 
 @pytest.mark.slow
-def test_dpo_two_processes_match_one(tmp_path):
-    two_dir, one_dir = _train_two_and_one(tmp_path, "dpo")
+def test_dpo_two_processes_with_precomputed_reference_match_one_computing_it_in_the_step(tmp_path):
+    """Two processes score the reference log-probs up front (each its shard; the tables come back whole
+    and equal to one process's), train on them and match one process that runs the reference inside
+    its train step. One launch pair checks both (they were two tests: each launch pays jax's import
+    and compiles); the reference pass inside a multi-process step stays covered by the GRPO test."""
+    from jaxalign.algos import common, dpo
+    from jaxalign.data import load_tokenizer
+
+    two = _config(tmp_path, "two", "dpo", precompute_ref_logps=True)
+    finished = train_processes(two)
+    assert_all_ok(finished)
+    assert "reference log-probs for train:" in finished[0].output
+    single = train_one_process(_config(tmp_path, "one", "dpo"), devices=4)
+    assert single.returncode == 0, single.output[-4000:]
+    two_dir, one_dir = tmp_path / "two", tmp_path / "one"
+    assert not (one_dir / "ref_logps_train.npy").exists()  # the single process did compute it in the step
     _assert_written_once(two_dir)
     _assert_same_metrics(read_metrics(two_dir), read_metrics(one_dir))
     _assert_same_metrics(read_metrics(two_dir, "eval/"), read_metrics(one_dir, "eval/"))
     assert read_metrics(two_dir, "eval/")[4]["eval/rewards/margins"] != 0.0  # the reference was in play
     _assert_same_weights(_weights(two_dir), _weights(one_dir))
 
-
-@pytest.mark.slow
-def test_dpo_precomputed_reference_over_two_processes(tmp_path):
-    """Each process scores its shard; the tables come back whole and equal to one process's."""
-    from jaxalign.algos import common, dpo
-    from jaxalign.data import load_tokenizer
-
-    config = _config(tmp_path, "two", "dpo", max_steps=2, precompute_ref_logps=True)
-    finished = train_processes(config)
-    assert_all_ok(finished)
-    assert "reference log-probs for train:" in finished[0].output
-
-    cfg = load_config(config, [f"run_dir={tmp_path / 'one'}"])
+    cfg = load_config(two, [f"run_dir={tmp_path / 'scored'}"])
     mesh = make_mesh(MeshConfig(data=1), devices=jax.devices()[:1])
     tokenizer = load_tokenizer("builtin")
     graphdef, params = common.split_params(common.build_model(cfg.model, cfg, mesh, "causal_lm", tokenizer))
     tables = dpo.precomputed_reference(cfg, mesh, tokenizer, graphdef, params)
     for split in ("train", "eval"):
-        written = np.load(tmp_path / "two" / f"ref_logps_{split}.npy")
+        written = np.load(two_dir / f"ref_logps_{split}.npy")
         expected = np.asarray(tables[f"ref_{split}"])
         assert written.shape == expected.shape and np.all(written < 0)  # every example scored
         np.testing.assert_allclose(written, expected, rtol=1e-5)

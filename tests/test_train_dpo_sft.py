@@ -74,6 +74,7 @@ def test_reference_free_losses_hold_no_reference(tmp_path, tokenizer, one_device
     assert np.isfinite(float(metrics["loss"]))
 
 
+@pytest.mark.slow  # 45 s (45 CPU s) at load 4 on 2 cores, 2026-12-03
 def test_precomputed_and_in_step_reference_give_the_same_loss(tmp_path, tokenizer, one_device):
     in_step_cfg = _config(tmp_path, loss={"name": "sigmoid", "beta": 0.5}, optim={"warmup_steps": 0, "lr": 1e-2})
     precomputed_cfg = dataclasses.replace(in_step_cfg, precompute_ref_logps=True)
