@@ -255,7 +255,8 @@ def _ppo_xla_bytes(cfg, prompt: int) -> dict[str, int]:
 
     def cache_shardings(slots: int):
         keys, values = cache_shapes(model_config, rows, slots)
-        return logical_sharding(mesh, KEY_AXES, keys, rules), logical_sharding(mesh, VALUE_AXES, values, rules)
+        return (logical_sharding(mesh, KEY_AXES, keys, rules), logical_sharding(mesh, VALUE_AXES, values, rules),
+                logical_sharding(mesh, ("batch",), (rows,), rules))  # the cache's buffers, then its rows
 
     cache = (cache_shardings(prompt), cache_shardings(prompt + new - 1))  # prefill, decode
     prompts = jax.ShapeDtypeStruct((rows, prompt), np.int32, sharding=logical_sharding(mesh, ("batch", None),
