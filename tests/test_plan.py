@@ -229,7 +229,7 @@ def _ppo_xla_bytes(cfg, prompt: int) -> dict[str, int]:
 
     from jaxalign.algos import common
     from jaxalign.generation.config import SamplingConfig
-    from jaxalign.generation.sampler import KEY_AXES, VALUE_AXES, _sample_jit, cache_shapes, stop_token_ids
+    from jaxalign.generation.sampler import _sample_jit, decode_shardings, stop_token_ids
     from jaxalign.sharding import logical_sharding, rules_from
 
     mesh, tokenizer = make_mesh(cfg.mesh), load_tokenizer("builtin")
@@ -253,12 +253,8 @@ def _ppo_xla_bytes(cfg, prompt: int) -> dict[str, int]:
     sampling = SamplingConfig(max_new_tokens=new, temperature=cfg.ppo.temperature, stop_token_ids=(1,))
     rules = rules_from(cfg.mesh)
 
-    def cache_shardings(slots: int):
-        keys, values = cache_shapes(model_config, rows, slots)
-        return (logical_sharding(mesh, KEY_AXES, keys, rules), logical_sharding(mesh, VALUE_AXES, values, rules),
-                logical_sharding(mesh, ("batch",), (rows,), rules))  # the cache's buffers, then its rows
-
-    cache = (cache_shardings(prompt), cache_shardings(prompt + new - 1))  # prefill, decode
+    cache = (decode_shardings(mesh, model_config, rows, prompt, rules),  # prefill
+             decode_shardings(mesh, model_config, rows, prompt + new - 1, rules))  # decode
     prompts = jax.ShapeDtypeStruct((rows, prompt), np.int32, sharding=logical_sharding(mesh, ("batch", None),
                                                                                         (rows, prompt), rules))
     sampler = _sample_jit.lower(graphdef, _abstract(policy), prompts, prompts, jax.random.key(0), cfg=sampling,

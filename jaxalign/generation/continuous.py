@@ -119,7 +119,8 @@ def sample_continuously(
     """Rows ``p * num_samples + s`` of prompts ``[P, Lp]`` through ``cfg.slots`` live slots.
 
     put_prompts: puts a refill's ``[R, Lp]`` prompt arrays where the model is (a mesh's batch
-    sharding). cache_shardings(rows) -> (keys, values) shardings of a cache of ``rows`` rows, or None.
+    sharding). cache_shardings(rows, slots) -> the (keys, values, rows) shardings of a cache of
+    ``rows`` rows and ``slots`` slots (``sampler.decode_shardings``), or None without a mesh.
     """
     prompts, prompt_len = prompt_ids.shape
     batch, slots = prompts * num_samples, cfg.slots

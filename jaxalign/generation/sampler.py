@@ -120,6 +120,16 @@ def stop_token_ids(cfg: SamplingConfig, eos_token_id: Any) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
+def decode_shardings(mesh: Mesh, model_cfg: ModelConfig, batch: int, slots: int,
+                     rules: dict | None = None) -> CacheShardings:
+    """Where the sampler puts a cache of ``batch`` rows and ``slots`` slots on ``mesh``: its
+    keys, its values (kv heads over ``tensor`` when divisible) and its rows (the leading axis
+    of every per-row array), rows split over the batch axes."""
+    key_shape, value_shape = cache_shapes(model_cfg, batch, slots)
+    return (logical_sharding(mesh, KEY_AXES, key_shape, rules), logical_sharding(mesh, VALUE_AXES, value_shape, rules),
+            logical_sharding(mesh, ("batch",), (batch,), rules))
+
+
 def generate(
     model: CausalLM | tuple[nnx.GraphDef, nnx.State],
     prompt_ids: jax.Array | np.ndarray,
@@ -194,10 +204,7 @@ def generate(
             return jax.device_put((ids, mask), rows)
 
         def cache_shardings(batch: int, slots: int) -> CacheShardings:
-            key_shape, value_shape = cache_shapes(model_cfg, batch, slots)
-            return (logical_sharding(mesh, KEY_AXES, key_shape, rules),
-                    logical_sharding(mesh, VALUE_AXES, value_shape, rules),
-                    logical_sharding(mesh, ("batch",), (batch,), rules))
+            return decode_shardings(mesh, model_cfg, batch, slots, rules)
 
     if cfg.slots and cfg.slots < prompts * num_samples:
         if jax.process_count() > 1:
