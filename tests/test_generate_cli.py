@@ -9,7 +9,8 @@ from flax import nnx
 
 from jaxalign import cli
 from jaxalign.data import load_tokenizer
-from jaxalign.generation import SamplingConfig, generate
+from jaxalign.generation import SamplingConfig, generate, sampler
+from jaxalign.generation.continuous import sample_continuously
 from jaxalign.models import ModelConfig, init_model, save_pretrained
 
 NEW = 8
@@ -36,7 +37,7 @@ def tiny_model(tokenizer):
     return init_model(cfg, seed=0)
 
 
-def test_generate_cli_end_to_end(tmp_path, tokenizer, capsys):
+def test_generate_cli_end_to_end(tmp_path, tokenizer, capsys, monkeypatch):
     model = tiny_model(tokenizer)
     # Greedy continuation of the first prompt through the library; then make one of its
     # tokens an EOS of the saved model, so that this row must stop there.
@@ -69,13 +70,23 @@ def test_generate_cli_end_to_end(tmp_path, tokenizer, capsys):
         assert 1 <= row["num_tokens"] <= NEW
         assert (row["finish_reason"] == "length") == (row["num_tokens"] == NEW)
 
-    # Continuous batching (16 rows through 8 slots, one per fake device) writes the same file.
+    # Continuous batching: the prompts four times over, 20 rows through 8 slots (one per fake
+    # device; fewer rows than slots would take the static path), give the same replies.
+    repeated = tmp_path / "repeated.jsonl"
+    repeated.write_text(prompts.read_text() * 4)
     continuous = tmp_path / "continuous.jsonl"
-    assert cli.main(args[:-1] + ["16", "--slots", "8", "--out", str(continuous)]) == 0
-    assert continuous.read_text() == out.read_text()
+    calls = []
+    monkeypatch.setattr(sampler, "sample_continuously",
+                        lambda *a, **k: calls.append(k["num_samples"]) or sample_continuously(*a, **k))
+    assert cli.main(["generate", "--model", str(tmp_path / "model"), "--prompts", str(repeated), "--out",
+                     str(continuous), "--max-new-tokens", str(NEW), "--temperature", "0", "--batch-size", "20",
+                     "--slots", "8"]) == 0
+    assert calls == [1]  # the continuous path ran, once for the one batch of 20
+    assert continuous.read_text() == out.read_text() * 4
+    capsys.readouterr()
     assert cli.main(args + ["--slots", "0"]) == 1
     assert "--slots and --batch-size must be >= 1, got 0 and 2" in capsys.readouterr().err
-    assert out.read_text() == continuous.read_text()  # the refused run left the earlier output alone
+    assert out.read_text() * 4 == continuous.read_text()  # the refused run left the earlier output alone
 
 
 def test_generate_cli_reports_bad_rows(tmp_path, tokenizer, capsys):
