@@ -62,6 +62,8 @@ def test_hh_pairs_to_length_fill_towards_max_length_without_truncation():
 @needs_shared_data
 def test_smallest_training_point_runs_both_sides(tmp_path):
     """One RM point on a tiny Llama through scaling_point's three processes (~40 s)."""
+    # The TRL side runs in a worker process, where a missing trl would only show as that worker's traceback.
+    pytest.importorskip("trl", reason="TRL (the benchmark's peer) is not installed: pip install -e '.[test]'")
     import scaling_point
 
     tokenizer = common.gpt2_tokenizer(GPT2_PATH)
