@@ -103,6 +103,34 @@ def test_load_tokenizer_builtin_and_raw_json(tmp_path):
     assert raw.eos_token == "<|endoftext|>" and raw.pad_token == raw.eos_token
 
 
+@pytest.mark.parametrize("name", ["builtin", "builtin:alignment"])
+def test_builtin_tokenizers_load_as_autotokenizer_would_without_importing_torch(name, tmp_path):
+    """A fresh interpreter loads the built-in tokenizer without torch (which AutoTokenizer's import
+    pulls in: seconds of every run's start-up), and it encodes, decodes and renders chats exactly
+    as AutoTokenizer's load of the same folder does."""
+    import json
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from jaxalign.data.builtin import TOKENIZERS
+
+    text = "\n\nHuman: How do I fix a flat bicycle tire?\n\nAssistant: Find the hole first."
+    script = ("import json, sys; from jaxalign.data import load_tokenizer; t = load_tokenizer(sys.argv[1]); "
+              "print(json.dumps([t(sys.argv[2])['input_ids'], t.pad_token_id, 'torch' in sys.modules]))")
+    done = subprocess.run([sys.executable, "-c", script, name, text], capture_output=True, text=True, check=True)
+    ids, pad, imported_torch = json.loads(done.stdout.splitlines()[-1])
+    assert not imported_torch
+    ours, auto = load_tokenizer(name), AutoTokenizer.from_pretrained(str(TOKENIZERS[name][0]))
+    assert ids == ours(text)["input_ids"] == auto(text)["input_ids"] and pad == auto.pad_token_id
+    assert ours.decode(ids) == auto.decode(ids)
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    assert ours.apply_chat_template(chat, tokenize=False) == auto.apply_chat_template(chat, tokenize=False)
+    assert (ours.bos_token_id, ours.eos_token_id, ours.model_max_length) == (
+        auto.bos_token_id, auto.eos_token_id, auto.model_max_length)
+
+
 def test_eos_is_required():
     class NoEos:
         eos_token_id = None

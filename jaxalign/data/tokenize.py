@@ -14,6 +14,7 @@ together with the prompt. ``on_overlong`` chooses between doing that
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -160,14 +161,34 @@ def _bos_added_by(tokenizer: Any) -> int | None:
     return int(bos) if with_special[:1] == [bos] else None
 
 
-def _from_folder_or_hub(name: str, auto_tokenizer: Any) -> Any:
+def _tokenizer_class(folder: Path) -> Any:
+    """The class ``AutoTokenizer`` would pick for ``folder``. A folder whose
+    ``tokenizer_config.json`` names ``PreTrainedTokenizerFast`` (the built-in tokenizers and
+    folders exported from them) gets that class without importing ``AutoTokenizer``, which
+    imports transformers' model configuration and with it torch when installed: 2-5 s of
+    every run's start-up on a 2-core machine."""
+    try:
+        named = json.loads((folder / "tokenizer_config.json").read_text()).get("tokenizer_class")
+    except (OSError, ValueError, AttributeError):
+        named = None
+    if named == "PreTrainedTokenizerFast" and (folder / "tokenizer.json").is_file():
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer
+
+
+def _from_folder_or_hub(name: str) -> Any:
     """A local folder's tokenizer, or a hub id's (when the hub is reachable); clear errors otherwise."""
     from jaxalign import hub
 
-    if not Path(name).expanduser().is_dir() and (hub.looks_like_path(name) or Path(name).exists()):
+    folder = Path(name).expanduser()
+    if not folder.is_dir() and (hub.looks_like_path(name) or Path(name).exists()):
         raise hub.missing_folder_error(name, "tokenizer")
     try:
-        return auto_tokenizer.from_pretrained(name)
+        return _tokenizer_class(folder).from_pretrained(name)
     except (OSError, ValueError) as err:
         if Path(name).expanduser().is_dir():  # a local folder without usable tokenizer files
             raise ValueError(f"tokenizer: {name} holds no usable tokenizer files ({str(err).splitlines()[0]})") from err
@@ -180,10 +201,11 @@ def load_tokenizer(path_or_name: str) -> Any:
     ``"builtin"`` is the quickstart's small BPE and ``"builtin:alignment"`` the
     built-in alignment task's (``jaxalign.data.builtin.TOKENIZERS``); a ``.json`` file is a raw
     ``tokenizers`` file (EOS guessed from common names); anything else goes to
-    ``AutoTokenizer.from_pretrained`` (a local folder, or a hub name when online).
+    ``AutoTokenizer.from_pretrained`` (a local folder, or a hub name when online; a folder
+    naming ``PreTrainedTokenizerFast`` loads with that class, as AutoTokenizer would).
     Without a pad token, EOS is used for padding (batches mask padding anyway).
     """
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     if path_or_name == "builtin" or str(path_or_name).startswith("builtin:"):
         from jaxalign.data.builtin import TOKENIZERS
@@ -197,7 +219,7 @@ def load_tokenizer(path_or_name: str) -> Any:
             vocab = tokenizer.get_vocab()
             tokenizer.eos_token = next((name for name in EOS_CANDIDATES if name in vocab), None)
     else:
-        tokenizer = _from_folder_or_hub(str(path_or_name), AutoTokenizer)
+        tokenizer = _from_folder_or_hub(str(path_or_name))
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
