@@ -104,7 +104,7 @@ def test_load_tokenizer_builtin_and_raw_json(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["builtin", "builtin:alignment"])
-def test_builtin_tokenizers_load_as_autotokenizer_would_without_importing_torch(name, tmp_path):
+def test_builtin_tokenizers_load_as_autotokenizer_would_without_importing_torch(name):
     """A fresh interpreter loads the built-in tokenizer without torch (which AutoTokenizer's import
     pulls in: seconds of every run's start-up), and it encodes, decodes and renders chats exactly
     as AutoTokenizer's load of the same folder does."""

@@ -67,7 +67,10 @@ def replay(tmp_path_factory):
 
 def rollout_from_stored_prompts(run_dir: Path) -> dict:
     """The rollout the stored prompts, parameters and key give on the current code."""
-    trainer, state, frozen, stored = replayed(run_dir)
+    return _rollout(*replayed(run_dir))
+
+
+def _rollout(trainer, state, frozen, stored) -> dict:
     prompts = shard_batch(_stored(stored, "prompts/"), trainer.mesh)
     return trainer.algo.rollout(state, prompts, frozen, "train", 0)[0]
 
@@ -77,9 +80,8 @@ def _stored(stored: dict, prefix: str) -> dict:
 
 
 def test_same_prompts_and_key_give_the_stored_rollout(replay):
-    trainer, state, frozen, stored = replay
-    prompts = shard_batch(_stored(stored, "prompts/"), trainer.mesh)
-    rollout, _ = trainer.algo.rollout(state, prompts, frozen, "train", 0)
+    stored = replay[3]
+    rollout = _rollout(*replay)
     expected = dict(np.load(ROLLOUT))
     assert set(_stored(stored, "rollout/")) <= set(expected) <= set(rollout), set(expected) ^ set(rollout)
     for name, value in expected.items():

@@ -190,7 +190,7 @@ def _from_folder_or_hub(name: str) -> Any:
     try:
         return _tokenizer_class(folder).from_pretrained(name)
     except (OSError, ValueError) as err:
-        if Path(name).expanduser().is_dir():  # a local folder without usable tokenizer files
+        if folder.is_dir():  # a local folder without usable tokenizer files
             raise ValueError(f"tokenizer: {name} holds no usable tokenizer files ({str(err).splitlines()[0]})") from err
         raise hub.hub_unavailable_error(name, err, "model.path (or --model)") from err
 
