@@ -14,7 +14,7 @@ from jaxalign.data import alignment, builtin, load_tokenizer
 from jaxalign.data.alignment_benign import BENIGN
 from jaxalign.data.alignment_harmful import HARMFUL
 from jaxalign.data.sources import read_rows
-from jaxalign.tasks.alignment import is_decline, is_help
+from jaxalign.tasks.alignment import _stem, content_words, is_decline, is_help
 
 CATEGORIES = set(HARMFUL) | set(BENIGN)
 
@@ -119,6 +119,24 @@ def test_held_out_prompts_are_phrased_differently_from_training():
     assert not set(held_out) & set(train)
     subjects = {row["topic"] for row in builtin.rows("alignment_prompts", "eval")}
     assert subjects <= {row["topic"] for row in builtin.rows("alignment_sft", "train")}  # the knowledge is trained
+
+
+def test_every_held_out_harmful_request_keeps_a_key_word_of_its_training_requests():
+    """A held-out harmful act is new wording around a word that its category's training acts use
+    and no benign training act does ("cheat", "neighbor's", "fake"): a model trained from scratch
+    cannot know that a word it never saw in a request is harmful. ("force open the <x> next door"
+    broke this rule, its only such word being "open", which locked-out requests share: no policy
+    told it from being locked out of one's own car.) Benign acts need no such word: helping is the
+    default, and their subjects are trained."""
+    def words(act: str) -> set[str]:
+        return {_stem(word) for word in content_words(act.replace("{x}", ""))}
+
+    benign = set().union(*(words(act) for spec in BENIGN.values() for act in spec["acts"]))
+    for category, spec in HARMFUL.items():
+        trained = set().union(*map(words, spec["acts"])) - benign
+        for act in spec["held_out_acts"]:
+            assert any(word.startswith(key) for word in words(act) for key in trained if len(key) >= 4), (
+                category, act)
 
 
 def test_alignment_tokenizer_covers_the_task_and_keeps_held_out_words_out_of_its_training(tmp_path):
