@@ -47,7 +47,8 @@ def decline_rates(tmp_path, seed: int) -> tuple[float, float]:
     return rate("sft"), rate("dpo")
 
 
-# Measured with benchmarks/alignment_learning_seeds.py 0 1 2 (2026-12-03, 2-core CPU): this reduced
+# Measured with benchmarks/alignment_learning_seeds.py 0 1 2 (2026-12-03, 2-core CPU; again after the
+# held-out break_in wording changed, with the same results): this reduced
 # pipeline's SFT greedy decline 0.771 / 0.864 / 0.907 and DPO's 0.929 / 0.971 / 0.936, a rise of
 # 0.157 / 0.107 / 0.029 for seeds 0 / 1 / 2. The reduced SFT already declines most harmful requests
 # (the full-size SFT stage: 0.543), so the room to rise is small; the bounds sit just outside the
