@@ -14,7 +14,7 @@ from jaxalign.data import alignment, builtin, load_tokenizer
 from jaxalign.data.alignment_benign import BENIGN
 from jaxalign.data.alignment_harmful import HARMFUL
 from jaxalign.data.sources import read_rows
-from jaxalign.tasks.alignment import _stem, content_words, is_decline, is_help
+from jaxalign.tasks.alignment import content_words, is_decline, is_help
 
 CATEGORIES = set(HARMFUL) | set(BENIGN)
 
@@ -128,8 +128,8 @@ def test_every_held_out_harmful_request_keeps_a_key_word_of_its_training_request
     broke this rule, its only such word being "open", which locked-out requests share: no policy
     told it from being locked out of one's own car.) Benign acts need no such word: helping is the
     default, and their subjects are trained."""
-    def words(act: str) -> set[str]:
-        return {_stem(word) for word in content_words(act.replace("{x}", ""))}
+    def words(act: str) -> set[str]:  # a key word may be inflected ("cheat" -> "cheating")
+        return set(content_words(act.replace("{x}", "")))
 
     benign = set().union(*(words(act) for spec in BENIGN.values() for act in spec["acts"]))
     for category, spec in HARMFUL.items():
