@@ -48,13 +48,17 @@ def _shardings(tree: Any) -> Any:
 
 
 @jax.jit
-def _count_tokens(segment_ids: jax.Array) -> jax.Array:
-    return jnp.count_nonzero(segment_ids)
-
-
-@jax.jit
-def _accumulate(running: dict, metrics: dict) -> dict:
-    return jax.tree.map(jnp.add, running, metrics)
+def _window_add(window: dict | None, metrics: dict, segment_ids: jax.Array) -> dict:
+    """One step into the metrics window, as one device program: metric sums, the
+    finite flags (loss, and updated state when checked) and the token count."""
+    step = {"finite": health.step_is_finite(metrics), "loss_finite": jnp.isfinite(metrics["loss"]),
+            "tokens": jnp.count_nonzero(segment_ids),
+            "sums": {name: value for name, value in metrics.items() if name != health.FINITE_STATE_KEY}}
+    if window is None:
+        return step
+    return {"finite": window["finite"] & step["finite"], "loss_finite": window["loss_finite"] & step["loss_finite"],
+            "tokens": window["tokens"] + step["tokens"],
+            "sums": jax.tree.map(jnp.add, window["sums"], step["sums"])}
 
 
 def _reduce_eval(name: str, values: list[float], weights: list[float]) -> float:
@@ -266,7 +270,7 @@ class Trainer:
             else:
                 self.state, metrics = self.train_step(self.state, batch, self.algo.frozen)
             # Counted on the global batch: the host batch holds only this process's rows.
-            window.add(metrics, tokens=_count_tokens(batch["segment_ids"]))
+            window.add(metrics, batch["segment_ids"])
         return True
 
     def _rollout_and_train(self, batch: dict) -> tuple[dict, dict]:
@@ -319,39 +323,63 @@ class Trainer:
 
 class _MetricsWindow:
     """Step metrics summed on device between logging points: the host fetches
-    them once per interval instead of blocking on every step."""
+    them once per interval instead of blocking on every step.
+
+    It also keeps the host at most one step ahead of the devices: ``add`` waits
+    for the step before the one it adds. XLA:CPU lets a device hold 32
+    computations in flight (``max_inflight_computations_per_device``); with more
+    queued, one device's launch of a collective (the train step's all-reduce)
+    can wait behind computations that need that step's result, and the process
+    hangs until XLA aborts it ("only 7 of 8 threads arrived"). Seen with 8 CPU
+    devices when the host ran 20 steps ahead (docs/dev-notes/suite.md, session 9).
+    One step in flight still overlaps the host's next batch with the device's
+    step on every platform."""
 
     def __init__(self) -> None:
-        self.finite: jax.Array | None = None  # every step's loss and updated state finite so far
-        self.loss_finite: jax.Array | None = None
+        self._window: dict | None = None  # _window_add's running result since the last read
+        self._earlier: dict | None = None  # the finite flags of the windows before it
         self._reset()
 
     def _reset(self) -> None:
-        self._sums: dict | None = None
+        if self._window is not None:
+            self._earlier = {"finite": self.finite, "loss_finite": self.loss_finite}
+        self._window = None
         self._count = 0
-        self._tokens = 0
         self._start = time.monotonic()
 
-    def add(self, metrics: dict, tokens: int | jax.Array) -> None:
-        batch_finite, loss_finite = health.step_is_finite(metrics), jnp.isfinite(metrics["loss"])
-        metrics = {name: value for name, value in metrics.items() if name != health.FINITE_STATE_KEY}
-        self.finite = batch_finite if self.finite is None else self.finite & batch_finite
-        self.loss_finite = loss_finite if self.loss_finite is None else self.loss_finite & loss_finite
-        self._sums = metrics if self._sums is None else _accumulate(self._sums, metrics)
+    def _flag(self, name: str) -> jax.Array | None:
+        parts = [flags[name] for flags in (self._earlier, self._window) if flags is not None]
+        return parts[0] if len(parts) == 1 else (parts[0] & parts[1] if parts else None)
+
+    @property
+    def finite(self) -> jax.Array | None:
+        """Device bool: every step's loss and updated state finite so far (None before any step)."""
+        return self._flag("finite")
+
+    @property
+    def loss_finite(self) -> jax.Array | None:
+        """Device bool: every step's loss finite so far."""
+        return self._flag("loss_finite")
+
+    def add(self, metrics: dict, segment_ids: jax.Array) -> None:
+        """One step's metrics (device scalars) and its batch's ``segment_ids`` ``[rows, length]``."""
+        previous = self._window
+        self._window = _window_add(previous, metrics, segment_ids)
         self._count += 1
-        self._tokens += tokens
+        if previous is not None:
+            jax.block_until_ready(previous)
 
     def read(self) -> dict[str, float]:
         """Means since the last read, plus tokens/s; starts a new window."""
-        sums = jax.device_get(self._sums) if self._sums is not None else {}
-        means = {name: float(value) / self._count for name, value in sums.items()}
+        window = jax.device_get(self._window) if self._window is not None else {"sums": {}, "tokens": 0}
+        means = {name: float(value) / self._count for name, value in window["sums"].items()}
         # Rates of phases that report ``tokens/NAME`` and ``time/NAME_s`` (RL: generation, training).
         for name in [n for n in means if n.startswith("tokens/")]:
             phase = name.split("/", 1)[1]
             seconds = means.get(f"time/{phase}_s")
             if seconds:
                 means[f"tokens_per_s/{phase}"] = means[name] / seconds
-        means["tokens_per_s"] = float(jax.device_get(self._tokens)) / max(time.monotonic() - self._start, 1e-9)
+        means["tokens_per_s"] = float(window["tokens"]) / max(time.monotonic() - self._start, 1e-9)
         self._reset()
         return means
 

@@ -208,7 +208,8 @@ def test_sigkill_resume_matches_uninterrupted_run(tmp_path):
 # bound is under half the smallest measured lift: it catches GRPO not learning (or unlearning), not a
 # weaker run. Default seeds 1 and 2 are unmeasured: twice (seed 0 in a first attempt, then seed 1) the SFT
 # stage with 8 fake devices stopped on an XLA CPU all-reduce rendezvous timeout ("only 7 of 8 threads
-# arrived", 900 s) with the machine at load 12-20; fast_math and vector128 were not run.
+# arrived", 900 s); fast_math and vector128 were not run. That abort was not load: the trainer let the host
+# run 20 steps ahead and XLA:CPU deadlocked (fixed in _MetricsWindow; docs/dev-notes/suite.md, session 9).
 LIFT = 0.02
 
 
