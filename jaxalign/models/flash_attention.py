@@ -36,16 +36,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
-
-if TYPE_CHECKING:
-    from jax.experimental.pallas import triton as pl_triton
+from jax.experimental.pallas import triton as pl_triton
 
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
@@ -65,10 +62,6 @@ class FlashOptions:
     def compiler_params(self) -> pl_triton.CompilerParams:
         """Selects Pallas's Triton lowering on GPU (its default there is Mosaic GPU, which
         this kernel's style does not target)."""
-        # Imported here: it loads jaxlib's Triton dialect (~0.2 s quiet), which every CLI start
-        # would pay although only this backend on GPU uses it.
-        from jax.experimental.pallas import triton as pl_triton
-
         return pl_triton.CompilerParams(num_warps=self.num_warps, num_stages=self.num_stages)
 
 
