@@ -48,9 +48,9 @@ from jax.sharding import AbstractMesh
 from jaxalign.config import ModelSpec, TrainConfig
 from jaxalign.data.shapes import largest_shape
 from jaxalign.models.config import ModelConfig
-from jaxalign.models.logps import DEFAULT_CHUNK_SIZE
 from jaxalign.models.lora import AdapterSpec, is_adapter, trained_patterns
 from jaxalign.models.trainable import compile_patterns, is_trained
+from jaxalign.plan_activations import ActivationDims, backward_working_set, head_working_set, saved_per_layer
 from jaxalign.sharding import MESH_AXES, _resolve_axis_sizes, logical_to_spec, rules_from
 
 GIB = 1024**3
@@ -196,89 +196,19 @@ def worst_case_workload(cfg: TrainConfig, mesh_sizes: Mapping[str, int], kind: s
     return Workload(rows=rows, length=length, targets=width // rows)
 
 
-# ---------------------------------------------------------------- activations
+# ------------------------------------ activation widths (their arithmetic: plan_activations.py)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Dims:
-    """Per-device activation widths (elements per token) and bytes."""
-
-    hidden: int
-    q: int  # heads x head_dim on this device
-    kv: int
-    mlp: int
-    heads: int
-    vocab: int
-    compute_bytes: int
-    gated: bool
-    qk_norm: bool
-
-
-def _dims(model_config: ModelConfig, mesh: AbstractMesh, rules: Mapping[str, Any]) -> _Dims:
+def _dims(model_config: ModelConfig, mesh: AbstractMesh, rules: Mapping[str, Any]) -> ActivationDims:
     heads = split(model_config.num_heads, "heads", mesh, rules)
     kv_heads = split(model_config.num_kv_heads, "kv_heads", mesh, rules)
-    return _Dims(
+    return ActivationDims(
         hidden=model_config.hidden_size, q=heads * model_config.head_dim, kv=kv_heads * model_config.head_dim,
         mlp=split(model_config.intermediate_size, "mlp", mesh, rules), heads=heads,
         vocab=split(model_config.vocab_size, "vocab", mesh, rules),
         compute_bytes=DTYPE_BYTES[model_config.dtype], gated=model_config.family == "llama",
         qk_norm=model_config.qk_norm,
     )
-
-
-def layer_residuals(d: _Dims, w: Workload) -> int:
-    """Bytes one layer keeps for its backward without remat: the block input, both
-    norm outputs, the post-attention residual, q/k/v (after RoPE), the attention
-    output, the MLP's gate/up/product (gpt2: up and activation), q/k norms (Qwen3),
-    and the softmax output ``[heads, L, L]`` in float32 (plus its cast to the
-    compute dtype when that is narrower)."""
-    per_token = 4 * d.hidden + 2 * d.q + 2 * d.kv + (3 if d.gated else 2) * d.mlp
-    if d.qk_norm:
-        per_token += d.q + d.kv
-    probs_bytes = 4 + (d.compute_bytes if d.compute_bytes < 4 else 0)
-    return w.tokens * per_token * d.compute_bytes + w.rows * d.heads * w.length**2 * probs_bytes
-
-
-def saved_per_layer(d: _Dims, w: Workload, remat: str) -> int:
-    """What each layer holds from its forward until its backward, by remat policy.
-
-    none: all of ``layer_residuals``. full: the block input only. dots: the block
-    input plus the outputs of the weight matmuls (q, k, v, o_proj, gate, up);
-    attention is recomputed because its einsums have batch dimensions.
-    """
-    if remat == "none":
-        return layer_residuals(d, w)
-    if remat == "full":
-        return w.tokens * d.hidden * d.compute_bytes
-    per_token = 2 * d.hidden + d.q + 2 * d.kv + (2 if d.gated else 1) * d.mlp
-    return w.tokens * per_token * d.compute_bytes
-
-
-def backward_working_set(d: _Dims, w: Workload, remat: str) -> int:
-    """The one layer being differentiated: the gradients of the softmax input and
-    output ``[heads, L, L]`` float32 and of the residual stream (float32); with
-    remat, that layer's recomputed residuals on top."""
-    grads = 2 * w.rows * d.heads * w.length**2 * 4 + 2 * w.tokens * d.hidden * 4
-    return grads + (layer_residuals(d, w) if remat != "none" else 0)
-
-
-def head_working_set(d: _Dims, w: Workload, head: str) -> int:
-    """Outside the layers: embeddings and final hidden states, the ``[L, L]`` mask,
-    RoPE tables, and for a causal LM the gathered target states plus one chunk of
-    float32 logits and its gradient (``jaxalign.models.logps``)."""
-    total = 2 * w.tokens * d.hidden * d.compute_bytes + w.rows * w.length**2 + 2 * w.tokens * (d.q // max(d.heads, 1)) * 4
-    if head == "causal_lm":
-        chunk = min(DEFAULT_CHUNK_SIZE, w.rows * w.targets)  # target tokens over all rows
-        total += w.rows * w.targets * d.hidden * d.compute_bytes + 2 * chunk * d.vocab * 4
-    return total
-
-
-def forward_working_set(d: _Dims, w: Workload) -> int:
-    """An inference-only forward (no backward, nothing saved): the layer being computed
-    (its input and residual, the MLP's wide activations, q/k/v) and its softmax
-    input and output ``[heads, L, L]`` in float32."""
-    per_token = 2 * d.hidden + d.q + 2 * d.kv + 2 * d.mlp
-    return w.tokens * per_token * d.compute_bytes + 2 * w.rows * d.heads * w.length**2 * 4
 
 
 # ---------------------------------------------------------------- the estimate
@@ -305,7 +235,7 @@ class PlanContext:
     note: str | None = None  # an algorithm's own line for the plan's header (PPO: the rollout's shape)
     adapters: AdapterSpec | None = None  # cfg.lora's adapters on ``model`` (resolved by ``estimate``)
 
-    def dims(self, model_config: ModelConfig | None = None) -> _Dims:
+    def dims(self, model_config: ModelConfig | None = None) -> ActivationDims:
         return _dims(model_config or self.model, self.mesh, self.rules)
 
     @property

@@ -20,7 +20,8 @@ from jaxalign.algos.ppo_config import VALUE_ON_POLICY
 from jaxalign.config import ModelSpec, TrainConfig
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.lora import is_adapter
-from jaxalign.plan import PlanContext, Term, Workload, _count, forward_working_set, read_model_config
+from jaxalign.plan import PlanContext, Term, Workload, _count, read_model_config
+from jaxalign.plan_activations import forward_working_set
 from jaxalign.rl.teacher_forcing import LOGPS_CHUNK
 
 
