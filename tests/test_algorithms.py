@@ -135,7 +135,9 @@ def test_config_errors_are_one_line_through_the_cli(tmp_path, capsys, change, me
     assert "Traceback" not in err
 
 
-GENERIC_MODULES = ("jaxalign/config.py", "jaxalign/plan.py", "jaxalign/plan_report.py", "jaxalign/trainer.py")
+GENERIC_MODULES = (
+    "jaxalign/config.py", "jaxalign/plan.py", "jaxalign/plan_activations.py", "jaxalign/plan_report.py", "jaxalign/trainer.py",
+)
 
 
 @pytest.mark.parametrize("module", GENERIC_MODULES)
