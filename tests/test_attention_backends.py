@@ -87,8 +87,9 @@ def test_cudnn_backend_passes_the_packed_mask_to_jax_dot_product_attention():
 def test_backend_choice_by_platform_dtype_and_config():
     assert resolve_backend("auto", "float32", has_tiles=True, platform="cpu") == "tiled"
     assert resolve_backend("auto", "bfloat16", has_tiles=False, platform="cpu") == "xla"
-    assert resolve_backend("auto", "bfloat16", has_tiles=True, platform="gpu") == "cudnn"
-    assert resolve_backend("auto", "float32", has_tiles=True, platform="gpu") == "tiled"
+    assert resolve_backend("auto", "bfloat16", has_tiles=True, platform="gpu") == "pallas"
+    assert resolve_backend("auto", "float32", has_tiles=False, platform="gpu") == "pallas"
+    assert resolve_backend("cudnn", "bfloat16", has_tiles=True, platform="gpu") == "cudnn"
     assert resolve_backend("tiled", "float32", has_tiles=False, platform="cpu") == "xla"
     assert resolve_backend("pallas", "float32", has_tiles=True, platform="cpu") == "pallas"
     with pytest.raises(ValueError, match="'cudnn' needs a GPU and model.dtype bfloat16 or float16"):
