@@ -85,6 +85,60 @@ def test_run_logs_trl_metrics_completions_and_kl_over_reused_rollout(tmp_path):
     assert "reward" in result["eval"] and "rewards/exact_answer/mean" in result["eval"]
 
 
+@pytest.mark.parametrize("iterations, beta", [(1, 0.0), (1, 0.04), (2, 0.0)])
+def test_rollout_computes_only_the_log_probs_the_update_reads(tmp_path, monkeypatch, iterations, beta):
+    """On-policy (one update per generation batch) the sampling policy's log-probs are the update's
+    own, so the rollout skips that pass (as TRL); the reference's only with beta > 0; evaluation
+    rollouts compute neither."""
+    from jaxalign.data import build_pipeline
+    from jaxalign.sharding import MeshConfig, make_mesh, shard_batch
+
+    passes = []
+    teacher_force = RolloutEngine.teacher_force
+
+    def spy(self, rollout, policy_params, ref_params=None, value_params=None):
+        passes.append((policy_params is not None, ref_params is not None))
+        return teacher_force(self, rollout, policy_params, ref_params, value_params)
+
+    monkeypatch.setattr(RolloutEngine, "teacher_force", spy)
+    cfg = from_dict(TrainConfig, grpo_config(tmp_path / "run", grpo={"num_iterations": iterations, "beta": beta}))
+    assert cfg.grpo.on_policy == (iterations == 1)
+    mesh = make_mesh(MeshConfig(data=1), devices=jax.devices()[:1])
+    tokenizer = load_tokenizer("builtin")
+    run = cfg.algorithm.setup(cfg, mesh, tokenizer, 2)
+    for split in ("train", "eval"):
+        prompts = shard_batch(next(build_pipeline(cfg.data, tokenizer, split=split, kind="prompt").iterator()), mesh)
+        batch, metrics = run.rollout(run.state, prompts, run.frozen, split, 0)
+        training = split == "train"
+        assert passes[-1] == (training and iterations > 1, training and beta > 0)
+        assert ("old_logps" in batch) == (training and iterations > 1)
+        assert ("ref_logps" in batch) == (training and beta > 0)
+        assert metrics["time/logps_s"] >= 0
+    _, metrics = run.train_step(run.state, batch, run.frozen)  # the eval batch has what an update needs
+    assert np.isfinite(float(metrics["loss"]))
+
+
+def test_on_policy_loss_has_the_gradient_of_the_stored_log_probs_loss():
+    """Without ``old_logps`` the update uses its own log-probs, gradient stopped: the same loss
+    and gradient as with the sampling policy's log-probs stored (equal values on-policy)."""
+    rng = np.random.default_rng(0)
+    cfg = GRPOConfig(reward_funcs=["x"], beta=0.04, loss_type="dapo", epsilon=0.2)
+    mask = jnp.asarray(rng.random((4, 6)) > 0.3, jnp.float32)
+    minibatch = {"loss_mask": mask, "row_mask": jnp.ones(4), "advantages": jnp.asarray(rng.normal(size=4), jnp.float32),
+                 "ref_logps": jnp.asarray(-rng.random((4, 6)), jnp.float32) * mask}
+    logps = jnp.asarray(-rng.random((4, 6)) * 3, jnp.float32)
+    entropy = jnp.zeros_like(logps)
+
+    def loss(logps, batch):
+        return grpo_algo.update_loss(logps, entropy, batch, jnp.sum(mask), cfg)[0]
+
+    own = jax.value_and_grad(loss)(logps, minibatch)
+    stored = jax.value_and_grad(loss)(logps, {**minibatch, "old_logps": logps})  # a constant: not differentiated
+    np.testing.assert_allclose(own[0], stored[0], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(own[1]), np.asarray(stored[1]), rtol=1e-5, atol=1e-7)
+    assert np.abs(np.asarray(own[1])).max() > 0
+
+
 PROMPTS = ["\n\nHuman: What is 2 times 3?\n\nAssistant:", "\n\nHuman: What is 5 minus 3?\n\nAssistant:",
            "\n\nHuman: What is 2 + 3?\n\nAssistant:", "\n\nHuman: What is 4 + 1?\n\nAssistant:"]
 

@@ -36,7 +36,7 @@ def test_lora_grpo_state_holds_adapters_and_reference_log_probs_are_the_base_mod
     no_reference = _cfg(tmp_path / "beta0", grpo={"beta": 0.0})
     assert set(no_reference.algorithm.setup(no_reference, mesh, tokenizer, 2).frozen) == {common.FROZEN_PARAMS}
 
-    cfg = _cfg(tmp_path / "run")
+    cfg = _cfg(tmp_path / "run", grpo={"num_iterations": 2})  # off-policy updates: the rollout stores old log-probs
     run = cfg.algorithm.setup(cfg, mesh, tokenizer, 2)
     trained = [path for path, _ in leaf_paths(run.state.params["policy"])]
     assert trained and all(is_adapter(path) for path in trained)

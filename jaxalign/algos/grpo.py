@@ -7,7 +7,11 @@ One trainer step = one generation batch:
    sources; with ``dynamic_sampling`` groups whose rewards are all equal are
    dropped and refilled from further training prompts. One teacher-forced pass
    stores the sampling policy's log-probs (and the reference's when ``beta`` > 0);
-   the advantage estimator turns rewards into one advantage per reply.
+   the advantage estimator turns rewards into one advantage per reply. When the
+   update is on-policy (``num_iterations`` and ``steps_per_generation`` 1) the
+   policy's log-probs are not computed here: they equal the update's own, which
+   stand in for them with their gradient stopped (ratio 1, as TRL); evaluation
+   batches need no log-probs at all.
 2. ``train_step`` (pure, jitted by the trainer): ``num_iterations`` passes over the
    rows, each split into ``steps_per_generation`` minibatches, one optimizer
    update each (the stored log-probs are the ratio's denominator), in one ``lax.scan``.
@@ -46,14 +50,16 @@ from jaxalign.sharding import batch_sharding, rules_from
 from jaxalign.train_state import AlgoRun, Batch, TrainState
 
 log = get_logger()
-UPDATE_KEYS = ("prompt_ids", "prompt_mask", "tokens", "loss_mask", "row_mask", "old_logps", "advantages")
+UPDATE_KEYS = ("prompt_ids", "prompt_mask", "tokens", "loss_mask", "row_mask", "advantages")
+OPTIONAL_UPDATE_KEYS = ("old_logps", "ref_logps")  # absent on-policy / with beta 0
 
 
 def prepare(record: RolloutBatch, keep: jax.Array, cfg: GRPOConfig) -> Batch:
     """The update's batch from a scored, teacher-forced rollout ``[R = G x n rows]``.
 
     keep ``[R]``: rows dynamic sampling keeps (1) or only fills in (0). A row counts when it is real,
-    kept and some reward source scored it; the others get advantage 0 and no loss."""
+    kept and some reward source scored it; the others get advantage 0 and no loss. Without the
+    rollout's log-probs (an on-policy update) the batch has no ``old_logps``."""
     n = cfg.num_generations
     valid = (record.row_mask > 0) & record.reward_valid & (keep > 0)
     estimator = grpo_advantages.get_estimator(cfg.advantage_estimator)
@@ -63,11 +69,13 @@ def prepare(record: RolloutBatch, keep: jax.Array, cfg: GRPOConfig) -> Batch:
     mask = record.completion_mask * row_mask[:, None]
     loss_mask = mask * (~record.truncated)[:, None] if cfg.mask_truncated_completions else mask
     out = {"prompt_ids": record.prompt_ids, "prompt_mask": record.prompt_mask, "tokens": record.completion_ids,
-           "loss_mask": loss_mask, "row_mask": row_mask, "old_logps": record.logps * mask, "advantages": advantages,
+           "loss_mask": loss_mask, "row_mask": row_mask, "advantages": advantages,
            "rewards": record.rewards, "scores": record.scores, "score_valid": record.score_valid.astype(jnp.float32),
            "example_mask": row_mask, "example_id": record.example_id,
            # The trainer counts processed tokens from segment_ids: prompt + reply tokens of each row.
            "segment_ids": jnp.concatenate([record.prompt_mask, mask.astype(jnp.int32)], axis=1)}
+    if record.logps is not None:
+        out["old_logps"] = record.logps * mask
     if record.ref_logps is not None:
         out["ref_logps"] = record.ref_logps * mask
     return out
@@ -76,9 +84,12 @@ def prepare(record: RolloutBatch, keep: jax.Array, cfg: GRPOConfig) -> Batch:
 def update_loss(logps: jax.Array, entropy: jax.Array, minibatch: Batch, batch_tokens: jax.Array,
                 cfg: GRPOConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The configured policy loss on one minibatch (``logps``, ``entropy`` ``[B, N]`` from the
-    current parameters) and its metrics, plus TRL's ``entropy`` (mean over counted tokens)."""
+    current parameters) and its metrics, plus TRL's ``entropy`` (mean over counted tokens).
+    Without ``old_logps`` (on-policy) the sampling policy's log-probs are ``logps`` themselves,
+    gradient stopped."""
+    old_logps = minibatch["old_logps"] if "old_logps" in minibatch else jax.lax.stop_gradient(logps)
     inputs = grpo_losses.PolicyLossInputs(
-        logps=logps, old_logps=minibatch["old_logps"], ref_logps=minibatch.get("ref_logps"),
+        logps=logps, old_logps=old_logps, ref_logps=minibatch.get("ref_logps"),
         advantages=minibatch["advantages"], mask=minibatch["loss_mask"], row_mask=minibatch["row_mask"],
         batch_tokens=batch_tokens)
     result = grpo_losses.get_policy_loss(cfg.loss_type)(inputs, cfg)
@@ -117,7 +128,11 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) 
         key = rl_common.rollout_key(state.rng, state.step, split, index)
         params = policy.full(state.params["policy"], frozen)
         scored, keep, sampling_metrics = sampler(params, batch, key, rows_by_split(split), dynamic=split == "train")
-        record = engine.teacher_force(scored, params, ref_params=policy.reference(frozen))
+        # Log-probs only where the update reads them: the sampling policy's when it is off-policy, the
+        # reference's for beta > 0; evaluation reads rewards alone.
+        training = split == "train"
+        record = engine.teacher_force(scored, params if training and not grpo.on_policy else None,
+                                      ref_params=policy.reference(frozen) if training else None)
         started = time.monotonic()
         update_batch = prepare_jit(record.batch, keep)
         jax.block_until_ready(update_batch)
@@ -148,7 +163,7 @@ def setup(cfg: TrainConfig, mesh: Mesh, tokenizer, total_steps: int, sink=None) 
         order = rl_common.minibatch_orders(state.rng, state.step, grpo.num_iterations, batch["prompt_ids"].shape[0],
                                            chunks, "grpo", "steps_per_generation")
         batch_tokens = jnp.sum(batch["loss_mask"]) / chunks  # dapo's normaliser: the rollout's tokens per update
-        rollout = {name: batch[name] for name in UPDATE_KEYS + (("ref_logps",) if "ref_logps" in batch else ())}
+        rollout = {name: batch[name] for name in UPDATE_KEYS + OPTIONAL_UPDATE_KEYS if name in batch}
 
         def loss_fn(params: dict, minibatch: Batch):
             logps, entropy = forward(params, minibatch, frozen)

@@ -115,6 +115,13 @@ class GRPOConfig:
         return self.epsilon if self.epsilon_high is None else self.epsilon_high
 
     @property
+    def on_policy(self) -> bool:
+        """Whether the one update of a generation batch runs on the parameters that sampled it
+        (``num_iterations`` and ``steps_per_generation`` 1): then the sampling policy's log-probs
+        are the update's own, so the rollout does not compute them (as TRL)."""
+        return self.updates_per_step == 1
+
+    @property
     def updates_per_step(self) -> int:
         """Optimizer updates in one trainer step."""
         return self.num_iterations * self.steps_per_generation

@@ -149,10 +149,17 @@ class RolloutEngine:
     def teacher_force(self, rollout: Rollout, policy_params: Any, ref_params: Any = None,
                       value_params: Any = None) -> Rollout:
         """One jitted pass: the policy's log-probs (+ entropies, + values with ``value_fn``) and, with
-        ``ref_params``, the reference's log-probs; all 0 outside ``completion_mask``."""
+        ``ref_params``, the reference's log-probs; all 0 outside ``completion_mask``.
+
+        ``policy_params`` None skips the policy's pass (``logps`` stays None): an on-policy update
+        computes the same log-probs itself. Without it and ``ref_params`` nothing runs."""
+        if policy_params is None and (self.with_entropy or self.value_fn is not None):
+            raise ValueError("teacher_force: entropies and values come from the policy's pass; pass policy_params")
         started = time.monotonic()
-        batch = self._teacher_forced(policy_params, ref_params, value_params, rollout.batch)
-        jax.block_until_ready(batch)
+        batch = rollout.batch
+        if policy_params is not None or ref_params is not None:
+            batch = self._teacher_forced(policy_params, ref_params, value_params, batch)
+            jax.block_until_ready(batch)
         timings = {**rollout.timings, "logps": time.monotonic() - started}
         return dataclasses.replace(rollout, batch=batch, timings=timings)
 
@@ -193,13 +200,15 @@ class RolloutEngine:
     def _teacher_forced_fn(self, policy_params, ref_params, value_params, batch: RolloutBatch) -> RolloutBatch:
         mask = batch.completion_mask
         rows = (batch.prompt_ids, batch.prompt_mask, batch.completion_ids, mask)
-        policy = nnx.merge(self.policy_graphdef, policy_params)
-        logps, entropy, hidden = policy_pass(policy, *rows, self.temperature)
-        out = {"logps": logps * mask}
-        if self.with_entropy:
-            out["entropy"] = entropy * mask
-        if self.value_fn is not None:
-            out["values"] = self.value_fn(value_params, hidden, *rows) * mask
+        out = {}
+        if policy_params is not None:
+            policy = nnx.merge(self.policy_graphdef, policy_params)
+            logps, entropy, hidden = policy_pass(policy, *rows, self.temperature)
+            out["logps"] = logps * mask
+            if self.with_entropy:
+                out["entropy"] = entropy * mask
+            if self.value_fn is not None:
+                out["values"] = self.value_fn(value_params, hidden, *rows) * mask
         if ref_params is not None:
             reference = nnx.merge(self.reference_graphdef, ref_params)
             out["ref_logps"] = policy_pass(reference, *rows, self.temperature)[0] * mask
