@@ -475,3 +475,30 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]
 
 def emit_json(name: str, payload: dict) -> None:
     print("BENCHMARK_JSON " + json.dumps({"benchmark": name, **payload}, default=float))
+
+
+def trace_summary(trace_dir: Path | str, steps: int, top: int = 25) -> list[dict]:
+    """The ``top`` operations of a ``jax.profiler`` trace (written with ``create_perfetto_trace=True``)
+    by time, per step: XLA ops and GPU kernels, numbered copies (``fusion.12``) counted as one
+    name, Python frames left out. Each row: ``where`` (the trace's process: host, or a GPU
+    stream), ``name``, ``ms_per_step`` (summed over threads and streams, so host rows can add up
+    to more than the wall time), ``calls_per_step``."""
+    import re
+    from collections import Counter
+
+    found = sorted(Path(trace_dir).glob("**/*.trace.json.gz"))
+    if not found:
+        raise FileNotFoundError(f"no *.trace.json.gz under {trace_dir}")
+    with gzip.open(found[-1], "rt") as handle:
+        trace = json.load(handle)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    processes = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+    seconds, calls = Counter(), Counter()
+    for event in events:
+        if event.get("ph") != "X" or event["name"].startswith("$"):
+            continue
+        key = (processes.get(event.get("pid"), "?"), re.sub(r"[.\d]+$", "", event["name"]))
+        seconds[key] += event.get("dur", 0)
+        calls[key] += 1
+    return [{"where": where, "name": name, "ms_per_step": micros / 1e3 / steps, "calls_per_step": calls[where, name] / steps}
+            for (where, name), micros in seconds.most_common(top)]

@@ -51,6 +51,9 @@ import side_by_side  # noqa: E402
 from jaxalign.models.attention_backends import resolve_backend  # noqa: E402
 
 
+PROFILED_STEPS = 3
+
+
 def matmul_peak(dtype: str, n: int, repeats: int = 10) -> float:
     """This device's measured matmul FLOP/s in ``dtype``: best of ``repeats`` n^3 products."""
     a = jax.random.normal(jax.random.key(0), (n, n), dtype)
@@ -74,6 +77,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16", help="model.dtype (compute); parameters stay float32")
     parser.add_argument("--attention", default="auto", help="model.attention")
     parser.add_argument("--remat", default="none", help="model.remat")
+    parser.add_argument("--profile", metavar="DIR", default=None,
+                        help="after the timed steps, trace 3 more with jax.profiler into DIR and print the top operations")
     parser.add_argument("--peak-tflops", type=float, default=989.0,
                         help="the device's dense peak in --dtype, TFLOP/s (datasheet; H100/H200 SXM bf16: 989)")
     args = parser.parse_args()
@@ -125,6 +130,30 @@ def main() -> None:
                   f"({record['tokens'] / record['slots']:.2f} of positions), "
                   f"{record['model_tflop']:.1f} TFLOP, MFU {record['mfu']:.3f} "
                   f"({record['mfu_measured_peak']:.3f} of measured)", flush=True)
+        # The training loop itself does not wait for each step: the host packs and transfers the next
+        # batch while the device runs this one. The same number of steps again, timed as a whole.
+        compiles, census = stepper.compiles(), len(stepper._census)
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            trainer._optimizer_step(stepper._iterator, stepper._window)
+        jax.block_until_ready(trainer.state)
+        pipelined_seconds = time.perf_counter() - start
+        batches = stepper._census[census:]
+        pipelined_flops = sum(common.useful_flops(params["non_embedding"], args.hidden, llama["vocab_size"], b["tokens"],
+                                                  b["completion_tokens"], reference=True, lm_head=True) for b in batches)
+        pipelined = {"steps": len(batches), "seconds": pipelined_seconds, "new_compiles": stepper.compiles() - compiles,
+                     "tokens_per_second": sum(b["tokens"] for b in batches) / pipelined_seconds,
+                     "mfu": pipelined_flops / pipelined_seconds / (args.peak_tflops * 1e12),
+                     "mfu_of_measured_peak": pipelined_flops / pipelined_seconds / measured_peak}
+        print(f"  {len(batches)} steps back to back: {pipelined_seconds / len(batches):.3f} s a step, MFU "
+              f"{pipelined['mfu']:.3f} ({pipelined['mfu_of_measured_peak']:.3f} of measured; "
+              f"{pipelined['new_compiles']} new compiles)", flush=True)
+
+        if args.profile:  # after the timed steps, so the trace's overhead is in none of them
+            jax.profiler.start_trace(args.profile, create_perfetto_trace=True)
+            for _ in range(PROFILED_STEPS):
+                stepper.step()
+            jax.profiler.stop_trace()
 
     steady = [r for r in records if not r["compiled"]] or records
     summary = {
@@ -137,13 +166,19 @@ def main() -> None:
         "mfu": statistics.median(r["mfu"] for r in steady),
         "mfu_of_measured_peak": statistics.median(r["mfu_measured_peak"] for r in steady),
         "real_token_share": statistics.median(r["tokens"] / r["slots"] for r in steady),
-        "steps": records,
+        "back_to_back": pipelined, "steps": records,
     }
     common.print_table(f"DPO step, {total / 1e9:.2f}B Llama, {args.dtype}, {args.pairs} pairs, "
                        f"median of {len(steady)} steps that met no new shape",
                        ["device", "step s", "tokens/s", "MFU (datasheet peak)", "MFU (measured peak)", "real-token share"],
                        [[device.device_kind, summary["median_step_seconds"], summary["median_tokens_per_second"],
                          summary["mfu"], summary["mfu_of_measured_peak"], summary["real_token_share"]]])
+    if args.profile:
+        top = common.trace_summary(args.profile, PROFILED_STEPS)
+        summary["profile_top"] = top
+        common.print_table(f"top operations over {PROFILED_STEPS} profiled steps (ms per step; profiler overhead included)",
+                           ["where", "operation", "ms/step", "calls/step"],
+                           [[row["where"][:28], row["name"][:70], row["ms_per_step"], row["calls_per_step"]] for row in top])
     common.emit_json("gpu_mfu", summary)
 
 
