@@ -34,5 +34,7 @@ def test_gpu_mfu_smoke_run_on_cpu_reports_mfu_from_the_flops_formula():
         assert step["model_tflop"] == pytest.approx(flops / 1e12)
         assert step["mfu"] == pytest.approx(flops / step["run_seconds"] / (peak * 1e12))
         assert 0 < step["tokens"] <= step["slots"]
+    back_to_back = result["back_to_back"]  # the same number of steps again, one wait at the end
+    assert back_to_back["steps"] == 3 and back_to_back["seconds"] > 0 and back_to_back["mfu"] > 0
     steady = [s["mfu"] for s in result["steps"] if not s["compiled"]] or [s["mfu"] for s in result["steps"]]
     assert result["mfu"] == pytest.approx(statistics.median(steady))
