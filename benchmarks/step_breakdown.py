@@ -18,7 +18,7 @@ train steps built by ``jaxalign.trainer.Trainer``:
 
 Usage::
 
-    python benchmarks/step_breakdown.py [--rounds 3] [--batches 40]
+    python benchmarks/step_breakdown.py [--rounds 3] [--batches 40] [--max-length 512] [--algos rm dpo]
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--max-length", type=int, default=512, help="data.max_length (pairs that fit are kept)")
+    parser.add_argument("--algos", nargs="+", default=["rm", "dpo"], choices=["rm", "dpo"])
     args = parser.parse_args()
     paths = common.shared_data(common.HH_FILE, common.GPT2_TOKENIZER)
     common.quiet_libraries()
@@ -51,9 +53,9 @@ def main() -> None:
     from jaxalign.sharding import shard_batch
 
     tokenizer = common.gpt2_tokenizer(paths[common.GPT2_TOKENIZER])
-    pairs, _ = common.hh_pairs(paths[common.HH_FILE], tokenizer, 512)
+    pairs, _ = common.hh_pairs(paths[common.HH_FILE], tokenizer, args.max_length)
     model_config = dict(vocab_size=len(tokenizer), hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
-                        num_key_value_heads=8, intermediate_size=1376, max_position_embeddings=1024,
+                        num_key_value_heads=8, intermediate_size=1376, max_position_embeddings=max(1024, 2 * args.max_length),
                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
     with tempfile.TemporaryDirectory(prefix="jaxalign-bench-breakdown-") as tmp:
         tmp = Path(tmp)
@@ -65,15 +67,16 @@ def main() -> None:
                 "algo": algo, "run_dir": str(tmp / f"run-{algo}"), "max_steps": 10, "export": False,
                 "model": {"path": str(tmp / ("rm" if algo == "rm" else "lm")),
                           "tokenizer": str(paths[common.GPT2_TOKENIZER])},
-                "data": {"train": str(data), "batch_size": 8, "max_length": 512, "max_prompt_length": 511,
+                "data": {"train": str(data), "batch_size": 8, "max_length": args.max_length,
+                         "max_prompt_length": args.max_length - 1,
                          "shuffle": False},
                 "checkpoint": {"every_steps": 0, "every_minutes": 0},
                 "log": {"every_steps": 10 ** 6, "tensorboard": False},
             })
-            for algo in ("rm", "dpo")
+            for algo in args.algos
         }
         host_batches = {algo: next(trainer.train_data.iterator()) for algo, trainer in trainers.items()}
-        census = common.batch_census(host_batches["dpo"])
+        census = common.batch_census(host_batches[args.algos[-1]])
         print(f"first batch: {census['pairs']} pairs, R x L = {census['rows']} x {census['length']}, "
               f"{census['tokens']} real tokens, {census['completion_tokens']} completion tokens, "
               f"{census['tile_pairs']} attention tile pairs a row")
@@ -118,7 +121,7 @@ def main() -> None:
                            ["algo", "variant", "XLA GFLOP", "XLA GB accessed", "best s", "all s"], rows)
 
         densities, tiles = [], []
-        for _, batch in zip(range(args.batches), trainers["rm"].train_data.iterator()):
+        for _, batch in zip(range(args.batches), trainers[args.algos[0]].train_data.iterator()):
             mask = np.asarray(attention_mask(jnp.asarray(batch["segment_ids"]), jnp.asarray(batch["branch_ids"])))
             mask = mask & (batch["segment_ids"] != 0)[:, :, None]
             r, length, _ = mask.shape
