@@ -121,6 +121,14 @@ def test_rollout_record_n_samples_weighted_none_aware_rewards(tokenizer, policy)
     # With reference parameters the reference pass runs; the policy as its own reference gives equal log-probs.
     with_ref = engine.teacher_force(rollout, params, ref_params=params)
     np.testing.assert_allclose(np.asarray(with_ref.batch.ref_logps), host["logps"], atol=1e-6)
+    # Without policy parameters only the reference's pass runs (an on-policy update computes its own).
+    plain = RolloutEngine(policy, tokenizer, sampling, num_generations=N)  # no entropies asked for
+    ref_only = plain.teacher_force(dataclasses.replace(rollout, batch=rollout.batch.replace(logps=None)), None,
+                                   ref_params=params)
+    assert ref_only.batch.logps is None
+    np.testing.assert_allclose(np.asarray(ref_only.batch.ref_logps), host["logps"], atol=1e-6)
+    with pytest.raises(ValueError, match="entropies and values come from the policy's pass; pass policy_params"):
+        engine.teacher_force(rollout, None)  # this engine was asked for entropies
 
     # DAPO-style refill: keep groups 2 and 0, then stack with another rollout.
     kept = rollout.select_groups([2, 0])
