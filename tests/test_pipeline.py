@@ -163,3 +163,14 @@ def test_a_stage_evaluated_after_it_finished_stays_finished_and_its_eval_is_redo
     assert is_current(stage.run_dir, spec)
     assert not is_current(stage.run_dir, {**spec, "max_new_tokens": 9})
     assert not is_current(stage.run_dir, {**spec, "name": "other"})
+    # A prompt file edited in place (same name, same spec) is measured again.
+    from jaxalign.eval.spec import input_digests
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Hi"}) + "\n")
+    on_file = {**spec, "prompts": str(prompts)}
+    (stage.run_dir / "eval" / "greedy.json").write_text(
+        json.dumps({"metrics": {}, "spec": on_file, "inputs": input_digests(on_file)}))
+    assert is_current(stage.run_dir, on_file)
+    prompts.write_text(json.dumps({"prompt": "Hello"}) + "\n")
+    assert not is_current(stage.run_dir, on_file)

@@ -14,7 +14,7 @@ from jaxalign.eval.data import load_set
 from jaxalign.eval.output import open_run_sinks, publish, write_result
 from jaxalign.eval.pairwise import implicit_reward_eval, reward_model_eval
 from jaxalign.eval.policy import build_rewards, policy_eval
-from jaxalign.eval.spec import EvalError, EvalSpec
+from jaxalign.eval.spec import EvalError, EvalSpec, input_digests
 from jaxalign.eval.target import POLICY, REWARD_MODEL, Target, resolve
 from jaxalign.rl.reward_model import same_vocabulary
 
@@ -39,7 +39,8 @@ def evaluate_resolved(resolved: Target, spec: EvalSpec, *, sinks: Any = None, wr
     result = {"name": spec.name, "kind": result.pop("kind"), "target": str(resolved.model_dir),
               "step": spec.step if spec.step is not None else resolved.step,
               "seconds": round(time.monotonic() - started, 2), **result,
-              "spec": dataclasses.asdict(spec)}  # what was measured: a rerun with another spec is told apart
+              # What was measured: a rerun with another spec, or on a data file since changed, is told apart.
+              "spec": dataclasses.asdict(spec), "inputs": input_digests(dataclasses.asdict(spec))}
     if write:
         folder = resolved.run_dir if resolved.run_dir is not None else spec.output_dir
         if folder is not None:

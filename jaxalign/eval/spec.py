@@ -88,3 +88,21 @@ class EvalSpec:
             raise EvalError(f"eval: unknown key {unknown[0]!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
                             + f"; keys: {', '.join(sorted(fields))}")
         return cls(**{**spec, **overrides})
+
+
+DATA_FIELDS = ("pairs", "prompts")  # the fields that name a data set
+
+
+def input_digests(spec: Mapping[str, Any]) -> dict[str, str]:
+    """``{field: sha256}`` of each data set ``spec`` names that is a local file, so a result can
+    tell a rerun on the same file name with new contents apart (``builtin:`` and hub sets have
+    none: their contents are fixed by the installed version or their own revision)."""
+    import hashlib
+    from pathlib import Path
+
+    digests = {}
+    for field in DATA_FIELDS:
+        value = spec.get(field)
+        if isinstance(value, str) and Path(value).expanduser().is_file():
+            digests[field] = hashlib.sha256(Path(value).expanduser().read_bytes()).hexdigest()
+    return digests

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from jaxalign.eval.spec import EvalError, EvalSpec
+from jaxalign.eval.spec import EvalError, EvalSpec, input_digests
 
 
 def eval_spec(spec: Mapping[str, Any], where: str = "eval") -> dict[str, Any]:
@@ -39,11 +39,15 @@ def eval_spec(spec: Mapping[str, Any], where: str = "eval") -> dict[str, Any]:
 
 
 def is_current(run_dir: str | Path, spec: Mapping[str, Any]) -> bool:
-    """``run_dir/eval/NAME.json`` exists and was measured with this very spec."""
+    """``run_dir/eval/NAME.json`` exists and was measured with this very spec, on data files
+    with the contents they have now (a result without digests counts as stale only when the
+    spec names a local file)."""
     path = Path(run_dir) / "eval" / f"{spec['name']}.json"
     if not path.is_file():
         return False
     try:
-        return json.loads(path.read_text()).get("spec") == json.loads(json.dumps(dict(spec)))
+        stored = json.loads(path.read_text())
     except json.JSONDecodeError:
         return False
+    return (stored.get("spec") == json.loads(json.dumps(dict(spec)))
+            and stored.get("inputs", {}) == input_digests(spec))
