@@ -104,6 +104,15 @@ def main() -> None:
     print(f"model: {total / 1e9:.2f}B parameters ({params['non_embedding'] / 1e9:.2f}B non-embedding); "
           f"HH-RLHF pairs: {counts}", flush=True)
 
+    def model_flops(batch: dict) -> float:
+        """``common.useful_flops`` of one batch's census (policy, reference and projection)."""
+        return common.useful_flops(params["non_embedding"], args.hidden, llama["vocab_size"], batch["tokens"],
+                                   batch["completion_tokens"], reference=True, lm_head=True)
+
+    def utilisation(flops: float, seconds: float) -> tuple[float, float]:
+        """MFU against the datasheet peak and against the measured matmul rate."""
+        return flops / seconds / (args.peak_tflops * 1e12), flops / seconds / measured_peak
+
     with tempfile.TemporaryDirectory() as tmp:
         data = common.write_jsonl(Path(tmp) / "hh.jsonl", rows)
         config = side_by_side._jaxalign_config("dpo", Path(tmp) / "run", Path(tmp), str(paths[common.GPT2_TOKENIZER]),
@@ -120,10 +129,9 @@ def main() -> None:
         records = []
         for number in range(1, args.steps + 1):
             record = stepper.step()
-            flops = common.useful_flops(params["non_embedding"], args.hidden, llama["vocab_size"], record["tokens"],
-                                        record["completion_tokens"], reference=True, lm_head=True)
-            record.update(model_tflop=flops / 1e12, mfu=flops / record["run_seconds"] / (args.peak_tflops * 1e12),
-                          mfu_measured_peak=flops / record["run_seconds"] / measured_peak)
+            flops = model_flops(record)
+            mfu, mfu_measured = utilisation(flops, record["run_seconds"])
+            record.update(model_tflop=flops / 1e12, mfu=mfu, mfu_measured_peak=mfu_measured)
             records.append(record)
             print(f"  step {number}: {record['seconds']:.2f} s (compile {record['compile_seconds']:.2f} s), "
                   f"shape {record['rows']}x{record['length']}, {record['tokens']} tokens "
@@ -139,12 +147,10 @@ def main() -> None:
         jax.block_until_ready(trainer.state)
         pipelined_seconds = time.perf_counter() - start
         batches = stepper._census[census:]
-        pipelined_flops = sum(common.useful_flops(params["non_embedding"], args.hidden, llama["vocab_size"], b["tokens"],
-                                                  b["completion_tokens"], reference=True, lm_head=True) for b in batches)
+        mfu, mfu_measured = utilisation(sum(model_flops(b) for b in batches), pipelined_seconds)
         pipelined = {"steps": len(batches), "seconds": pipelined_seconds, "new_compiles": stepper.compiles() - compiles,
                      "tokens_per_second": sum(b["tokens"] for b in batches) / pipelined_seconds,
-                     "mfu": pipelined_flops / pipelined_seconds / (args.peak_tflops * 1e12),
-                     "mfu_of_measured_peak": pipelined_flops / pipelined_seconds / measured_peak}
+                     "mfu": mfu, "mfu_of_measured_peak": mfu_measured}
         print(f"  {len(batches)} steps back to back: {pipelined_seconds / len(batches):.3f} s a step, MFU "
               f"{pipelined['mfu']:.3f} ({pipelined['mfu_of_measured_peak']:.3f} of measured; "
               f"{pipelined['new_compiles']} new compiles)", flush=True)

@@ -35,12 +35,14 @@ def evaluate(target: str | os.PathLike, spec: EvalSpec | Mapping[str, Any] | Non
 def evaluate_resolved(resolved: Target, spec: EvalSpec, *, sinks: Any = None, write: bool = True) -> dict[str, Any]:
     """``evaluate`` once the target is resolved (the trainer hands over its own ``Target``)."""
     started = time.monotonic()
+    fields = dataclasses.asdict(spec)
+    inputs = input_digests(fields)  # the data files as they are when the evaluation reads them
     result = _run(resolved, spec)
     result = {"name": spec.name, "kind": result.pop("kind"), "target": str(resolved.model_dir),
               "step": spec.step if spec.step is not None else resolved.step,
               "seconds": round(time.monotonic() - started, 2), **result,
               # What was measured: a rerun with another spec, or on a data file since changed, is told apart.
-              "spec": dataclasses.asdict(spec), "inputs": input_digests(dataclasses.asdict(spec))}
+              "spec": fields, "inputs": inputs}
     if write:
         folder = resolved.run_dir if resolved.run_dir is not None else spec.output_dir
         if folder is not None:
