@@ -9,7 +9,7 @@ from jaxalign.batch import ATTENTION_TILE
 from jaxalign.data.packing import attention_tile_pairs, batch_shape, pad_batch
 from jaxalign.models import load_pretrained
 from jaxalign.models.attention import dot_product_attention, packed_mask
-from jaxalign.models.tiled_attention import tile_layout, tiled_attention
+from jaxalign.models.tiled_attention import chunk_pairs, tile_layout, tiled_attention
 from model_fixtures import make_causal_lm
 
 
@@ -64,8 +64,9 @@ def _attention_inputs(seed: int, tile: int, heads: int = 4, kv_heads: int = 2, d
     return (segments, branches, positions), (q, k, v)
 
 
-@pytest.mark.parametrize("window", [None, 5])
-def test_tiled_attention_equals_dense_attention_and_its_gradients(window):
+@pytest.mark.parametrize("window,chunk", [(None, None), (5, None), (None, 1), (5, 4)])
+def test_tiled_attention_equals_dense_attention_and_its_gradients(window, chunk):
+    """Also when a query tile's pairs fall in different chunks of the stream (chunk 1, 4)."""
     tile = 4
     (segments, branches, positions), (q, k, v) = _attention_inputs(seed=3, tile=tile)
     real = jnp.asarray(segments != 0)[:, :, None, None]
@@ -77,14 +78,50 @@ def test_tiled_attention_equals_dense_attention_and_its_gradients(window):
         # A nonlinear read-out of real tokens only: padding outputs are unspecified.
         return lambda q, k, v: jnp.sum(jnp.sin(attend(q, k, v, mask, 0.3)) * real)
 
+    def tiled(q, k, v, layout, scale):
+        return tiled_attention(q, k, v, layout, scale, chunk)
+
     dense_out = dot_product_attention(q, k, v, dense_mask, 0.3)
-    tiled_out = tiled_attention(q, k, v, layout, 0.3)
+    tiled_out = tiled(q, k, v, layout, 0.3)
     np.testing.assert_allclose(np.asarray(tiled_out * real), np.asarray(dense_out * real), atol=2e-6)
     assert np.isfinite(np.asarray(tiled_out)).all()
     dense_grads = jax.grad(objective(dot_product_attention, dense_mask), argnums=(0, 1, 2))(q, k, v)
-    tiled_grads = jax.grad(objective(tiled_attention, layout), argnums=(0, 1, 2))(q, k, v)
+    tiled_grads = jax.grad(objective(tiled, layout), argnums=(0, 1, 2))(q, k, v)
     for dense_grad, tiled_grad in zip(dense_grads, tiled_grads):
         np.testing.assert_allclose(np.asarray(tiled_grad), np.asarray(dense_grad), atol=1e-5)
+
+
+def test_bfloat16_tiled_attention_is_as_close_to_float32_as_dense_attention_is():
+    tile = 4
+    (segments, branches, positions), (q, k, v) = _attention_inputs(seed=4, tile=tile)
+    real = jnp.asarray(segments != 0)[:, :, None, None]
+    pairs = jnp.asarray(attention_tile_pairs(segments, branches, tile))
+    layout = tile_layout(pairs, tile, jnp.asarray(segments), jnp.asarray(branches), jnp.asarray(positions))
+    dense_mask = packed_mask(jnp.asarray(segments), jnp.asarray(branches), jnp.asarray(positions))
+    half = [x.astype(jnp.bfloat16) for x in (q, k, v)]
+
+    def loss(attend, mask):
+        return lambda q, k, v: jnp.sum(jnp.sin(attend(q, k, v, mask, 0.3).astype(jnp.float32)) * real)
+
+    exact = jax.grad(loss(dot_product_attention, dense_mask), argnums=(0, 1, 2))(q, k, v)
+    dense = jax.grad(loss(dot_product_attention, dense_mask), argnums=(0, 1, 2))(*half)
+    tiled = jax.grad(loss(lambda *a: tiled_attention(*a, chunk=1), layout), argnums=(0, 1, 2))(*half)
+    for want, ref, got in zip(exact, dense, tiled):
+        assert got.dtype == jnp.bfloat16
+        bound = max(2 * float(jnp.max(jnp.abs(ref.astype(jnp.float32) - want))), 1e-2)
+        assert float(jnp.max(jnp.abs(got.astype(jnp.float32) - want))) <= bound
+
+
+def test_chunk_sizes_divide_the_pairs_and_bound_the_scores_in_cache():
+    assert chunk_pairs(rows=4, pairs=64, score_tiles_per_pair=8) == 4
+    assert chunk_pairs(rows=1, pairs=48, score_tiles_per_pair=8) == 16
+    assert chunk_pairs(rows=64, pairs=48, score_tiles_per_pair=8) == 1
+    assert chunk_pairs(rows=2, pairs=30, score_tiles_per_pair=8) == 6  # 8 would not divide 30
+    (segments, branches, positions), (q, k, v) = _attention_inputs(seed=1, tile=4)
+    pairs = attention_tile_pairs(segments, branches, 4)
+    layout = tile_layout(jnp.asarray(pairs), 4, *(jnp.asarray(x) for x in (segments, branches, positions)))
+    with pytest.raises(ValueError, match="does not divide"):
+        tiled_attention(q, k, v, layout, 0.3, chunk=pairs.shape[1] + 1)
 
 
 def test_unused_pair_slots_and_padding_rows_change_nothing():
@@ -123,3 +160,33 @@ def test_model_hidden_states_with_tile_pairs_equal_dense(arch, tmp_path):
     tiled = jax.jit(lambda m, *a: m.hidden_states(*a, pairs))(model, *args)
     real = segments != 0
     np.testing.assert_allclose(np.asarray(tiled)[real], np.asarray(dense)[real], atol=2e-5)
+
+
+def test_sharded_rows_and_heads_stay_sharded_with_no_collectives():
+    """Data parallelism shards rows and tensor parallelism heads; the streamed attention
+    must compute each shard locally (a scatter indexed by a row iota would gather every row)."""
+    import re
+
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "tensor"))
+    rng = np.random.default_rng(0)
+    segments, branches, positions = random_packed_layout(rng, rows=8, length=6 * 4)
+    pairs = attention_tile_pairs(segments, branches, 4)
+    place = lambda x, *spec: jax.device_put(jnp.asarray(x), NamedSharding(mesh, PartitionSpec(*spec)))  # noqa: E731
+    q, k, v = (place(rng.normal(size=(8, 24, 4, 8)).astype(np.float32), "data", None, "tensor") for _ in range(3))
+    ids = [place(x, "data") for x in (pairs, segments, branches, positions)]
+    real = jnp.asarray(segments != 0)[:, :, None, None]
+
+    def loss(q, k, v, tile_pairs, segments, branches, positions):
+        layout = tile_layout(tile_pairs, 4, segments, branches, positions)
+        return jnp.sum(jnp.sin(tiled_attention(q, k, v, layout, 0.3, chunk=2)) * real)
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+    compiled = grad.lower(q, k, v, *ids).compile().as_text()
+    assert not re.findall(r"(all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)\(", compiled)
+    grads = grad(q, k, v, *ids)
+    assert all(g.sharding.spec[:3] == ("data", None, "tensor") for g in grads)
+    local = jax.grad(loss, argnums=(0, 1, 2))(*(np.asarray(x) for x in (q, k, v, *ids)))
+    for got, want in zip(grads, local):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
