@@ -43,14 +43,17 @@ CHUNK_SCORE_TILES = 128
 class TileLayout(NamedTuple):
     """What every layer's tiled attention needs, built once per forward.
 
-    ``query_tile``/``key_tile`` ``[R, P]`` int32 (0 for an unused pair) and
+    ``query_tile``/``key_tile`` ``[R, P]`` int32 (0 for an unused pair),
     ``mask`` ``[R, P, T, T]`` bool (query, key) within each pair (all false
-    for an unused pair).
+    for an unused pair) and ``pair_span`` ``[]`` int32, the slots up to the
+    last used pair of any row: attention stops there (unused slots trail the
+    used ones, so on HH-RLHF about a fifth of P is skipped).
     """
 
     query_tile: jax.Array
     key_tile: jax.Array
     mask: jax.Array
+    pair_span: jax.Array
 
     def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> jax.Array:
         return tiled_attention(q, k, v, self, scale)
@@ -103,7 +106,9 @@ def tile_layout(
     if sliding_window is not None:
         distance = _tiles_of(positions, tile, query_tile)[..., :, None] - _tiles_of(positions, tile, key_tile)[..., None, :]
         mask = mask & (distance < sliding_window)
-    return TileLayout(query_tile, key_tile, mask)
+    slots = jnp.arange(1, tile_pairs.shape[1] + 1, dtype=jnp.int32)
+    pair_span = jnp.max(jnp.where(used, slots, 0))
+    return TileLayout(query_tile, key_tile, mask, pair_span)
 
 
 def _pick_tiles(tiles: jax.Array, index: jax.Array) -> jax.Array:
@@ -123,11 +128,18 @@ def _add_to_tiles(totals: jax.Array, index: jax.Array, values: jax.Array) -> jax
     return jax.vmap(lambda total, tiles, add: total.at[tiles].add(add))(totals, index, jnp.moveaxis(values, 1, 2))
 
 
-def _chunks(layout: TileLayout, size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """query_tile, key_tile ``[J, R, C]`` and mask ``[J, R, C, T, T]``: the pair axis cut into J chunks."""
+def _over_chunks(step, init, layout: TileLayout, size: int):
+    """Folds ``step(carry, (query_tile [R, C], key_tile [R, C], mask [R, C, T, T]))``
+    over the pair axis in chunks of ``size``, up to the chunk holding the last used pair."""
     rows, pairs = layout.query_tile.shape
     cut = lambda x: jnp.moveaxis(x.reshape(rows, pairs // size, size, *x.shape[2:]), 1, 0)  # noqa: E731
-    return cut(layout.query_tile), cut(layout.key_tile), cut(layout.mask)
+    chunks = (cut(layout.query_tile), cut(layout.key_tile), cut(layout.mask))
+    count = (layout.pair_span + size - 1) // size
+
+    def body(index, carry):
+        return step(carry, tuple(jax.lax.dynamic_index_in_dim(x, index, keepdims=False) for x in chunks))
+
+    return jax.lax.fori_loop(0, count, body, init)
 
 
 def _chunk_scores(q_tiles, k_tiles, query_tile, key_tile, mask, scale):
@@ -142,16 +154,15 @@ def _chunk_scores(q_tiles, k_tiles, query_tile, key_tile, mask, scale):
 def _streamed_forward(q_tiles, k_tiles, v_tiles, layout, scale, chunk):
     """Output tiles ``[R, kv, n, g, T, d]`` and each query's log-sum-exp ``[R, kv, n, g, T]``."""
     rows, kv_heads, num_tiles, group, tile, dim = q_tiles.shape
-    chunks = _chunks(layout, chunk)
 
     def row_max(running, pairs):
         query_tile, key_tile, mask = pairs
         scores, _, _ = _chunk_scores(q_tiles, k_tiles, query_tile, key_tile, mask, scale)
         in_tile = jax.nn.one_hot(query_tile, num_tiles, dtype=jnp.bool_)[:, None, :, :, None, None]  # [R, 1, C, n, 1, 1]
         chunk_max = jnp.max(jnp.where(in_tile, jnp.max(scores, axis=-1)[:, :, :, None], -jnp.inf), axis=2)
-        return jnp.maximum(running, chunk_max), None
+        return jnp.maximum(running, chunk_max)
 
-    shift, _ = jax.lax.scan(row_max, jnp.full((rows, kv_heads, num_tiles, group, tile), -jnp.inf, _F32), chunks)
+    shift = _over_chunks(row_max, jnp.full((rows, kv_heads, num_tiles, group, tile), -jnp.inf, _F32), layout, chunk)
     shift = jnp.where(jnp.isfinite(shift), shift, 0.0)  # rows that see nothing: any finite shift
 
     def accumulate(totals, pairs):
@@ -162,11 +173,11 @@ def _streamed_forward(q_tiles, k_tiles, v_tiles, layout, scale, chunk):
         values = jnp.einsum("rkcgst,rkctd->rkcgsd", probs.astype(v_tiles.dtype), _pick_tiles(v_tiles, key_tile),
                             preferred_element_type=_F32)
         return (_add_to_tiles(denominators, query_tile, jnp.sum(probs, axis=-1)),
-                _add_to_tiles(weighted, query_tile, values)), None
+                _add_to_tiles(weighted, query_tile, values))
 
     zeros = (jnp.zeros((rows, num_tiles, kv_heads, group, tile), _F32),
              jnp.zeros((rows, num_tiles, kv_heads, group, tile, dim), _F32))
-    (denominators, weighted), _ = jax.lax.scan(accumulate, zeros, chunks)
+    denominators, weighted = _over_chunks(accumulate, zeros, layout, chunk)
     denominators, weighted = jnp.moveaxis(denominators, 1, 2), jnp.moveaxis(weighted, 1, 2)
     seen = denominators > 0
     out = (weighted / jnp.where(seen, denominators, 1.0)[..., None]).astype(q_tiles.dtype)
@@ -202,10 +213,10 @@ def _streamed_bwd(scale, chunk, saved, d_out):
         d_q_pairs = jnp.einsum("rkcgst,rkctd->rkcgsd", d_scores.astype(k_pairs.dtype), k_pairs, preferred_element_type=_F32)
         d_k_pairs = jnp.einsum("rkcgst,rkcgsd->rkctd", d_scores.astype(q_pairs.dtype), q_pairs, preferred_element_type=_F32)
         return (_add_to_tiles(d_q, query_tile, d_q_pairs), _add_to_tiles(d_k, key_tile, d_k_pairs),
-                _add_to_tiles(d_v, key_tile, d_v_pairs)), None
+                _add_to_tiles(d_v, key_tile, d_v_pairs))
 
     zeros = tuple(jnp.zeros(jnp.moveaxis(x, 1, 2).shape, _F32) for x in (q_tiles, k_tiles, v_tiles))
-    grads, _ = jax.lax.scan(accumulate, zeros, _chunks(layout, chunk))
+    grads = _over_chunks(accumulate, zeros, layout, chunk)
     d_q, d_k, d_v = (jnp.moveaxis(g, 1, 2).astype(x.dtype) for g, x in zip(grads, (q_tiles, k_tiles, v_tiles)))
     return d_q, d_k, d_v, jax.tree.map(lambda _: None, layout)
 
