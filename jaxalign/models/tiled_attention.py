@@ -10,18 +10,19 @@ the ``[T, T]`` scores of those pairs only, and takes one softmax over all the
 pairs of a query tile, so every real token gets exactly the output of dense
 masked attention. A query tile with no pair (row padding) outputs zeros.
 
-The pairs are streamed in chunks of a few pairs (a ``lax.scan`` over the
-pair axis), the way flash attention streams key blocks: one pass takes each
-query row's maximum score, a second sums ``exp(score - max)`` and the
-weighted values into the query tiles, and the backward pass recomputes each
-chunk's scores from the saved log-sum-exp (``jax.custom_vjp``) instead of
-storing them. Why chunks: computed whole, every intermediate is ``[R,
-kv_heads, P, group, T, T]`` (32 MiB for 4 rows of 1,024 tokens and 8 heads),
-far past the CPU's caches, and XLA:CPU then runs the small batched matmuls at
-a fifth of its matmul rate; a chunk of ~2 MiB stays in cache (forward +
-backward 2.1x faster, ``benchmarks/attention_backends.py``). The scan runs
-over pairs, never over rows or heads, so it shards over rows (data
-parallelism) and heads (tensor parallelism) like the rest of the step.
+The pairs are streamed in chunks of a few pairs (a loop over the pair axis),
+the way flash attention streams key blocks: one pass takes each query row's
+maximum score, a second sums ``exp(score - max)`` and the weighted values
+into the query tiles, and the backward pass recomputes each chunk's scores
+from the saved log-sum-exp (``jax.custom_vjp``) instead of storing them; the
+loop stops at the chunk holding the last used pair of any row. Why chunks:
+computed whole, every intermediate is ``[R, kv_heads, P, group, T, T]`` (32
+MiB for 4 rows of 1,024 tokens and 8 heads), far past the CPU's caches, and
+XLA:CPU then runs the small batched matmuls at a tenth of its matmul rate; a
+chunk of ~2 MiB stays in cache (forward + backward 2.4x faster at 1,024
+tokens, docs/benchmarks.md). The loop runs over pairs, never over rows or
+heads, so it shards over rows (data parallelism) and heads (tensor
+parallelism) like the rest of the step.
 Scores are laid out with the head axes ahead of the tile axes: XLA's CPU
 batched matmul runs that layout about 2.5x faster than a tokens-first one.
 """
@@ -226,7 +227,9 @@ _streamed.defvjp(_streamed_fwd, _streamed_bwd)
 
 def chunk_pairs(rows: int, pairs: int, score_tiles_per_pair: int, target: int = CHUNK_SCORE_TILES) -> int:
     """Pairs per chunk: the largest divisor of ``pairs`` whose chunk holds at most
-    ``target`` score tiles (``rows * heads`` per pair), at least 1."""
+    ``target`` score tiles (``rows * heads`` per pair), at least 1. ``rows`` is
+    the global batch as the jitted program sees it, so on a sharded mesh each
+    device's chunk errs small, which costs little (128 vs 64 tiles: 4%)."""
     most = max(1, target // max(1, rows * score_tiles_per_pair))
     return max(size for size in range(1, min(most, pairs) + 1) if pairs % size == 0)
 
@@ -238,7 +241,7 @@ def tiled_attention(
 
     Scores, softmax and every sum over pairs in float32; the weighted sums of
     values take the probabilities in v's dtype, as ``dot_product_attention``
-    does. ``chunk``: pairs per scan step (a divisor of P; default
+    does. ``chunk``: pairs per loop step (a divisor of P; default
     ``chunk_pairs``); it changes speed, not results beyond float rounding.
     """
     batch, seq, heads, dim = q.shape
