@@ -118,15 +118,17 @@ def _pick_tiles(tiles: jax.Array, index: jax.Array) -> jax.Array:
     return jnp.take_along_axis(tiles, shaped, axis=2)
 
 
-def _add_to_tiles(totals: jax.Array, index: jax.Array, values: jax.Array) -> jax.Array:
-    """totals ``[R, n, kv, ...]`` plus values ``[R, kv, C, ...]`` at tiles index ``[R, C]``.
+def _into_tiles(totals: jax.Array, index: jax.Array, values: jax.Array, combine: str = "add") -> jax.Array:
+    """totals ``[R, n, kv, ...]`` combined (``add`` or ``max``) with values ``[R, kv, C, ...]``
+    at tiles index ``[R, C]``.
 
-    Totals keep the tile axis next to the rows so the scatter-add writes whole
+    Totals keep the tile axis next to the rows so the scatter writes whole
     contiguous tiles; only the chunk-sized values are transposed. The rows are
     a batch dimension of the scatter (vmap), so a row-sharded batch stays
     sharded: indexing rows with an iota instead makes XLA gather every row.
     """
-    return jax.vmap(lambda total, tiles, add: total.at[tiles].add(add))(totals, index, jnp.moveaxis(values, 1, 2))
+    scatter = lambda total, tiles, new: getattr(total.at[tiles], combine)(new)  # noqa: E731
+    return jax.vmap(scatter)(totals, index, jnp.moveaxis(values, 1, 2))
 
 
 def _over_chunks(step, init, layout: TileLayout, size: int):
@@ -159,12 +161,10 @@ def _streamed_forward(q_tiles, k_tiles, v_tiles, layout, scale, chunk):
     def row_max(running, pairs):
         query_tile, key_tile, mask = pairs
         scores, _, _ = _chunk_scores(q_tiles, k_tiles, query_tile, key_tile, mask, scale)
-        in_tile = jax.nn.one_hot(query_tile, num_tiles, dtype=jnp.bool_)[:, None, :, :, None, None]  # [R, 1, C, n, 1, 1]
-        chunk_max = jnp.max(jnp.where(in_tile, jnp.max(scores, axis=-1)[:, :, :, None], -jnp.inf), axis=2)
-        return jnp.maximum(running, chunk_max)
+        return _into_tiles(running, query_tile, jnp.max(scores, axis=-1), "max")
 
-    shift = _over_chunks(row_max, jnp.full((rows, kv_heads, num_tiles, group, tile), -jnp.inf, _F32), layout, chunk)
-    shift = jnp.where(jnp.isfinite(shift), shift, 0.0)  # rows that see nothing: any finite shift
+    shift = _over_chunks(row_max, jnp.full((rows, num_tiles, kv_heads, group, tile), -jnp.inf, _F32), layout, chunk)
+    shift = jnp.moveaxis(jnp.where(jnp.isfinite(shift), shift, 0.0), 1, 2)  # rows that see nothing: any finite shift
 
     def accumulate(totals, pairs):
         denominators, weighted = totals
@@ -173,8 +173,7 @@ def _streamed_forward(q_tiles, k_tiles, v_tiles, layout, scale, chunk):
         probs = jnp.exp(scores - _pick_tiles(shift, query_tile)[..., None])
         values = jnp.einsum("rkcgst,rkctd->rkcgsd", probs.astype(v_tiles.dtype), _pick_tiles(v_tiles, key_tile),
                             preferred_element_type=_F32)
-        return (_add_to_tiles(denominators, query_tile, jnp.sum(probs, axis=-1)),
-                _add_to_tiles(weighted, query_tile, values))
+        return _into_tiles(denominators, query_tile, jnp.sum(probs, axis=-1)), _into_tiles(weighted, query_tile, values)
 
     zeros = (jnp.zeros((rows, num_tiles, kv_heads, group, tile), _F32),
              jnp.zeros((rows, num_tiles, kv_heads, group, tile, dim), _F32))
@@ -213,10 +212,11 @@ def _streamed_bwd(scale, chunk, saved, d_out):
         d_scores = probs * (d_probs - _pick_tiles(row_dot, query_tile)[..., None]) * scale
         d_q_pairs = jnp.einsum("rkcgst,rkctd->rkcgsd", d_scores.astype(k_pairs.dtype), k_pairs, preferred_element_type=_F32)
         d_k_pairs = jnp.einsum("rkcgst,rkcgsd->rkctd", d_scores.astype(q_pairs.dtype), q_pairs, preferred_element_type=_F32)
-        return (_add_to_tiles(d_q, query_tile, d_q_pairs), _add_to_tiles(d_k, key_tile, d_k_pairs),
-                _add_to_tiles(d_v, key_tile, d_v_pairs))
+        return (_into_tiles(d_q, query_tile, d_q_pairs), _into_tiles(d_k, key_tile, d_k_pairs),
+                _into_tiles(d_v, key_tile, d_v_pairs))
 
-    zeros = tuple(jnp.zeros(jnp.moveaxis(x, 1, 2).shape, _F32) for x in (q_tiles, k_tiles, v_tiles))
+    tiles_next_to_rows = lambda shape: (shape[0], shape[2], shape[1], *shape[3:])  # noqa: E731
+    zeros = tuple(jnp.zeros(tiles_next_to_rows(x.shape), _F32) for x in (q_tiles, k_tiles, v_tiles))
     grads = _over_chunks(accumulate, zeros, layout, chunk)
     d_q, d_k, d_v = (jnp.moveaxis(g, 1, 2).astype(x.dtype) for g, x in zip(grads, (q_tiles, k_tiles, v_tiles)))
     return d_q, d_k, d_v, jax.tree.map(lambda _: None, layout)
