@@ -9,6 +9,7 @@ from jaxalign.batch import ATTENTION_TILE
 from jaxalign.data.packing import attention_tile_pairs, batch_shape, pad_batch
 from jaxalign.models import load_pretrained
 from jaxalign.models.attention import dot_product_attention, packed_mask
+import jaxalign.models.tiled_attention as tiled_attention_module
 from jaxalign.models.tiled_attention import chunk_pairs, tile_layout, tiled_attention
 from model_fixtures import make_causal_lm
 
@@ -64,9 +65,13 @@ def _attention_inputs(seed: int, tile: int, heads: int = 4, kv_heads: int = 2, d
     return (segments, branches, positions), (q, k, v)
 
 
-@pytest.mark.parametrize("window,chunk", [(None, None), (5, None), (None, 1), (5, 4)])
-def test_tiled_attention_equals_dense_attention_and_its_gradients(window, chunk):
-    """Also when a query tile's pairs fall in different chunks of the stream (chunk 1, 4)."""
+@pytest.mark.parametrize("window,chunk,backward_tiles", [(None, None, None), (5, None, None), (None, 1, None),
+                                                         (5, 4, None), (None, None, 1)])
+def test_tiled_attention_equals_dense_attention_and_its_gradients(window, chunk, backward_tiles, monkeypatch):
+    """Also when a query tile's pairs fall in different chunks of the stream (chunk 1, 4), and
+    when the backward streams smaller chunks than the forward (its own target, here 1 pair)."""
+    if backward_tiles is not None:
+        monkeypatch.setattr(tiled_attention_module, "BACKWARD_CHUNK_SCORE_TILES", backward_tiles)
     tile = 4
     (segments, branches, positions), (q, k, v) = _attention_inputs(seed=3, tile=tile)
     real = jnp.asarray(segments != 0)[:, :, None, None]

@@ -37,8 +37,12 @@ import jax.numpy as jnp
 
 _F32 = jnp.float32
 # Score tiles ([T, T] per head and pair) computed per chunk: about 2 MiB of
-# float32 scores at T = 64, which stays in a CPU core's cache.
+# float32 scores at T = 64, which stays in a CPU core's cache. The backward
+# holds three score-sized intermediates per pair (probabilities, their
+# gradient, the scores' gradient) against the forward's one, so its chunks
+# are half as big (6-9% faster forward + backward, docs/benchmarks.md).
 CHUNK_SCORE_TILES = 128
+BACKWARD_CHUNK_SCORE_TILES = 64
 
 
 class TileLayout(NamedTuple):
@@ -119,7 +123,7 @@ def _pick_tiles(tiles: jax.Array, index: jax.Array) -> jax.Array:
 
 
 def _into_tiles(totals: jax.Array, index: jax.Array, values: jax.Array, combine: str = "add") -> jax.Array:
-    """totals ``[R, n, kv, ...]`` combined (``add`` or ``max``) with values ``[R, kv, C, ...]``
+    """totals ``[R, n, kv, ...]`` combined (``add``, ``max`` or ``set``) with values ``[R, kv, C, ...]``
     at tiles index ``[R, C]``.
 
     Totals keep the tile axis next to the rows so the scatter writes whole
@@ -154,48 +158,60 @@ def _chunk_scores(q_tiles, k_tiles, query_tile, key_tile, mask, scale):
     return jnp.where(mask[:, None, :, None], scores, -jnp.inf), q_pairs, k_pairs
 
 
+def _tile_values(totals: jax.Array, index: jax.Array) -> jax.Array:
+    """totals ``[R, n, kv, ...]`` at tiles index ``[R, C]`` -> ``[R, kv, C, ...]``."""
+    return jnp.moveaxis(jax.vmap(lambda total, tiles: total[tiles])(totals, index), 1, 2)
+
+
 def _streamed_forward(q_tiles, k_tiles, v_tiles, layout, scale, chunk):
-    """Output tiles ``[R, kv, n, g, T, d]`` and each query's log-sum-exp ``[R, kv, n, g, T]``."""
+    """Output tiles ``[R, kv, n, g, T, d]`` and each query's log-sum-exp ``[R, kv, n, g, T]``.
+
+    One pass, flash attention's online softmax: each query keeps its running
+    maximum, and a chunk that raises it first rescales that query's sums.
+    Only the chunk's query tiles are rescaled (gathered, scaled and written
+    back; a tile listed twice in a chunk gets the same value twice), so a
+    chunk costs its own size, not the row's.
+    """
     rows, kv_heads, num_tiles, group, tile, dim = q_tiles.shape
 
-    def row_max(running, pairs):
-        query_tile, key_tile, mask = pairs
-        scores, _, _ = _chunk_scores(q_tiles, k_tiles, query_tile, key_tile, mask, scale)
-        return _into_tiles(running, query_tile, jnp.max(scores, axis=-1), "max")
-
-    shift = _over_chunks(row_max, jnp.full((rows, num_tiles, kv_heads, group, tile), -jnp.inf, _F32), layout, chunk)
-    shift = jnp.moveaxis(jnp.where(jnp.isfinite(shift), shift, 0.0), 1, 2)  # rows that see nothing: any finite shift
-
     def accumulate(totals, pairs):
-        denominators, weighted = totals
+        running_max, denominators, weighted = totals
         query_tile, key_tile, mask = pairs
         scores, _, _ = _chunk_scores(q_tiles, k_tiles, query_tile, key_tile, mask, scale)
-        probs = jnp.exp(scores - _pick_tiles(shift, query_tile)[..., None])
+        old_max = _tile_values(running_max, query_tile)
+        running_max = _into_tiles(running_max, query_tile, jnp.max(scores, axis=-1), "max")
+        new_max = _tile_values(running_max, query_tile)
+        shift = jnp.where(jnp.isfinite(new_max), new_max, 0.0)  # queries that see nothing yet: any finite shift
+        rescale = jnp.exp(old_max - shift)  # 0 where nothing was summed yet (old_max = -inf)
+        denominators = _into_tiles(denominators, query_tile, _tile_values(denominators, query_tile) * rescale, "set")
+        weighted = _into_tiles(weighted, query_tile, _tile_values(weighted, query_tile) * rescale[..., None], "set")
+        probs = jnp.exp(scores - shift[..., None])
         values = jnp.einsum("rkcgst,rkctd->rkcgsd", probs.astype(v_tiles.dtype), _pick_tiles(v_tiles, key_tile),
                             preferred_element_type=_F32)
-        return _into_tiles(denominators, query_tile, jnp.sum(probs, axis=-1)), _into_tiles(weighted, query_tile, values)
+        return (running_max, _into_tiles(denominators, query_tile, jnp.sum(probs, axis=-1)),
+                _into_tiles(weighted, query_tile, values))
 
-    zeros = (jnp.zeros((rows, num_tiles, kv_heads, group, tile), _F32),
-             jnp.zeros((rows, num_tiles, kv_heads, group, tile, dim), _F32))
-    denominators, weighted = _over_chunks(accumulate, zeros, layout, chunk)
-    denominators, weighted = jnp.moveaxis(denominators, 1, 2), jnp.moveaxis(weighted, 1, 2)
+    init = (jnp.full((rows, num_tiles, kv_heads, group, tile), -jnp.inf, _F32),
+            jnp.zeros((rows, num_tiles, kv_heads, group, tile), _F32),
+            jnp.zeros((rows, num_tiles, kv_heads, group, tile, dim), _F32))
+    running_max, denominators, weighted = (jnp.moveaxis(x, 1, 2) for x in _over_chunks(accumulate, init, layout, chunk))
     seen = denominators > 0
     out = (weighted / jnp.where(seen, denominators, 1.0)[..., None]).astype(q_tiles.dtype)
-    log_sum_exp = jnp.where(seen, shift + jnp.log(jnp.where(seen, denominators, 1.0)), 0.0)
+    log_sum_exp = jnp.where(seen, running_max + jnp.log(jnp.where(seen, denominators, 1.0)), 0.0)
     return out, log_sum_exp
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _streamed(q_tiles, k_tiles, v_tiles, layout, scale, chunk):
+@partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _streamed(q_tiles, k_tiles, v_tiles, layout, scale, chunk, backward_chunk):
     return _streamed_forward(q_tiles, k_tiles, v_tiles, layout, scale, chunk)[0]
 
 
-def _streamed_fwd(q_tiles, k_tiles, v_tiles, layout, scale, chunk):
+def _streamed_fwd(q_tiles, k_tiles, v_tiles, layout, scale, chunk, backward_chunk):
     out, log_sum_exp = _streamed_forward(q_tiles, k_tiles, v_tiles, layout, scale, chunk)
     return out, (q_tiles, k_tiles, v_tiles, layout, out, log_sum_exp)
 
 
-def _streamed_bwd(scale, chunk, saved, d_out):
+def _streamed_bwd(scale, chunk, backward_chunk, saved, d_out):
     """Flash attention's backward per chunk: probabilities from the saved log-sum-exp,
     d_scores = p * (d_p - rowsum(d_out * out)), scaled."""
     q_tiles, k_tiles, v_tiles, layout, out, log_sum_exp = saved
@@ -217,7 +233,7 @@ def _streamed_bwd(scale, chunk, saved, d_out):
 
     tiles_next_to_rows = lambda shape: (shape[0], shape[2], shape[1], *shape[3:])  # noqa: E731
     zeros = tuple(jnp.zeros(tiles_next_to_rows(x.shape), _F32) for x in (q_tiles, k_tiles, v_tiles))
-    grads = _over_chunks(accumulate, zeros, layout, chunk)
+    grads = _over_chunks(accumulate, zeros, layout, backward_chunk)
     d_q, d_k, d_v = (jnp.moveaxis(g, 1, 2).astype(x.dtype) for g, x in zip(grads, (q_tiles, k_tiles, v_tiles)))
     return d_q, d_k, d_v, jax.tree.map(lambda _: None, layout)
 
@@ -241,8 +257,9 @@ def tiled_attention(
 
     Scores, softmax and every sum over pairs in float32; the weighted sums of
     values take the probabilities in v's dtype, as ``dot_product_attention``
-    does. ``chunk``: pairs per loop step (a divisor of P; default
-    ``chunk_pairs``); it changes speed, not results beyond float rounding.
+    does. ``chunk``: pairs per loop step, forward and backward (a divisor of
+    P; default ``chunk_pairs``, with a smaller target for the backward); it
+    changes speed, not results beyond float rounding.
     """
     batch, seq, heads, dim = q.shape
     kv_heads = k.shape[2]
@@ -250,12 +267,13 @@ def tiled_attention(
     tile = layout.mask.shape[-1]
     num_tiles = seq // tile
     pairs = layout.query_tile.shape[1]
-    chunk = chunk or chunk_pairs(batch, pairs, heads)
-    if pairs % chunk:
+    if chunk is not None and pairs % chunk:
         raise ValueError(f"tiled attention: chunk {chunk} does not divide the {pairs} tile pairs of a row")
+    forward_chunk = chunk or chunk_pairs(batch, pairs, heads)
+    backward_chunk = chunk or chunk_pairs(batch, pairs, heads, BACKWARD_CHUNK_SCORE_TILES)
     # Head-major tiles [R, kv, n, (g,) T, d].
     q_tiles = q.reshape(batch, num_tiles, tile, kv_heads, group, dim).transpose(0, 3, 1, 4, 2, 5)
     k_tiles = k.reshape(batch, num_tiles, tile, kv_heads, dim).transpose(0, 3, 1, 2, 4)
     v_tiles = v.reshape(batch, num_tiles, tile, kv_heads, dim).transpose(0, 3, 1, 2, 4)
-    out = _streamed(q_tiles, k_tiles, v_tiles, layout, scale, chunk)
+    out = _streamed(q_tiles, k_tiles, v_tiles, layout, scale, forward_chunk, backward_chunk)
     return out.transpose(0, 2, 4, 1, 3, 5).reshape(batch, seq, heads, dim)
