@@ -122,6 +122,8 @@ def test_implicit_reward_matches_transformers(folders, tmp_path):
                 for reply in (row["chosen"], row["rejected"])]
     assert result["chosen_rewards"][0] == pytest.approx(expected[0], abs=1e-3)
     assert result["rejected_rewards"][0] == pytest.approx(expected[1], abs=1e-3)
+    # What it read, for a rerun to tell changed inputs apart: the pair file, the reference, the policy.
+    assert set(result["inputs"]) == {"pairs", f"model:{folders['ref']}", "target"}
     chosen, rejected = np.array(result["chosen_rewards"]), np.array(result["rejected_rewards"])
     metrics = result["metrics"]
     assert metrics["rewards/margins"] == pytest.approx(np.mean(chosen - rejected))

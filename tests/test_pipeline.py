@@ -174,3 +174,43 @@ def test_a_stage_evaluated_after_it_finished_stays_finished_and_its_eval_is_redo
     assert is_current(stage.run_dir, on_file)
     prompts.write_text(json.dumps({"prompt": "Hello"}) + "\n")
     assert not is_current(stage.run_dir, on_file)
+
+
+def test_an_eval_is_redone_when_a_model_folder_it_read_changed_in_place(tmp_path):
+    """The evaluated export retrained in place, or a judge / reference / reward model folder
+    rewritten (a stage rerun), makes the stored result stale; an untouched rerun reuses it."""
+    import os
+
+    from jaxalign.eval.spec import input_digests
+    from jaxalign.pipeline.evaluate import is_current
+
+    pipeline = load_pipeline(_pipeline(tmp_path))
+    stage = pipeline.stage("dpo")
+    folders = {name: tmp_path / name for name in ("export", "judge", "reference", "member")}
+    for folder in folders.values():
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+        (folder / "model.safetensors").write_bytes(b"weights")
+    spec = {**pipeline.evals[0], "judge": str(folders["judge"]), "reference": str(folders["reference"]),
+            "rewards": [{"ensemble": "mean", "members": [str(folders["member"])]}]}
+    (stage.run_dir / "eval").mkdir(parents=True)
+    result = {"metrics": {}, "spec": spec, "target": str(folders["export"]),
+              "inputs": input_digests(spec, str(folders["export"]))}
+    (stage.run_dir / "eval" / "greedy.json").write_text(json.dumps(result))
+    assert set(result["inputs"]) == {"target", *(f"model:{folders[n]}" for n in ("judge", "reference", "member"))}
+    assert is_current(stage.run_dir, spec)
+    for name, folder in folders.items():
+        weights = folder / "model.safetensors"
+        stat = weights.stat()
+        weights.write_bytes(b"WEIGHTS")  # same size: the modification time tells it apart
+        os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+        assert not is_current(stage.run_dir, spec), name
+        os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert is_current(stage.run_dir, spec), name
+    (folders["judge"] / "extra.bin").write_bytes(b"")
+    assert not is_current(stage.run_dir, spec)
+    (folders["judge"] / "extra.bin").unlink()
+    assert is_current(stage.run_dir, spec)
+    stale = {**result, "inputs": {key: value for key, value in result["inputs"].items() if key != "target"}}
+    (stage.run_dir / "eval" / "greedy.json").write_text(json.dumps(stale))
+    assert not is_current(stage.run_dir, spec)  # measured before the target was fingerprinted

@@ -36,7 +36,8 @@ def evaluate_resolved(resolved: Target, spec: EvalSpec, *, sinks: Any = None, wr
     """``evaluate`` once the target is resolved (the trainer hands over its own ``Target``)."""
     started = time.monotonic()
     fields = dataclasses.asdict(spec)
-    inputs = input_digests(fields)  # the data files as they are when the evaluation reads them
+    # The data files and model folders as they are when the evaluation reads them.
+    inputs = input_digests(fields, str(resolved.model_dir))
     result = _run(resolved, spec)
     result = {"name": spec.name, "kind": result.pop("kind"), "target": str(resolved.model_dir),
               "step": spec.step if spec.step is not None else resolved.step,

@@ -93,10 +93,16 @@ class EvalSpec:
 DATA_FIELDS = ("pairs", "prompts")  # the fields that name a data set
 
 
-def input_digests(spec: Mapping[str, Any]) -> dict[str, str]:
-    """``{field: sha256}`` of each data set ``spec`` names that is a local file, so a result can
-    tell a rerun on the same file name with new contents apart (``builtin:`` and hub sets have
-    none: their contents are fixed by the installed version or their own revision)."""
+MODEL_FIELDS = ("reference", "judge", "rewards")  # the fields that may name model folders
+
+
+def input_digests(spec: Mapping[str, Any], target: str | None = None) -> dict[str, str]:
+    """What a result was measured on, so a rerun can tell inputs changed under the same names apart:
+    ``{field: sha256}`` of each data set ``spec`` names that is a local file (``builtin:`` and hub
+    sets have none: the installed version or their revision fixes them), and a fingerprint of
+    each local model folder it names (``reference``, ``judge``, model paths in ``rewards``, keyed
+    ``model:PATH``) and of the evaluated ``target`` folder, so a model retrained in place is
+    measured again."""
     import hashlib
     from pathlib import Path
 
@@ -105,4 +111,46 @@ def input_digests(spec: Mapping[str, Any]) -> dict[str, str]:
         value = spec.get(field)
         if isinstance(value, str) and Path(value).expanduser().is_file():
             digests[field] = hashlib.sha256(Path(value).expanduser().read_bytes()).hexdigest()
+    for path in sorted(set(_local_folders([spec.get(field) for field in MODEL_FIELDS]))):
+        digests[f"model:{path}"] = folder_fingerprint(path)
+    if target is not None:
+        digests["target"] = folder_fingerprint(target)
     return digests
+
+
+def _local_folders(value: Any):
+    """Every string in ``value`` (nested lists and mappings) that names an existing folder."""
+    from pathlib import Path
+
+    if isinstance(value, str):
+        if Path(value).expanduser().is_dir():
+            yield value
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _local_folders(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _local_folders(item)
+
+
+def folder_fingerprint(folder: str) -> str:
+    """sha256 of every file's relative path, size and modification time under ``folder`` ("missing"
+    when it is gone). Sizes and times, not contents: hashing gigabytes of weights on every
+    pipeline rerun would cost minutes, and an export or checkpoint rewrites its files."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        return "missing"
+    entries = []
+    for directory, _, files in os.walk(root):
+        for name in files:
+            path = Path(directory) / name
+            try:
+                stat = path.stat()
+            except OSError:  # removed while we walk: the folder is changing, any value differs
+                continue
+            entries.append(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(sorted(entries)).encode()).hexdigest()

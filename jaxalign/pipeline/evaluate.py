@@ -40,8 +40,10 @@ def eval_spec(spec: Mapping[str, Any], where: str = "eval") -> dict[str, Any]:
 
 def is_current(run_dir: str | Path, spec: Mapping[str, Any]) -> bool:
     """``run_dir/eval/NAME.json`` exists and was measured with this very spec, on data files
-    with the contents they have now (a result without digests counts as stale only when the
-    spec names a local file)."""
+    with the contents they have now and on the model folders (the evaluated one, a reference,
+    a judge, reward models) as they are now: a stage retrained in place, or a judge stage
+    rerun, is measured again. A result from before model folders were fingerprinted counts
+    as stale."""
     path = Path(run_dir) / "eval" / f"{spec['name']}.json"
     if not path.is_file():
         return False
@@ -50,4 +52,4 @@ def is_current(run_dir: str | Path, spec: Mapping[str, Any]) -> bool:
     except json.JSONDecodeError:
         return False
     return (stored.get("spec") == json.loads(json.dumps(dict(spec)))
-            and stored.get("inputs", {}) == input_digests(spec))
+            and stored.get("inputs", {}) == input_digests(spec, stored.get("target")))
