@@ -11,11 +11,13 @@ pairs of a query tile, so every real token gets exactly the output of dense
 masked attention. A query tile with no pair (row padding) outputs zeros.
 
 The pairs are streamed in chunks of a few pairs (a loop over the pair axis),
-the way flash attention streams key blocks: one pass takes each query row's
-maximum score, a second sums ``exp(score - max)`` and the weighted values
-into the query tiles, and the backward pass recomputes each chunk's scores
-from the saved log-sum-exp (``jax.custom_vjp``) instead of storing them; the
-loop stops at the chunk holding the last used pair of any row. Why chunks:
+the way flash attention streams key blocks: one pass keeps each query's
+running maximum score and sums ``exp(score - max)`` and the weighted values
+into the query tiles, rescaling a tile's sums when a chunk raises its
+maximum (the online softmax), and the backward pass recomputes each chunk's
+scores from the saved log-sum-exp (``jax.custom_vjp``) instead of storing
+them, in chunks half as big; the loop stops at the chunk holding the last
+used pair of any row. Why chunks:
 computed whole, every intermediate is ``[R, kv_heads, P, group, T, T]`` (32
 MiB for 4 rows of 1,024 tokens and 8 heads), far past the CPU's caches, and
 XLA:CPU then runs the small batched matmuls at a tenth of its matmul rate; a
