@@ -100,7 +100,9 @@ class Trainer:
         if jax.process_count() > 1:
             # Packing picks shapes from local data; global arrays need one shape everywhere.
             pipeline_args["shape_agreement"] = distributed.agree_on_shape
-        self.train_data = build_pipeline(cfg.data, self.tokenizer, split="train", **pipeline_args)
+        max_batches = cfg.max_steps * cfg.optim.grad_accum_steps if cfg.max_steps else None
+        self.train_data = build_pipeline(cfg.data, self.tokenizer, split="train", max_batches=max_batches,
+                                         **pipeline_args)
         self.eval_data = build_pipeline(cfg.data, self.tokenizer, split="eval", **pipeline_args)
         self.data_report = DataReport()  # skipped rows, truncated and dropped examples, as metrics
         self.total_steps = self._total_steps()

@@ -31,6 +31,39 @@ def test_ladder_is_bounded_holds_every_need_and_ends_at_the_largest_shape():
         fit_shape(fit_ladder(needs, largest, 4), (9, 1024, 64, 16))
 
 
+def test_a_short_run_gets_fewer_shapes_and_a_long_run_the_full_ladder():
+    """A level that adds a compiled shape must save more padding over the run than one
+    batch's own cost; a level that takes over every batch of another adds no compile."""
+    needs = [(2, 1024, 448, 64), (2, 1024, 512, 80), (3, 1024, 640, 80), (1, 960, 320, 45)] * 5 + [(3, 1024, 832, 80)]
+    largest = largest_shape(slots=8, pack_length=1024, longest_example=1024, pad_to_multiple=64, attention_tile=64)
+    full = fit_ladder(needs, largest, 8)
+    assert fit_ladder(needs, largest, 8, run_scale=1e6) == full
+    short = fit_ladder(needs, largest, 8, run_scale=1 / len(needs))  # a run of one batch
+    assert len(short) < len(full) and short[-1] == largest
+    used = {fit_shape(short, need) for need in needs}
+    assert len(used) == 1 and largest not in used  # one compile, not at the largest shape
+    # The longer the run, the more shapes it compiles, up to the full ladder's.
+    compiled = []
+    for scale in (1 / len(needs), 0.2, 1.0, 5.0, 1e6):
+        ladder = fit_ladder(needs, largest, 8, run_scale=scale)
+        assert ladder[-1] == largest
+        compiled.append(len({fit_shape(ladder, need) for need in needs}))
+    assert compiled == sorted(compiled) and compiled[0] == 1 and compiled[-1] == len(set(needs))
+    assert len(set(compiled)) > 2
+
+
+@needs_shared_data
+def test_the_trainers_run_length_bounds_the_shapes_a_short_run_compiles():
+    base = dict(train=str(HH_PATH), batch_size=8, max_length=512, max_prompt_length=256, on_bad_row="skip",
+                shuffle=False)
+    met = {}
+    for max_batches in (None, 14):
+        pipeline = build_pipeline(DataConfig(**base), gpt2_tokenizer(), kind="preference", max_batches=max_batches)
+        met[max_batches] = {batch_shape(batch) for _, batch in zip(range(14), pipeline.iterator())}
+        assert met[max_batches] <= set(pipeline.shapes)
+    assert len(met[14]) < len(met[None])  # measured: 2 against 6 in the first 14 batches
+
+
 def test_max_shapes_is_validated():
     with pytest.raises(ValueError, match="data: max_shapes must be >= 0"):
         DataConfig(train="x.jsonl", max_shapes=-1)

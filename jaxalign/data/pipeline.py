@@ -102,6 +102,7 @@ def build_pipeline(
     seed: int | None = None,
     shape_agreement: ShapeAgreement | None = None,
     ordered: bool = False,
+    max_batches: int | None = None,
 ) -> DataPipeline | None:
     """Builds the ``split`` ("train" or "eval") pipeline for ``kind`` batches
     ("preference", "reward", "pointwise", "listwise", "unpaired", "sft",
@@ -116,6 +117,11 @@ def build_pipeline(
     maximum over processes, which multi-process runs need. ``ordered`` reads
     the split once in order with every example kept (the last batch padded),
     as the eval split always is: for one pass over all training examples.
+    ``max_batches``: the batches the run reads at most (``max_steps`` x
+    gradient accumulation); with the epochs it gives the train split's run
+    length, which the shape ladder weighs compiles against (a short run
+    gets fewer shapes). The eval split, read again at every evaluation,
+    keeps every level that cuts padding.
     """
     if split not in ("train", "eval"):
         raise ValueError(f"data: split must be 'train' or 'eval', got '{split}'")
@@ -180,7 +186,11 @@ def build_pipeline(
         needs = sample_needs(
             lambda step, process: pack([streams[process][step * local_batch + j] for j in range(local_batch)])[0],
             batch_shape, steps=steps, process_count=process_count, examples_per_step=batch_size)
-        shapes = fit_ladder(needs, largest, cfg.max_shapes, groups=row_multiple)
+        run_scale = None
+        if split == "train":
+            run_batches = steps * epochs if max_batches is None else min(steps * epochs, max_batches)
+            run_scale = run_batches / max(len(needs) // process_count, 1)
+        shapes = fit_ladder(needs, largest, cfg.max_shapes, groups=row_multiple, run_scale=run_scale)
     consume = functools.partial(_consume, stats=run_stats, shapes=shapes, shape_agreement=shape_agreement)
     dataset = tokenized(process_index).batch(local_batch, drop_remainder=True, batch_fn=pack)
     if epochs > 1:

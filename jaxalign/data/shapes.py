@@ -56,12 +56,18 @@ def shape_cost(shape: Sequence[int], groups: int = 1) -> int:
 
 
 def fit_ladder(needs: Iterable[Sequence[int]], largest: Sequence[int], max_shapes: int,
-               groups: int = 1) -> tuple[Shape, ...]:
+               groups: int = 1, run_scale: float | None = None) -> tuple[Shape, ...]:
     """Up to ``max_shapes`` shapes, cheapest first, the last ``largest``. The others
     are picked greedily to cut the summed ``shape_cost`` of the sample ``needs``
     (the smallest shapes of sample batches, ``groups`` row groups), each need padded to the cheapest
     picked shape that holds it; candidates are the needs and the elementwise
-    maxima of every two of them."""
+    maxima of every two of them.
+
+    ``run_scale``: the batches the run will pack per sampled batch. With it, a
+    level is added only when the padding it saves over the whole run is more
+    than one sampled batch's own cost: a new shape costs a compile and a slower
+    first run, which measured one to eleven steps' time (docs/data.md), so a
+    short run gets fewer shapes and a long one the same as without."""
     top = tuple(int(v) for v in largest)
     sample = np.minimum(np.asarray(list(needs), dtype=np.int64).reshape(-1, len(top)), top)
     picked: list[Shape] = [top]
@@ -73,15 +79,31 @@ def fit_ladder(needs: Iterable[Sequence[int]], largest: Sequence[int], max_shape
         # holds[c, n]: candidate c holds need n.
         holds = np.all(candidates[:, None, :] >= distinct[None, :, :], axis=2)
         paid = np.full(len(distinct), float(shape_cost(top, groups)))  # what each need costs on the ladder so far
+        # What a level that adds a compiled shape must save over the sample: one
+        # batch's own cost, spread over the run (0 without a run length).
+        worth = 0.0
+        if run_scale is not None:
+            own_cost = np.array([shape_cost(need, groups) for need in distinct], dtype=np.float64)
+            worth = float(own_cost @ counts / counts.sum()) / max(run_scale, 1e-9)
+        # levels[l, n]: what need n costs on picked level l (inf where it does not fit).
+        levels = paid[None, :]
         for _ in range(max_shapes - 1):
             with_candidate = np.minimum(paid[None, :], np.where(holds, candidate_cost[:, None], np.inf))
             totals = with_candidate @ counts
             best = int(np.argmin(totals))
-            if totals[best] >= paid @ counts:
+            grown = np.concatenate([levels, np.where(holds[best], candidate_cost[best], np.inf)[None, :]])
+            # A level that takes over all of another's batches adds no compile, so it need only save.
+            adds_a_shape = _used(grown) > _used(levels)
+            if paid @ counts - totals[best] <= (worth if adds_a_shape else 0.0):
                 break
-            paid = with_candidate[best]
+            levels, paid = grown, with_candidate[best]
             picked.append(tuple(int(v) for v in candidates[best]))
     return tuple(sorted(set(picked), key=lambda shape: (shape_cost(shape, groups), shape)))
+
+
+def _used(levels: np.ndarray) -> int:
+    """How many levels some need is padded to (its cheapest holder): the shapes a run compiles."""
+    return len(np.unique(np.argmin(levels, axis=0)))
 
 
 def fit_shape(ladder: Sequence[Shape], need: Sequence[int]) -> Shape:
