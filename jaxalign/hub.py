@@ -8,6 +8,8 @@ when it is reachable. A name that looks like a path is never sent to the hub:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -42,3 +44,25 @@ def hub_unavailable_error(name: str, error: Exception, what: str) -> ValueError:
     return ValueError(f"{what} '{name}' is not a local folder, and the Hugging Face hub could not provide it "
                       f"(unreachable, or an unknown or gated id: {reason[:200]}); "
                       + DOWNLOAD_HINT.format(name=name, what=what))
+
+
+MODEL_FILE_SUFFIXES = (".safetensors", ".json", ".bin")  # config, weights, tokenizer
+
+
+def model_folder_digest(folder: str | os.PathLike) -> str:
+    """A model folder as it is now: a digest of its config, weight and tokenizer files' names,
+    sizes and modification times ("missing" when it is gone). Sizes and times, not contents:
+    hashing gigabytes of weights on every check would cost minutes, and saving or exporting a
+    model rewrites its files. The DPO reference cache and eval results both record it."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        return "missing"
+    files = []
+    for path in root.iterdir():
+        try:
+            if path.is_file() and path.name.endswith(MODEL_FILE_SUFFIXES):
+                stat = path.stat()
+                files.append((path.name, stat.st_size, stat.st_mtime_ns))
+        except OSError:  # removed while listed: the folder is changing, any value differs
+            continue
+    return hashlib.sha256(json.dumps(sorted(files)).encode()).hexdigest()[:24]

@@ -32,12 +32,12 @@ from typing import Any
 
 import numpy as np
 
+from jaxalign.hub import model_folder_digest
 from jaxalign.metrics_log import get_logger
 
 log = get_logger()
 
 FINGERPRINT_VERSION = 1
-_WEIGHT_SUFFIXES = (".safetensors", ".json", ".bin")
 
 
 def _digest(payload: Any) -> str:
@@ -53,11 +53,9 @@ def _model_parts(spec: Any) -> dict[str, Any]:
         return parts
     folder = Path(spec.path).resolve()
     config_path = folder / "config.json"
-    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()
-                   if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES))
     parts.update({"reference.source": f"folder {folder}",
                   "reference.config": _digest(config_path.read_bytes()) if config_path.exists() else None,
-                  "reference.files": _digest(files)})
+                  "reference.files": model_folder_digest(folder)})
     return parts
 
 

@@ -78,25 +78,25 @@ def fit_ladder(needs: Iterable[Sequence[int]], largest: Sequence[int], max_shape
         candidate_cost = np.array([shape_cost(c, groups) for c in candidates], dtype=np.float64)
         # holds[c, n]: candidate c holds need n.
         holds = np.all(candidates[:, None, :] >= distinct[None, :, :], axis=2)
-        paid = np.full(len(distinct), float(shape_cost(top, groups)))  # what each need costs on the ladder so far
+        # levels[l, n]: what need n costs on picked level l (inf where it does not fit);
+        # a need is padded to its cheapest level.
+        levels = np.full((1, len(distinct)), float(shape_cost(top, groups)))
         # What a level that adds a compiled shape must save over the sample: one
         # batch's own cost, spread over the run (0 without a run length).
         worth = 0.0
         if run_scale is not None:
             own_cost = np.array([shape_cost(need, groups) for need in distinct], dtype=np.float64)
             worth = float(own_cost @ counts / counts.sum()) / max(run_scale, 1e-9)
-        # levels[l, n]: what need n costs on picked level l (inf where it does not fit).
-        levels = paid[None, :]
         for _ in range(max_shapes - 1):
-            with_candidate = np.minimum(paid[None, :], np.where(holds, candidate_cost[:, None], np.inf))
-            totals = with_candidate @ counts
+            paid = levels.min(axis=0)
+            totals = np.minimum(paid[None, :], np.where(holds, candidate_cost[:, None], np.inf)) @ counts
             best = int(np.argmin(totals))
             grown = np.concatenate([levels, np.where(holds[best], candidate_cost[best], np.inf)[None, :]])
             # A level that takes over all of another's batches adds no compile, so it need only save.
             adds_a_shape = _used(grown) > _used(levels)
             if paid @ counts - totals[best] <= (worth if adds_a_shape else 0.0):
                 break
-            levels, paid = grown, with_candidate[best]
+            levels = grown
             picked.append(tuple(int(v) for v in candidates[best]))
     return tuple(sorted(set(picked), key=lambda shape: (shape_cost(shape, groups), shape)))
 

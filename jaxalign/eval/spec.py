@@ -101,10 +101,12 @@ def input_digests(spec: Mapping[str, Any], target: str | None = None) -> dict[st
     ``{field: sha256}`` of each data set ``spec`` names that is a local file (``builtin:`` and hub
     sets have none: the installed version or their revision fixes them), and a fingerprint of
     each local model folder it names (``reference``, ``judge``, model paths in ``rewards``, keyed
-    ``model:PATH``) and of the evaluated ``target`` folder, so a model retrained in place is
-    measured again."""
+    ``model:PATH``) and of the evaluated ``target`` folder (``hub.model_folder_digest``), so a
+    model retrained in place is measured again."""
     import hashlib
     from pathlib import Path
+
+    from jaxalign.hub import model_folder_digest
 
     digests = {}
     for field in DATA_FIELDS:
@@ -112,9 +114,9 @@ def input_digests(spec: Mapping[str, Any], target: str | None = None) -> dict[st
         if isinstance(value, str) and Path(value).expanduser().is_file():
             digests[field] = hashlib.sha256(Path(value).expanduser().read_bytes()).hexdigest()
     for path in sorted(set(_local_folders([spec.get(field) for field in MODEL_FIELDS]))):
-        digests[f"model:{path}"] = folder_fingerprint(path)
+        digests[f"model:{path}"] = model_folder_digest(path)
     if target is not None:
-        digests["target"] = folder_fingerprint(target)
+        digests["target"] = model_folder_digest(target)
     return digests
 
 
@@ -131,26 +133,3 @@ def _local_folders(value: Any):
     elif isinstance(value, (list, tuple)):
         for item in value:
             yield from _local_folders(item)
-
-
-def folder_fingerprint(folder: str) -> str:
-    """sha256 of every file's relative path, size and modification time under ``folder`` ("missing"
-    when it is gone). Sizes and times, not contents: hashing gigabytes of weights on every
-    pipeline rerun would cost minutes, and an export or checkpoint rewrites its files."""
-    import hashlib
-    import os
-    from pathlib import Path
-
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        return "missing"
-    entries = []
-    for directory, _, files in os.walk(root):
-        for name in files:
-            path = Path(directory) / name
-            try:
-                stat = path.stat()
-            except OSError:  # removed while we walk: the folder is changing, any value differs
-                continue
-            entries.append(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}")
-    return hashlib.sha256("\n".join(sorted(entries)).encode()).hexdigest()

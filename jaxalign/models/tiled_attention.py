@@ -42,7 +42,7 @@ _F32 = jnp.float32
 # float32 scores at T = 64, which stays in a CPU core's cache. The backward
 # holds three score-sized intermediates per pair (probabilities, their
 # gradient, the scores' gradient) against the forward's one, so its chunks
-# are half as big (6-9% faster forward + backward, docs/benchmarks.md).
+# are half as big (about 6% faster forward + backward, docs/dev-notes/speed.md).
 CHUNK_SCORE_TILES = 128
 BACKWARD_CHUNK_SCORE_TILES = 64
 
