@@ -28,7 +28,7 @@ def test_tables_equal_cos_and_sin_of_the_doubled_angles_bit_for_bit(tmp_path):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
-def test_a_compiled_train_step_evaluates_cos_and_sin_once(tmp_path):
+def test_a_compiled_gradient_evaluates_cos_and_sin_once(tmp_path):
     """The q and k rotations of every layer, forward and backward, read one materialised table:
     XLA:CPU used to fuse cos/sin into each of those consumers (24 evaluations per built-in DPO step)."""
     make_causal_lm("llama", tmp_path, num_hidden_layers=3)
