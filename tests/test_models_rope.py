@@ -8,13 +8,14 @@ import numpy as np
 from flax import nnx
 
 from jaxalign.models import load_pretrained
+from jaxalign.models.config import ModelConfig
+from jaxalign.models.hf_config import fields_from_hf
 from jaxalign.models.rope import apply_rope, inverse_frequencies, rope_tables
-from model_fixtures import make_causal_lm
+from model_fixtures import hf_config, make_causal_lm
 
 
-def test_tables_equal_cos_and_sin_of_the_doubled_angles_bit_for_bit(tmp_path):
-    make_causal_lm("llama3_rope_tied", tmp_path)
-    inv_freq = inverse_frequencies(load_pretrained(tmp_path).config)
+def test_tables_equal_cos_and_sin_of_the_doubled_angles_bit_for_bit():
+    inv_freq = inverse_frequencies(ModelConfig(**fields_from_hf(hf_config("llama3_rope_tied").to_dict())))
     positions = jnp.asarray(np.random.default_rng(0).integers(0, 4096, (3, 50)))
 
     def doubled(positions):  # Hugging Face's formula: cos/sin of the angles concatenated with themselves
