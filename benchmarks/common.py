@@ -450,11 +450,24 @@ def cpu_model() -> str:
         return platform.processor() or platform.machine()
 
 
+def start_like_the_jaxalign_command() -> None:
+    """Restarts this benchmark the way the ``jaxalign`` command starts (``jaxalign.host_malloc``):
+    with the glibc malloc settings that let XLA:CPU reuse its step buffers. A side-by-side run
+    shares one process, so the peer runs under them too; ``machine()`` records them. Call it
+    first in ``main``: the process is replaced."""
+    from jaxalign.host_malloc import reexec_with_tuned_malloc
+
+    reexec_with_tuned_malloc()
+
+
 def machine() -> dict[str, Any]:
     import jax
     import torch
 
+    from jaxalign.host_malloc import describe
+
     return {"cpu": cpu_model(), "xla_flags": os.environ.get("XLA_FLAGS", ""), "jax_dot_library": dot_library(),
+            "host_malloc": describe().removeprefix("host malloc: "),
             "cores": os.cpu_count(), "jax": jax.__version__, "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
 

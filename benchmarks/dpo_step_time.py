@@ -24,6 +24,7 @@ wl = sys.argv[1]
 steps = int(sys.argv[2])
 spec = {"hh": dict(pairs=8, max_length=512, hidden=512, layers=8, heads=8, intermediate=1376),
         "builtin": dict(pairs=16, max_length=128, hidden=256, layers=4, heads=4, intermediate=688)}[wl]
+common.start_like_the_jaxalign_command()
 common.quiet_libraries()
 with tempfile.TemporaryDirectory() as tmp:
     tmp = Path(tmp)

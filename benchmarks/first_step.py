@@ -81,6 +81,7 @@ def epoch_fill(data_spec: str, tokenizer, max_shapes: int) -> dict:
 
 
 def main() -> None:
+    common.start_like_the_jaxalign_command()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--model", choices=sorted(MODELS), default="hh")

@@ -41,6 +41,9 @@ def reply_lengths(tokens: np.ndarray, stops: set[int]) -> np.ndarray:
 
 
 def main() -> None:
+    import common
+
+    common.start_like_the_jaxalign_command()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=256)

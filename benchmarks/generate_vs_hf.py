@@ -114,6 +114,9 @@ def matmul_floor(model, batch: int, steps: int) -> Callable[[], object]:
 
 
 def main() -> None:
+    import common
+
+    common.start_like_the_jaxalign_command()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=128)

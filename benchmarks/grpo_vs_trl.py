@@ -82,6 +82,7 @@ class PhaseClock:
 
 
 def main() -> None:
+    common.start_like_the_jaxalign_command()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per side")

@@ -142,6 +142,7 @@ def measure(variant: str, remat: str, args, tmp: Path) -> dict:
 
 
 def main() -> None:
+    common.start_like_the_jaxalign_command()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--remat", nargs="+", default=["none", "full"], choices=["none", "full", "dots"])
     parser.add_argument("--variants", nargs="+", default=["full", "lora", "lora-bf16"],

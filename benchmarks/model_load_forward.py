@@ -171,6 +171,9 @@ def report(size: int, tokens: int, results: dict[str, dict]) -> None:
 
 
 def main() -> None:
+    import common
+
+    common.start_like_the_jaxalign_command()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--batch", type=int, default=4)

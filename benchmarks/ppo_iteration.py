@@ -29,6 +29,7 @@ PHASES = ("generation", "scoring", "logps", "training")
 
 
 def main() -> None:
+    common.start_like_the_jaxalign_command()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)

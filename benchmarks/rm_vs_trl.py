@@ -41,6 +41,7 @@ import side_by_side  # noqa: E402
 
 
 def main() -> None:
+    common.start_like_the_jaxalign_command()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per side (after compiling)")
     parser.add_argument("--steps", type=int, default=4, help="timed steps per side")

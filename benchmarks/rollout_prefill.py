@@ -28,6 +28,7 @@ import common  # noqa: E402
 
 
 def main() -> None:
+    common.start_like_the_jaxalign_command()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--generations", type=int, default=8)

@@ -270,6 +270,7 @@ def plot(fitted: Sequence[dict], path: Path, title: str) -> None:
 
 
 def main() -> None:
+    common.start_like_the_jaxalign_command()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="the reduced grid (default)")

@@ -239,6 +239,7 @@ def generate_point(spec: dict) -> dict:
 
 
 def main() -> None:
+    common.start_like_the_jaxalign_command()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--train", help="JSON spec of a training point")

@@ -36,6 +36,7 @@ import side_by_side  # noqa: E402
 
 
 def main() -> None:
+    common.start_like_the_jaxalign_command()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batches", type=int, default=40)

@@ -242,5 +242,14 @@ def _estimate_and_print(args: argparse.Namespace) -> int:
     return 0 if plan.fits is not False else 3
 
 
-if __name__ == "__main__":
+def entry_point() -> None:
+    """The ``jaxalign`` command (and ``python -m jaxalign.cli``): restarts once with malloc
+    settings that let XLA:CPU reuse its step buffers (``jaxalign.host_malloc``), then runs."""
+    from jaxalign.host_malloc import reexec_with_tuned_malloc
+
+    reexec_with_tuned_malloc()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

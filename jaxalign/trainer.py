@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import yaml
 
-from jaxalign import distributed, health
+from jaxalign import distributed, health, host_malloc
 from jaxalign.checkpoint import Checkpointer
 from jaxalign.compilation import CompileCounter, enable_compilation_cache
 from jaxalign.config import TrainConfig, config_to_dict
@@ -85,6 +85,8 @@ class Trainer:
         self.compiles = CompileCounter()
         self.mesh = make_mesh(cfg.mesh)
         self.is_main = distributed.is_main_process()
+        if self.is_main:
+            log.info("%s", host_malloc.describe())
         algorithm = cfg.algorithm
         tokenizer_path = cfg.model.tokenizer or cfg.model.path
         if tokenizer_path is None:
