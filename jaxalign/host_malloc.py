@@ -85,7 +85,7 @@ def reexec_with_tuned_malloc() -> None:
     process is replaced (same pid), so nothing done before it survives."""
     added, _ = plan(os.environ, c_library(), installed_accelerator_plugins())
     argv = getattr(sys, "orig_argv", None)
-    if not added or not sys.executable or not argv:
+    if not added or not sys.executable or not argv or "-" in argv[1:2]:  # a script read from stdin cannot rerun
         return
     sys.stdout.flush()
     sys.stderr.flush()
