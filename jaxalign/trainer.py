@@ -85,8 +85,6 @@ class Trainer:
         self.compiles = CompileCounter()
         self.mesh = make_mesh(cfg.mesh)
         self.is_main = distributed.is_main_process()
-        if self.is_main:
-            log.info("%s", host_malloc.describe())
         algorithm = cfg.algorithm
         tokenizer_path = cfg.model.tokenizer or cfg.model.path
         if tokenizer_path is None:
@@ -213,6 +211,8 @@ class Trainer:
         train_iterator = self.train_data.iterator()
         step = self._step = self._resume(train_iterator)
         self.sinks.write_event(step, "start", total_steps=self.total_steps, algo=cfg.algo)
+        if self.is_main:  # after the resume: a run refused for bad input prints its one line alone
+            log.info("%s", host_malloc.describe())
         if step:
             self.sinks.write_event(step, "resume", from_step=step)
         window = _MetricsWindow()
