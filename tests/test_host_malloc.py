@@ -44,17 +44,16 @@ def test_a_process_not_started_by_the_command_says_so(monkeypatch):
     assert host_malloc.describe() == "host malloc: glibc's defaults (JAXALIGN_HOST_MALLOC=off)"
 
 
-# Runs a jitted function with a 256 MiB temp buffer argv[2] times, printing each run's minor page faults.
+# Runs a jitted function with a 256 MiB temp buffer argv[1] times, printing each run's minor page faults.
 FAULTS_PER_RUN = textwrap.dedent("""
     import resource, sys
-    sys.path.insert(0, sys.argv[1])
     from jaxalign.host_malloc import reexec_with_tuned_malloc
     reexec_with_tuned_malloc()
     import jax, jax.numpy as jnp
     x = jnp.ones((32 * 1024 * 1024,), jnp.float32)
     step = jax.jit(lambda x: jnp.cumsum(jnp.sin(x) * 2.0)[::4096])
     faults = []
-    for _ in range(int(sys.argv[2])):
+    for _ in range(int(sys.argv[1])):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         step(x).block_until_ready()
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -67,7 +66,7 @@ def _faults_per_run(switch: str | None, runs: int) -> list[int]:
     env["JAX_PLATFORMS"] = "cpu"
     if switch:
         env[host_malloc.SWITCH] = switch
-    done = subprocess.run([sys.executable, "-c", FAULTS_PER_RUN, os.getcwd(), str(runs)], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-c", FAULTS_PER_RUN, str(runs)], env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return ast.literal_eval(done.stdout.strip().splitlines()[-1])
