@@ -22,12 +22,16 @@ Two workloads (``--workload``):
   quickstart's data settings).
 
 Both read the data in order (jaxalign ``data.shuffle: false``, TRL
-``train_sampling_strategy="sequential"``), so step i sees the same pairs.
+``train_sampling_strategy="sequential"``), so step i sees the same pairs. Each
+side runs in its own process and they take turns step by step
+(``side_processes``); ``--trl-malloc glibc`` starts TRL's process with glibc's
+malloc defaults instead of the settings the ``jaxalign`` command starts with.
 
 Usage::
 
     python benchmarks/dpo_vs_trl.py --workload hh       [--warmup 1 --steps 2]
     python benchmarks/dpo_vs_trl.py --workload builtin  [--warmup 2 --steps 12]
+    (either: [--trl-malloc same|glibc])
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 import side_by_side  # noqa: E402
+import side_processes  # noqa: E402
 
 WORKLOADS = {
     "hh": dict(pairs=8, max_length=512, hidden=512, layers=8, heads=8, intermediate=1376, warmup=1, steps=2,
@@ -58,6 +63,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, help="untimed steps per side (default per workload)")
     parser.add_argument("--steps", type=int, help="timed steps per side (default per workload)")
     parser.add_argument("--pack-length", type=int, help="jaxalign data.pack_length (default: its own, 2 * max_length)")
+    parser.add_argument("--trl-malloc", choices=side_processes.TRL_MALLOC, default="same",
+                        help="TRL's process: jaxalign's malloc settings (same) or glibc's defaults")
     args = parser.parse_args()
     spec = dict(WORKLOADS[args.workload])
     spec["warmup"] = spec["warmup"] if args.warmup is None else args.warmup
@@ -102,21 +109,13 @@ def main() -> None:
         ckpt = tmp / "policy"
         common.build_llama(ckpt, head="causal_lm", seed=0, **model_config)
         probe_start = common.probe_rates()
-        total = spec["warmup"] + spec["steps"]
 
-        setup_start = time.perf_counter()
-        jax_trainer = side_by_side.jaxalign_dpo_trainer(tmp / "jaxalign-run", ckpt, tokenizer_spec, data_spec,
-                                                  spec["pairs"], spec["max_length"], spec["lr"], total,
-                                                  args.pack_length)
-        jax_setup = time.perf_counter() - setup_start
-
-        setup_start = time.perf_counter()
-        trl_trainer = side_by_side.trl_dpo_trainer(tmp / "trl-run", ckpt, rows, tokenizer, spec["pairs"],
-                                             spec["max_length"], spec["lr"], total)
-        trl_setup = time.perf_counter() - setup_start
-
-        result = side_by_side.run_side_by_side(jax_trainer, trl_trainer, spec["warmup"], spec["steps"])
-        epoch = side_by_side.epoch_shapes(jax_trainer.train_data)
+        result = side_processes.run_in_side_processes(
+            {"workload": "dpo", "tmp": str(tmp), "ckpt": str(ckpt), "pairs": spec["pairs"],
+             "max_length": spec["max_length"], "lr": spec["lr"], "warmup": spec["warmup"], "steps": spec["steps"],
+             "pack_length": args.pack_length, "data": data_spec, "tokenizer": tokenizer_spec,
+             "trl_rows": str(common.write_jsonl(tmp / "trl_rows.jsonl", rows)), "trl_tokenizer": tokenizer_spec,
+             "epoch_shapes": True}, args.trl_malloc)
         probe_end = common.probe_rates()
         rates = common.best_rates(probe_start, probe_end)
 
@@ -129,7 +128,8 @@ def main() -> None:
         f"{params['non_embedding'] / 1e6:.2f}M non-embedding + 2 x {params['embedding'] / 1e6:.2f}M "
         f"embedding/head params; float32, no remat / no grad checkpointing",
         data_line + f"; {spec['pairs']} pairs/step, max_length {spec['max_length']}, same pairs in the same order",
-        f"timed: {spec['steps']} steps per side after {spec['warmup']} warm-up step(s), jaxalign and TRL alternating",
+        f"timed: {spec['steps']} steps per side after {spec['warmup']} warm-up step(s), jaxalign and TRL alternating, "
+        f"each side in its own process (TRL's malloc: {args.trl_malloc})",
         "useful FLOPs = 8 * N * T (policy fwd+bwd 6NT + reference fwd 2NT) + 8 * hidden * vocab * Tc (vocab "
         "projection, policy fwd+bwd + reference fwd); N = non-embedding params, T = real tokens with the prompt "
         "once per pair, Tc = completion tokens; attention T^2 terms excluded",
@@ -140,8 +140,9 @@ def main() -> None:
         lambda census: common.useful_flops(params["non_embedding"], spec["hidden"], model_config["vocab_size"],
                                            census["tokens"], census["completion_tokens"], reference=True,
                                            lm_head=True),
-        rates, {"jaxalign": jax_setup, "trl": trl_setup}, epoch, target=spec["target"],
-        extra={"workload": args.workload, "spec": spec, "pack_length": args.pack_length, "params": params,
+        rates, target=spec["target"],
+        extra={"workload": args.workload, "spec": spec, "pack_length": args.pack_length,
+               "trl_malloc": args.trl_malloc, "params": params,
                "data": data_note},
         completions=True)
     print(f"benchmark wall time {time.perf_counter() - started:.0f} s")

@@ -18,12 +18,15 @@ Same model, data, batch and precision on both sides:
 
 jaxalign is driven through ``jaxalign.trainer.Trainer`` (the path ``jaxalign
 train`` takes), one ``_optimizer_step`` at a time, blocking after each;
-TRL through its own ``train()``. See ``side_by_side.run_side_by_side`` for the
-interleaving and how compile time is separated.
+TRL through its own ``train()``. Each side runs in its own process and they take
+turns step by step; ``side_processes`` has the how and why, and how compile time
+is separated. ``--trl-malloc glibc`` starts TRL's process with glibc's malloc
+defaults (as a plain ``python`` process gets them) instead of the settings the
+``jaxalign`` command starts with.
 
 Usage::
 
-    python benchmarks/rm_vs_trl.py [--warmup 1] [--steps 4] [--pairs 8] [--max-length 512]
+    python benchmarks/rm_vs_trl.py [--warmup 1] [--steps 4] [--pairs 8] [--max-length 512] [--trl-malloc same|glibc]
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 import side_by_side  # noqa: E402
+import side_processes  # noqa: E402
 
 
 def main() -> None:
@@ -53,6 +57,8 @@ def main() -> None:
     parser.add_argument("--intermediate", type=int, default=1376)
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--pack-length", type=int, help="jaxalign data.pack_length (default: its own, 2 * max_length)")
+    parser.add_argument("--trl-malloc", choices=side_processes.TRL_MALLOC, default="same",
+                        help="TRL's process: jaxalign's malloc settings (same) or glibc's defaults")
     args = parser.parse_args()
 
     paths = common.shared_data(common.HH_FILE, common.GPT2_TOKENIZER)
@@ -62,7 +68,6 @@ def main() -> None:
     tokenizer = common.gpt2_tokenizer(paths[common.GPT2_TOKENIZER])
     pairs, dropped = common.hh_pairs(paths[common.HH_FILE], tokenizer, args.max_length)
     implicit_rows = [{"chosen": p["prompt"] + p["chosen"], "rejected": p["prompt"] + p["rejected"]} for p in pairs]
-    total = args.warmup + args.steps
     model_config = dict(
         vocab_size=len(tokenizer), hidden_size=args.hidden, num_hidden_layers=args.layers,
         num_attention_heads=args.heads, num_key_value_heads=args.heads, intermediate_size=args.intermediate,
@@ -80,21 +85,13 @@ def main() -> None:
 
         probe_start = common.probe_rates()
 
-        setup_start = time.perf_counter()
-        jax_trainer = side_by_side.jaxalign_rm_trainer(tmp / "jaxalign-run", ckpt, str(paths[common.GPT2_TOKENIZER]),
-                                                 str(data_file), args.pairs, args.max_length, args.lr, total,
-                                                 args.pack_length)
-        jax_setup = time.perf_counter() - setup_start
-
-        setup_start = time.perf_counter()
-        trl_trainer = side_by_side.trl_rm_trainer(tmp / "trl-run", ckpt, implicit_rows, tokenizer, args.pairs,
-                                            args.max_length, args.lr, total)
-        trl_setup = time.perf_counter() - setup_start
-        if len(trl_trainer.train_dataset) != len(pairs):
-            print(f"note: TRL kept {len(trl_trainer.train_dataset)} of {len(pairs)} pairs (max_length filter)")
-
-        result = side_by_side.run_side_by_side(jax_trainer, trl_trainer, args.warmup, args.steps)
-        epoch = side_by_side.epoch_shapes(jax_trainer.train_data)
+        result = side_processes.run_in_side_processes(
+            {"workload": "rm", "tmp": str(tmp), "ckpt": str(ckpt), "pairs": args.pairs, "max_length": args.max_length,
+             "lr": args.lr, "warmup": args.warmup, "steps": args.steps, "pack_length": args.pack_length,
+             "data": str(data_file), "tokenizer": str(paths[common.GPT2_TOKENIZER]), "trl_rows": str(data_file),
+             "trl_tokenizer": str(paths[common.GPT2_TOKENIZER]), "epoch_shapes": True}, args.trl_malloc)
+        if result["trl_train_rows"] != len(pairs):
+            print(f"note: TRL kept {result['trl_train_rows']} of {len(pairs)} pairs (max_length filter)")
         probe_end = common.probe_rates()
         rates = common.best_rates(probe_start, probe_end)
 
@@ -108,7 +105,8 @@ def main() -> None:
         f"data: HH-RLHF helpful-base test, {dropped['kept']} of {dropped['rows']} pairs kept "
         f"({dropped['dropped_too_long']} would need truncation at max_length {args.max_length}, "
         f"{dropped['dropped_degenerate']} degenerate); {args.pairs} pairs/step; same pairs in the same order on both",
-        f"timed: {args.steps} steps per side after {args.warmup} warm-up step(s), jaxalign and TRL steps alternating",
+        f"timed: {args.steps} steps per side after {args.warmup} warm-up step(s), jaxalign and TRL steps alternating, "
+        f"each side in its own process (TRL's malloc: {args.trl_malloc})",
         "useful FLOPs = 6 * non-embedding params * real tokens (prompt once per pair); attention T^2 terms excluded",
     ]
     print("\n" + "\n".join(headline))
@@ -116,8 +114,8 @@ def main() -> None:
         "rm_vs_trl", headline, result, args.warmup,
         lambda census: common.useful_flops(params["non_embedding"], args.hidden, 0, census["tokens"], 0,
                                            reference=False, lm_head=False),
-        rates, {"jaxalign": jax_setup, "trl": trl_setup}, epoch, target=1.5,
-        extra={"args": vars(args), "params": params, "data": dropped})
+        rates, target=1.5,
+        extra={"args": vars(args), "trl_malloc": args.trl_malloc, "params": params, "data": dropped})
     print(f"benchmark wall time {time.perf_counter() - started:.0f} s")
 
 

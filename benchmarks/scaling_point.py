@@ -1,14 +1,9 @@
 """One point of the scaling benchmark (``scaling.py``), run in a fresh process.
 
 A training point (``--train SPEC``) is three processes: this one coordinates,
-and each side trains in its own worker (``--side jaxalign|trl``) so that each
-side's RSS high-water mark (``ru_maxrss``) is its own. The sides still take
-turns step by step, as in ``side_by_side.run_side_by_side``: TRL's ``train()`` runs in
-its worker with ``side_by_side.run_trl_interleaved``; after each TRL step its worker
-tells the coordinator, which has the jaxalign worker run one
-``common.JaxalignStepper`` step and then lets TRL go on. The two workers talk
-to the coordinator in JSON lines prefixed with ``@@`` on stdout/stdin (other
-output is passed through to stderr).
+and each side trains in its own worker (``side_processes.run_in_side_processes``),
+so that each side's RSS high-water mark (``ru_maxrss``) is its own; the sides
+take turns step by step.
 
 A generation point (``--generate SPEC``) loads one Llama on both sides in this
 process and times ``jaxalign.generation.generate`` and transformers'
@@ -22,11 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,98 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import common  # noqa: E402
-import side_by_side  # noqa: E402
-
-PREFIX = "@@ "
-
-
-def peak_rss_mb() -> float:
-    """This process's RSS high-water mark (Linux reports ``ru_maxrss`` in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-
-
-# ------------------------------------------------------------------- side workers
-
-
-def _send(message: dict) -> None:
-    sys.__stdout__.write(PREFIX + json.dumps(message, default=float) + "\n")
-    sys.__stdout__.flush()
-
-
-def _receive() -> str:
-    line = sys.stdin.readline()
-    if not line:
-        raise SystemExit("coordinator went away")
-    return line.strip()
-
-
-def side_worker(side: str, spec: dict) -> None:
-    """Builds one side's trainer, reports its setup, then steps when told."""
-    sys.stdout = sys.stderr  # library prints must not reach the protocol stream
-    common.quiet_libraries()
-    tmp = Path(spec["tmp"])
-    tokenizer = common.gpt2_tokenizer(Path(spec["tokenizer"]))
-    total = spec["warmup"] + spec["steps"]
-    rows = [json.loads(line) for line in open(spec["data"], encoding="utf-8")]
-    shape = (spec["pairs"], spec["max_length"], spec["lr"], total)
-    start = time.perf_counter()
-    if side == "jaxalign":
-        build = side_by_side.jaxalign_dpo_trainer if spec["workload"] == "dpo" else side_by_side.jaxalign_rm_trainer
-        trainer = build(tmp / "jaxalign-run", Path(spec["ckpt"]), spec["tokenizer"], spec["data"], *shape)
-        stepper = common.JaxalignStepper(trainer)
-    else:
-        build = side_by_side.trl_dpo_trainer if spec["workload"] == "dpo" else side_by_side.trl_rm_trainer
-        if spec["workload"] == "rm":
-            rows = [{"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]} for r in rows]
-        trainer = build(tmp / "trl-run", Path(spec["ckpt"]), rows, tokenizer, *shape)
-    _send({"event": "ready", "setup_seconds": time.perf_counter() - start, "rss_mb": rss_mb()})
-    if side == "jaxalign":
-        while _receive() == "step":
-            _send({"event": "record", **stepper.step()})
-        _send({"event": "done", "compiles": stepper.compiles(), "peak_rss_mb": peak_rss_mb()})
-        return
-
-    def between_steps() -> None:
-        _send({"event": "trl_step"})
-        if _receive() != "go":
-            raise SystemExit("coordinator stopped the run")
-
-    _receive()  # "start"
-    result = side_by_side.run_trl_interleaved(trainer, between_steps, total)
-    _send({"event": "done", **result, "peak_rss_mb": peak_rss_mb()})
-
-
-class _Worker:
-    """A side worker process and its ``@@`` message stream."""
-
-    def __init__(self, side: str, spec_file: Path, log: Path):
-        self.side, self.log = side, open(log, "w")
-        self.process = subprocess.Popen(
-            [sys.executable, __file__, "--side", side, str(spec_file)], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=self.log, text=True, bufsize=1)
-
-    def send(self, command: str) -> None:
-        self.process.stdin.write(command + "\n")
-        self.process.stdin.flush()
-
-    def receive(self) -> dict:
-        for line in self.process.stdout:
-            if line.startswith(PREFIX):
-                return json.loads(line[len(PREFIX):])
-            self.log.write(line)
-        self.log.flush()
-        raise RuntimeError(f"{self.side} worker exited ({self.process.wait()}); its log: {self.log.name}")
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-        self.log.close()
+import side_processes  # noqa: E402
 
 
 def train_point(spec: dict) -> dict:
@@ -142,47 +43,33 @@ def train_point(spec: dict) -> dict:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="jaxalign-scaling-") as tmp:
         tmp = Path(tmp)
-        spec = {**spec, "tmp": str(tmp), "tokenizer": str(paths[common.GPT2_TOKENIZER]),
-                "data": str(common.write_jsonl(tmp / "pairs.jsonl", rows))}
-        spec_file = tmp / "spec.json"
-        spec_file.write_text(json.dumps(spec))
-        workers = {side: _Worker(side, spec_file, tmp / f"{side}.log") for side in ("jaxalign", "trl")}
+        trl_rows = rows if spec["workload"] == "dpo" else [
+            {"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]} for r in rows]
+        side_spec = {**spec, "tmp": str(tmp), "tokenizer": str(paths[common.GPT2_TOKENIZER]),
+                     "trl_tokenizer": str(paths[common.GPT2_TOKENIZER]),
+                     "data": str(common.write_jsonl(tmp / "pairs.jsonl", rows)),
+                     "trl_rows": str(common.write_jsonl(tmp / "trl_rows.jsonl", trl_rows))}
         try:
-            ready = {side: worker.receive() for side, worker in workers.items()}
-            jax_worker, trl_worker = workers["jaxalign"], workers["trl"]
-            trl_worker.send("start")
-            records = []
-            while (message := trl_worker.receive())["event"] == "trl_step":
-                jax_worker.send("step")
-                records.append(jax_worker.receive())
-                trl_worker.send("go")
-            trl = message
-            jax_worker.send("finish")
-            jax_done = jax_worker.receive()
+            result = side_processes.run_in_side_processes(side_spec)
         except Exception as error:
-            for worker in workers.values():
-                worker.close()
-                sys.stderr.write(f"--- {worker.side} worker log (tail)\n{Path(worker.log.name).read_text()[-3000:]}\n")
             raise RuntimeError(f"point {spec['workload']} L={spec['max_length']} pairs={spec['pairs']}") from error
-        for worker in workers.values():
-            worker.close()
-    warmup = spec["warmup"]
-    timed_jax, timed_trl = records[warmup:], trl["trl_seconds"][warmup:]
-    census = trl["trl_census"][warmup:total]
+    records, warmup = result["jaxalign"], spec["warmup"]
+    timed_jax, timed_trl = records[warmup:], result["trl_seconds"][warmup:]
+    census = result["trl_census"][warmup:total]
     return {
         "kind": "train", "workload": spec["workload"], "max_length": spec["max_length"], "pairs": spec["pairs"],
         "jaxalign_s": common.stats([r["run_seconds"] for r in timed_jax])["median"],
         "trl_s": common.stats(timed_trl)["median"],
-        "jaxalign_compile_s": sum(r["compile_seconds"] for r in records), "compiles": jax_done["compiles"],
+        "jaxalign_compile_s": sum(r["compile_seconds"] for r in records), "compiles": result["compiles"],
         "timed_steps_with_new_shape": sum(r["compiled"] for r in timed_jax),
-        "jaxalign_peak_rss_mb": jax_done["peak_rss_mb"], "trl_peak_rss_mb": trl["peak_rss_mb"],
-        "jaxalign_ready_rss_mb": ready["jaxalign"]["rss_mb"], "trl_ready_rss_mb": ready["trl"]["rss_mb"],
+        "jaxalign_peak_rss_mb": result["peak_rss_mb"]["jaxalign"], "trl_peak_rss_mb": result["peak_rss_mb"]["trl"],
+        "jaxalign_ready_rss_mb": result["ready_rss_mb"]["jaxalign"], "trl_ready_rss_mb": result["ready_rss_mb"]["trl"],
         "jaxalign_tokens_per_step": common.stats([r["tokens"] for r in timed_jax])["mean"],
         "jaxalign_slots_per_step": common.stats([r["slots"] for r in timed_jax])["mean"],
         "trl_slots_per_step": common.stats([c["slots"] for c in census])["mean"],
         "pair_length_mean": data["mean_length"], "pair_length_min": data["min_length"],
         "steps": spec["steps"], "warmup": warmup, "load_average": [load_before, os.getloadavg()[0]],
-        "jaxalign_step_seconds": [r["run_seconds"] for r in records], "trl_step_seconds": trl["trl_seconds"],
+        "jaxalign_step_seconds": [r["run_seconds"] for r in records], "trl_step_seconds": result["trl_seconds"],
     }
 
 
@@ -244,12 +131,7 @@ def main() -> None:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--train", help="JSON spec of a training point")
     group.add_argument("--generate", help="JSON spec of a generation point")
-    group.add_argument("--side", choices=("jaxalign", "trl"), help="(internal) a training side worker")
-    parser.add_argument("spec_file", nargs="?", help="(with --side) the point's spec file")
     args = parser.parse_args()
-    if args.side:
-        side_worker(args.side, json.loads(Path(args.spec_file).read_text()))
-        return
     common.quiet_libraries()
     result = train_point(json.loads(args.train)) if args.train else generate_point(json.loads(args.generate))
     print("SCALING_POINT " + json.dumps(result, default=float), flush=True)

@@ -1,6 +1,7 @@
-"""jaxalign and TRL trainers built the same way, run step by step side by side, and reported
-(the reward-model, DPO and scaling benchmarks share them; the data, model, timing and report
-pieces they stand on are in ``common``)."""
+"""jaxalign and TRL trainers built the same way, TRL's loop with the other side's step between
+its steps, and the side-by-side report (the reward-model, DPO and scaling benchmarks share
+them; ``side_processes`` runs each side in its own process; the data, model, timing and
+report pieces they stand on are in ``common``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from common import (JaxalignStepper, RecordingCollator, batch_census, cpu_model, dot_library, emit_json, machine,
+from common import (RecordingCollator, batch_census, cpu_model, dot_library, emit_json, machine,
                     make_interleaved_timer, print_table, stats)
 
 
@@ -106,24 +107,6 @@ def run_trl_interleaved(trl_trainer, between_steps: Callable[[], Any], total: in
     return {"trl_seconds": timer.step_seconds, "trl_census": trl_census[:total]}
 
 
-def run_side_by_side(jax_trainer, trl_trainer, warmup: int, steps: int) -> dict:
-    """Times ``warmup + steps`` optimizer steps of each trainer on the same batches.
-
-    TRL runs its own ``train()``; after each TRL step a callback runs one
-    jaxalign step (on the same batch index), so the two alternate on the
-    machine and see the same background load. A jaxalign step that meets a new
-    batch shape compiles inside it; its run time is its wall time minus the
-    seconds jax reports for tracing, lowering and compiling (reported apart).
-    The first ``warmup`` steps of each side are left out of the timed numbers.
-    """
-    total = warmup + steps
-    stepper = JaxalignStepper(jax_trainer)
-    trl = run_trl_interleaved(trl_trainer, stepper.step, total)
-    if len(stepper.records) != total:
-        raise RuntimeError(f"expected {total} jaxalign steps, got {len(stepper.records)}")
-    return {"jaxalign": stepper.records, **trl, "compiles": stepper.compiles()}
-
-
 def epoch_shapes(pipeline) -> dict:
     """Host-only pass over a whole epoch of a jaxalign pipeline: how many distinct
     ``(R, L, C, P)`` batch shapes (= compiles of the train step) it produces."""
@@ -145,14 +128,16 @@ def epoch_shapes(pipeline) -> dict:
 
 def report_side_by_side(name: str, headline: Sequence[str], result: dict, warmup: int,
                         flops_of: Callable[[dict], float], rates: dict[str, float],
-                        setup: dict, epoch: dict, target: float, extra: dict, completions: bool = False) -> dict:
+                        target: float, extra: dict, completions: bool = False) -> dict:
     """Prints the per-step table, the summary and a ``BENCHMARK_JSON`` line; returns the summary.
 
+    ``result``: ``side_processes.run_in_side_processes``'s, with jaxalign's epoch census.
     ``flops_of(census)`` gives the useful FLOPs of one jaxalign batch; the same
     count is used for TRL's step on the same pairs (same information, so the
     shares of the matmul probe compare like with like). ``rates``: the best
     matmul probe per library (``best_rates``)."""
     jax_rate, torch_rate = rates["jax"], rates["torch"]
+    setup, epoch = result["setup_seconds"], result["epoch"]
     jax_records, trl_seconds, trl_census = result["jaxalign"], result["trl_seconds"], result["trl_census"]
     rows = []
     for i, (j, t, c) in enumerate(zip(jax_records, trl_seconds, trl_census)):
@@ -230,6 +215,8 @@ def report_side_by_side(name: str, headline: Sequence[str], result: dict, warmup
         ["  share of the matmul probe (jax / torch)", summary["jaxalign_useful_share_of_matmul_rate"],
          summary["trl_useful_share_of_matmul_rate"]],
         ["setup s (model, data, trainer)", setup["jaxalign"], setup["trl"]],
+        ["peak RSS GB (each side's own process)", result["peak_rss_mb"]["jaxalign"] / 1024,
+         result["peak_rss_mb"]["trl"] / 1024],
         ["train-step compiles / mean s each", f"{len(compile_s)} / {stats(compile_s)['mean']:.1f}", "-"],
         ["longest wait for a host batch (s)", summary["fetch_seconds_max"], "-"],
     ]
@@ -246,9 +233,13 @@ def report_side_by_side(name: str, headline: Sequence[str], result: dict, warmup
           f"in both; jaxalign packs [prompt|chosen|rejected] rows, the prompt stored once.")
     print(f"matmul probe (2048^2 float32, best of 7, before and after the run): jax {jax_rate / 1e9:.1f} GFLOP/s "
           f"(dot on {dot_library()}), torch {torch_rate / 1e9:.1f} GFLOP/s; CPU {cpu_model()}")
+    for side, label in (("jaxalign", "jaxalign"), ("trl", "TRL")):
+        print(f"{label}'s process, host malloc: {result['host_malloc'][side]}")
     print(f"jaxalign batch shapes over one epoch of this data: {epoch['distinct_shapes']} distinct (R, L, C, P) "
           f"({epoch['distinct_row_shapes']} distinct (R, L)) in {epoch['batches']} batches = "
           f"{epoch['distinct_shapes']} train-step compiles per epoch; packed fill {epoch['fill']:.2f}")
-    emit_json(name, {"machine": machine(), **extra, "setup_seconds": setup, "epoch_shapes": epoch, **summary,
+    summary["peak_rss_mb"] = result["peak_rss_mb"]
+    emit_json(name, {"machine": machine(), **extra, "setup_seconds": setup, "epoch_shapes": epoch,
+                     "side_host_malloc": result["host_malloc"], **summary,
                      "headline": list(headline)})
     return summary
