@@ -6,7 +6,7 @@ lines, prints one table, and with ``--out FILE`` writes them as JSON lines.
 
 Usage::
 
-    python benchmarks/run_all.py [--only rm dpo_hh dpo_builtin] [--out results.jsonl]
+    python benchmarks/run_all.py [--only rm dpo_hh dpo_builtin] [--out results.jsonl] [--trl-malloc same|glibc]
 
 Needs the ``bench`` extra (``pip install -e ".[bench]"``) and, for the HH-RLHF
 workloads, ``tests/data/real`` (they print SKIP without it). Expect 5 minutes on
@@ -23,6 +23,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from side_processes import TRL_MALLOC  # noqa: E402  (light: no jax or torch at import)
+
 BENCHMARKS = {
     "rm": ["rm_vs_trl.py"],
     "dpo_hh": ["dpo_vs_trl.py", "--workload", "hh"],
@@ -34,11 +38,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), default=list(BENCHMARKS))
     parser.add_argument("--out", type=Path, help="write the collected JSON results here (one line each)")
+    parser.add_argument("--trl-malloc", choices=TRL_MALLOC, default="same",
+                        help="TRL's process: jaxalign's malloc settings or glibc's defaults (passed to each benchmark)")
     args = parser.parse_args()
 
     results = []
     for name in args.only:
-        command = [sys.executable, str(HERE / BENCHMARKS[name][0]), *BENCHMARKS[name][1:]]
+        command = [sys.executable, str(HERE / BENCHMARKS[name][0]), *BENCHMARKS[name][1:],
+                   "--trl-malloc", args.trl_malloc]
         print(f"\n=== {name}: {' '.join(command[1:])}", flush=True)
         start = time.perf_counter()
         lines = []
