@@ -10,7 +10,8 @@ background load, but:
 * each side has its own allocator heap. In one shared process the peer's tensors and
   XLA's step buffers come and go in the same glibc heap, and a step's buffers keep
   landing on pages the other side just released: on a machine where a page fault is
-  expensive (a VM measured at ~13 us a fault) that cost jaxalign's reward-model step 40%;
+  expensive (a VM measured at ~13 us a fault) that made jaxalign's reward-model step 20-50%
+  slower than alone;
 * each side starts with its own environment (``trl_malloc``: TRL under jaxalign's
   malloc settings, or glibc's defaults as a plain ``python`` process gets them);
 * each side's RSS high-water mark (``ru_maxrss``) is its own.
@@ -170,14 +171,15 @@ def run_in_side_processes(spec: dict, trl_malloc: str = "same") -> dict:
     wall time minus the seconds jax reports for tracing, lowering and compiling.
 
     Returns ``jaxalign`` (``JaxalignStepper`` records), ``trl_seconds``, ``trl_census``,
-    ``compiles``, ``trl_train_rows`` (rows TRL kept after its own filtering), and per side (``{"jaxalign": ..., "trl": ...}``): ``setup_seconds``,
-    ``ready_rss_mb``, ``peak_rss_mb``, ``host_malloc``; ``epoch`` (jaxalign's epoch shape
-    census, ``side_by_side.epoch_shapes``) where ``spec["epoch_shapes"]``."""
+    ``compiles``, ``trl_train_rows`` (rows TRL kept after its own filtering), and per
+    side (``{"jaxalign": ..., "trl": ...}``): ``setup_seconds``, ``ready_rss_mb``,
+    ``peak_rss_mb``, ``host_malloc``; ``epoch`` (jaxalign's epoch shape census,
+    ``side_by_side.epoch_shapes``) where ``spec["epoch_shapes"]``."""
     tmp = Path(spec["tmp"])
     spec_file = tmp / "side-spec.json"
     spec_file.write_text(json.dumps(spec))
-    workers = {side: _Worker(side, spec_file, tmp / f"{side}.log", side_environment(side, trl_malloc))
-               for side in ("jaxalign", "trl")}
+    environments = {side: side_environment(side, trl_malloc) for side in ("jaxalign", "trl")}  # bad input first
+    workers = {side: _Worker(side, spec_file, tmp / f"{side}.log", environ) for side, environ in environments.items()}
     try:
         ready = {side: worker.receive() for side, worker in workers.items()}
         jax_worker, trl_worker = workers["jaxalign"], workers["trl"]
@@ -190,7 +192,7 @@ def run_in_side_processes(spec: dict, trl_malloc: str = "same") -> dict:
         trl_done = message
         jax_worker.send("finish")
         jax_done = jax_worker.receive()
-    except Exception:
+    except BaseException:  # an interrupt too: the workers must not outlive the run
         for worker in workers.values():
             worker.close()
             sys.stderr.write(f"--- {worker.side} worker log (tail)\n{Path(worker.log.name).read_text()[-3000:]}\n")
@@ -210,5 +212,6 @@ def run_in_side_processes(spec: dict, trl_malloc: str = "same") -> dict:
 if __name__ == "__main__":
     common.start_like_the_jaxalign_command()
     if len(sys.argv) != 4 or sys.argv[1] != "--side" or sys.argv[2] not in ("jaxalign", "trl"):
-        raise SystemExit("usage (internal, started by run_in_side_processes): side_processes.py --side jaxalign|trl SPEC")
+        raise SystemExit("usage (internal, started by run_in_side_processes): "
+                         "side_processes.py --side jaxalign|trl SPEC")
     side_worker(sys.argv[2], json.loads(Path(sys.argv[3]).read_text()))
