@@ -63,8 +63,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, help="untimed steps per side (default per workload)")
     parser.add_argument("--steps", type=int, help="timed steps per side (default per workload)")
     parser.add_argument("--pack-length", type=int, help="jaxalign data.pack_length (default: its own, 2 * max_length)")
-    parser.add_argument("--trl-malloc", choices=side_processes.TRL_MALLOC, default="same",
-                        help="TRL's process: jaxalign's malloc settings (same) or glibc's defaults")
+    side_processes.add_trl_malloc_option(parser)
     args = parser.parse_args()
     spec = dict(WORKLOADS[args.workload])
     spec["warmup"] = spec["warmup"] if args.warmup is None else args.warmup

@@ -57,8 +57,7 @@ def main() -> None:
     parser.add_argument("--intermediate", type=int, default=1376)
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--pack-length", type=int, help="jaxalign data.pack_length (default: its own, 2 * max_length)")
-    parser.add_argument("--trl-malloc", choices=side_processes.TRL_MALLOC, default="same",
-                        help="TRL's process: jaxalign's malloc settings (same) or glibc's defaults")
+    side_processes.add_trl_malloc_option(parser)
     args = parser.parse_args()
 
     paths = common.shared_data(common.HH_FILE, common.GPT2_TOKENIZER)

@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from side_processes import TRL_MALLOC  # noqa: E402  (light: no jax or torch at import)
+from side_processes import add_trl_malloc_option  # noqa: E402  (light: no jax or torch at import)
 
 BENCHMARKS = {
     "rm": ["rm_vs_trl.py"],
@@ -38,8 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), default=list(BENCHMARKS))
     parser.add_argument("--out", type=Path, help="write the collected JSON results here (one line each)")
-    parser.add_argument("--trl-malloc", choices=TRL_MALLOC, default="same",
-                        help="TRL's process: jaxalign's malloc settings or glibc's defaults (passed to each benchmark)")
+    add_trl_malloc_option(parser)  # passed on to each benchmark
     args = parser.parse_args()
 
     results = []

@@ -40,6 +40,12 @@ PREFIX = "@@ "
 TRL_MALLOC = ("same", "glibc")  # TRL's worker: the coordinator's malloc settings, or glibc's defaults
 
 
+def add_trl_malloc_option(parser) -> None:
+    """``--trl-malloc``, as every side-by-side benchmark (and ``run_all.py``) takes it."""
+    parser.add_argument("--trl-malloc", choices=TRL_MALLOC, default="same",
+                        help="TRL's process: jaxalign's malloc settings (same) or glibc's defaults (glibc)")
+
+
 def peak_rss_mb() -> float:
     """This process's RSS high-water mark (Linux reports ``ru_maxrss`` in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
