@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from jaxalign.models.logps import DEFAULT_CHUNK_SIZE
+from jaxalign.models.logps import DEFAULT_CHUNK_SIZE, chunk_tokens
 
 if TYPE_CHECKING:
     from jaxalign.plan import Workload
@@ -74,7 +74,7 @@ def head_working_set(d: ActivationDims, w: Workload, head: str) -> int:
     float32 logits and its gradient (``jaxalign.models.logps``)."""
     total = 2 * w.tokens * d.hidden * d.compute_bytes + w.rows * w.length**2 + 2 * w.tokens * (d.q // max(d.heads, 1)) * 4
     if head == "causal_lm":
-        chunk = min(DEFAULT_CHUNK_SIZE, w.rows * w.targets)  # target tokens over all rows
+        chunk = chunk_tokens(w.rows, w.targets, DEFAULT_CHUNK_SIZE)  # target tokens over all rows
         total += w.rows * w.targets * d.hidden * d.compute_bytes + 2 * chunk * d.vocab * 4
     return total
 

@@ -88,3 +88,33 @@ def test_chunked_logps_backward_never_holds_all_logits():
     ).compile()
     # Two chunks of logits (forward + recomputed) at most: 128 / 1024 of the full size, times 2.
     assert compiled.memory_analysis().temp_size_in_bytes < full_logits_bytes / 3
+
+
+def test_chunked_logps_of_row_sharded_targets_project_each_devices_own_rows():
+    """Under data parallelism every device projects its own rows: no all-gather of the
+    hidden states (chunks cut from the flattened rows made XLA gather every row onto
+    every device, 8x the projection work on 8 devices), and the same values and gradients."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from jaxalign.sharding import MeshConfig, make_mesh
+
+    mesh = make_mesh(MeshConfig(data=8))
+    rng = np.random.RandomState(2)
+    hidden = jnp.asarray(rng.randn(8, 24, 16), jnp.float32)
+    weights = jnp.asarray(rng.randn(16, 50) * 0.3, jnp.float32)
+    targets = jnp.asarray(rng.randint(0, 50, (8, 24)))
+
+    def loss(h, w, t):
+        return jnp.sum(logps_from_hidden(h, w, t, chunk_size=32) * jnp.arange(24.0))
+
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    rows = NamedSharding(mesh, PartitionSpec("data"))
+    sharded = (jax.device_put(hidden, rows), jax.device_put(weights, NamedSharding(mesh, PartitionSpec())),
+               jax.device_put(targets, rows))
+    hlo = grad.lower(*sharded).compile().as_text()
+    assert "all-gather" not in hlo and "all-to-all" not in hlo
+    (value, grads), (expected_value, expected_grads) = grad(*sharded), grad(hidden, weights, targets)
+    np.testing.assert_allclose(float(value), float(expected_value), rtol=1e-6)
+    for got, expected in zip(grads, expected_grads):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
+    assert grads[0].sharding.is_equivalent_to(rows, 3)

@@ -20,6 +20,7 @@ from jaxalign.algos.ppo_config import VALUE_ON_POLICY
 from jaxalign.config import ModelSpec, TrainConfig
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.lora import is_adapter
+from jaxalign.models.logps import chunk_tokens
 from jaxalign.plan import PlanContext, Term, Workload, _count, read_model_config
 from jaxalign.plan_activations import forward_working_set
 from jaxalign.rl.teacher_forcing import LOGPS_CHUNK
@@ -125,7 +126,7 @@ def scoring_terms(ctx: PlanContext, models: RLModels, rollout: Workload) -> list
     """The teacher-forced passes over the whole rollout, forward only, one model at a time."""
     scored = [(model, "causal_lm") for model in (models.policy, models.reference) if model is not None]
     scored += [(model, "score") for model in (*models.rewards, models.value) if model is not None]
-    chunk = min(LOGPS_CHUNK, rollout.rows * rollout.targets)  # target tokens over all rows
+    chunk = chunk_tokens(rollout.rows, rollout.targets, LOGPS_CHUNK)  # target tokens over all rows
     passes = max(forward_working_set(ctx.dims(model), rollout) + _head_chunk(ctx, model, head, chunk)
                  for model, head in scored)
     outputs = 6 * rollout.rows * rollout.targets * 4
