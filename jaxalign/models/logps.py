@@ -9,8 +9,8 @@ vocab``). The loop runs along the targets, never across rows: the rows stay a
 batch axis of every chunk, so a row-sharded batch (data parallelism) projects
 each device's own rows. Chunks cut from the flattened ``[batch * targets]``
 mixed the rows, and XLA then gathered every row onto every device, which
-projected the whole batch there (8 data-parallel devices: 8x the work,
-``tests/test_models_logps.py``).
+projected the whole batch there (8 data-parallel devices: 8x the work;
+``tests/test_data_parallel_collectives.py``).
 
 The projection is taken as it is stored: a tied embedding ``[vocab, hidden]``
 (``vocab_axis=0``) or an ``lm_head`` kernel ``[hidden, vocab]``
@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxalign.models.layers import matmul
 from jaxalign.models.transformer import layout_from_attention_mask
 
 DEFAULT_CHUNK_SIZE = 256
@@ -56,9 +55,9 @@ def _chunk_stats(
 
 
 def chunk_tokens(batch: int, length: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
-    """Target tokens one chunk of ``logps_from_hidden`` projects: the same number from each
-    of the ``batch`` rows, ``chunk_size`` in all where it divides evenly (at least one a row,
-    so at least ``batch``; at most every target)."""
+    """Target tokens one chunk of ``logps_from_hidden`` projects: ``chunk_size // batch``
+    from each of the ``batch`` rows, at least one (so ``batch`` when the rows outnumber
+    ``chunk_size``) and at most all ``length`` of them."""
     per_row = max(1, min(chunk_size // max(batch, 1), length))
     return batch * per_row
 
@@ -72,11 +71,12 @@ def logps_from_hidden(
     hidden ``[b, c, h]`` (the outputs that predict each target), weights
     ``[h, vocab]`` (or ``[vocab, h]`` with ``vocab_axis=0``: a tied embedding as
     stored), target_ids ``[b, c]``; about ``chunk_size`` target tokens (over all
-    rows) per chunk, ``chunk_tokens`` exactly. The matmul runs in hidden's dtype with float32 accumulation. With
-    ``return_hits`` also ``[b, c]`` bool: whether the target is the model's top-1
-    token (for token accuracy); with ``return_entropy`` also ``[b, c]`` float32:
-    the entropy of each position's distribution (PPO). Extras follow the
-    log-probs in that order.
+    rows) per chunk (``chunk_tokens`` gives the count). The matmul runs in
+    hidden's dtype with float32 accumulation. With ``return_hits`` also
+    ``[b, c]`` bool: whether the target is the model's top-1 token (for token
+    accuracy); with ``return_entropy`` also ``[b, c]`` float32: the entropy of
+    each position's distribution (PPO). Extras follow the log-probs in that
+    order.
     """
     batch, length, features = hidden.shape
     if length == 0:
@@ -94,7 +94,7 @@ def logps_from_hidden(
     weights = weights.astype(hidden.dtype)
     chunk_stats = jax.checkpoint(functools.partial(_chunk_stats, vocab_axis=vocab_axis, with_entropy=return_entropy))
     chunked = jax.lax.map(lambda xs: chunk_stats(weights, *xs), (hidden_chunks, target_chunks))
-    logps, hits, *entropy = (jnp.moveaxis(out, 0, 1).reshape(batch, num_chunks * per_row)[:, :length] for out in chunked)
+    logps, hits, *entropy = (jnp.moveaxis(out, 0, 1).reshape(batch, -1)[:, :length] for out in chunked)
     extras = (hits,) * return_hits + tuple(entropy)
     return (logps, *extras) if extras else logps
 
