@@ -6,7 +6,7 @@ import numpy as np
 from flax import nnx
 
 from jaxalign.models import load_pretrained, sequence_token_logps
-from jaxalign.models.logps import logps_from_hidden
+from jaxalign.models.logps import chunk_tokens, logps_from_hidden
 from model_fixtures import make_causal_lm, padded_batch
 
 
@@ -118,3 +118,15 @@ def test_chunked_logps_of_row_sharded_targets_project_each_devices_own_rows():
     for got, expected in zip(grads, expected_grads):
         np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
     assert grads[0].sharding.is_equivalent_to(rows, 3)
+
+
+def test_chunks_split_each_rows_targets_evenly_within_the_chunk_size():
+    assert chunk_tokens(1, 1024) == 256  # 4 full chunks
+    assert chunk_tokens(1, 832) == 208  # 4 chunks of 208, not 4 x 256 = 1,024 projected slots
+    assert chunk_tokens(3, 100) == 150  # 2 x 50 a row, not 2 x 85
+    assert chunk_tokens(512, 10) == 512  # rows past chunk_size: one target a row
+    for batch in (1, 2, 3, 7, 16, 300):
+        for length in (1, 5, 64, 100, 257, 1000):
+            per_row = chunk_tokens(batch, length) // batch
+            chunks = -(-length // per_row)
+            assert batch * per_row <= max(256, batch) and chunks * per_row - length < chunks

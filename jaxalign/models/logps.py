@@ -55,11 +55,13 @@ def _chunk_stats(
 
 
 def chunk_tokens(batch: int, length: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
-    """Target tokens one chunk of ``logps_from_hidden`` projects: ``chunk_size // batch``
-    from each of the ``batch`` rows, at least one (so ``batch`` when the rows outnumber
-    ``chunk_size``) and at most all ``length`` of them."""
-    per_row = max(1, min(chunk_size // max(batch, 1), length))
-    return batch * per_row
+    """Target tokens one chunk of ``logps_from_hidden`` projects: the same number from each
+    of the ``batch`` rows, at most ``chunk_size // batch`` but at least one (so ``batch``
+    when the rows outnumber ``chunk_size``). The chunks split a row's ``length`` targets
+    evenly, so their padding is under one target a row per chunk, not most of a chunk."""
+    most = max(1, min(chunk_size // max(batch, 1), length))
+    chunks = math.ceil(length / most)
+    return batch * math.ceil(length / chunks)
 
 
 def logps_from_hidden(
