@@ -3,9 +3,6 @@ gradients and scalars between devices, never activations (8 fake CPU devices).""
 
 from __future__ import annotations
 
-import math
-import re
-
 import jax
 import pytest
 
@@ -13,26 +10,12 @@ from jaxalign import configlib
 from jaxalign.config import TrainConfig
 from jaxalign.sharding import shard_batch
 from jaxalign.trainer import Trainer
+from tests.hlo_fixtures import collectives
 from tests.train_fixtures import tiny_run_config
 
 # An all-gather of a row's worth of scalars (e.g. per-row scores) is fine; an activation
 # ([rows, tokens, hidden]) is thousands of elements even in the tiny model.
 MOST_ELEMENTS_MOVED = 1024
-_MOVES = re.compile(r"= (.*?) (all-gather|all-to-all|collective-permute)(?:-start)?\(")
-_ARRAY = re.compile(r"\b[a-z]+\d*\[([\d,]*)\]")
-
-
-def _moves(hlo: str) -> list[tuple[str, int, str]]:
-    """(collective, elements, the op it came from) of every all-gather, all-to-all and
-    collective-permute in compiled HLO text."""
-    found = []
-    for line in hlo.splitlines():
-        match = _MOVES.search(line)
-        if match:
-            elements = sum(math.prod(int(d) for d in dims.split(",") if d) for dims in _ARRAY.findall(match.group(1)))
-            origin = re.search(r'op_name="([^"]*)"', line)
-            found.append((match.group(2), elements, origin.group(1) if origin else "?"))
-    return found
 
 
 @pytest.mark.parametrize("algo", ["dpo", "sft", "rm"])
@@ -43,6 +26,8 @@ def test_train_step_moves_no_activations_between_data_parallel_devices(tmp_path,
     batch = shard_batch(next(trainer.train_data.iterator()), trainer.mesh)
     step = jax.jit(lambda state, batch, frozen: trainer.algo.train_step(state, batch, frozen))
     hlo = step.lower(trainer.state, batch, trainer.algo.frozen).compile().as_text()
-    assert "all-reduce" in hlo  # the gradients are summed over the devices
-    moved = [move for move in _moves(hlo) if move[1] > MOST_ELEMENTS_MOVED]
+    found = collectives(hlo)
+    assert any(c.kind == "all-reduce" for c in found)  # the gradients are summed over the devices
+    moved = [c for c in found if c.kind in ("all-gather", "all-to-all", "collective-permute")
+             and c.elements > MOST_ELEMENTS_MOVED]
     assert not moved, f"{algo} step moves activations between devices: {moved}"
