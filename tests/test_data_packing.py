@@ -7,7 +7,9 @@ import pytest
 
 from data_fixtures import HH_PATH, gpt2_tokenizer, needs_shared_data, same_example
 from jaxalign.data import ExampleTokenizer, TokenizedExample, pack_examples, pack_prompts, pad_batch, unpack
-from jaxalign.data.packing import batch_shape, bucket_rows, first_fit_decreasing
+from jaxalign.data.packing import batch_shape, bucket_rows, candidate_layouts, first_fit_decreasing
+from jaxalign.data.shapes import shape_cost
+from jaxalign.data.tile_pairs import attention_tile_pairs
 
 
 def make_example(rng, paired=True, prompt_loss=False, partial_mask=False, margin=None, label=None):
@@ -139,6 +141,52 @@ def test_pack_prompts_left_pads():
     assert batch["prompt_ids"].tolist() == [[0, 4, 5, 6], [0, 0, 0, 7], [0, 0, 0, 0], [0, 0, 0, 0]]
     assert batch["prompt_mask"].sum(axis=1).tolist() == [3, 1, 0, 0]
     assert batch["example_mask"].tolist() == [1, 1, 0, 0]
+
+
+def example_of_length(prompt: int, *replies: int) -> TokenizedExample:
+    ids = lambda n: np.arange(3, 3 + n, dtype=np.int32)  # noqa: E731
+    return TokenizedExample(ids(prompt), tuple(ids(n) for n in replies), tuple(np.ones(n, bool) for n in replies), False)
+
+
+def test_a_cost_picks_the_cheapest_packing_and_a_tie_keeps_rows_of_pack_length():
+    # 70 + 50 + 50 tokens. Rows of 128: [70, 50] and [50] -> 2 x 128 = 256 slots; rows of 112:
+    # [70] and [50, 50] -> 2 x 112 = 224; rows of 80 or 96: three rows of 80 = 240.
+    examples = [example_of_length(10, 30, 30), example_of_length(10, 20, 20), example_of_length(10, 20, 20)]
+    kw = dict(slots=3, pack_length=128, pad_to_multiple=16)
+    assert batch_shape(pack_examples(examples, **kw))[:2] == (2, 128)
+    layouts = candidate_layouts(examples, pack_length=128, pad_to_multiple=16)
+    assert [layout.shape[:2] for layout in layouts] == [(2, 128), (2, 112), (3, 80)]  # distinct packings only
+    cheapest = pack_examples(examples, **kw, cost=shape_cost)
+    assert batch_shape(cheapest)[:2] == (2, 112)
+    assert_round_trip(examples, cheapest)
+    # Four examples of 60: two rows of 128 or four of 64 cost the same 256 slots; the tie keeps 128.
+    four = [example_of_length(20, 20, 20) for _ in range(4)]
+    assert batch_shape(pack_examples(four, slots=4, pack_length=128, pad_to_multiple=16, cost=shape_cost))[:2] == (2, 128)
+    # An example longer than pack_length: its own row, as without a cost.
+    long = [example_of_length(100, 40, 40), example_of_length(10, 5, 5)]
+    assert ([layout.shape[:2] for layout in candidate_layouts(long, pack_length=128, pad_to_multiple=16)]
+            == [batch_shape(pack_examples(long, slots=2, pack_length=128, pad_to_multiple=16))[:2]])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_every_candidate_layout_is_the_shape_and_tile_pairs_its_arrays_have(seed):
+    """pack_examples prices layouts before it writes any array: each layout's shape and tile
+    pairs (computed from the examples' spans) must be exactly the packed batch's."""
+    rng = np.random.default_rng(seed)
+    examples = [make_example(rng, paired=bool(seed % 2), partial_mask=True) for _ in range(int(rng.integers(1, 9)))]
+    kw = dict(pack_length=160, pad_to_multiple=16, row_multiple=int(rng.choice([1, 2])), attention_tile=16)
+    for targets in (True, False):
+        layouts = candidate_layouts(examples, **kw, targets=targets)
+        assert layouts[0].bins == first_fit_decreasing([e.length for e in examples], 160)
+        assert len({tuple(map(tuple, layout.bins)) for layout in layouts}) == len(layouts)
+        for layout in layouts:
+            batch = pack_examples(examples, slots=8, **kw, targets=targets,
+                                  cost=lambda shape, want=layout.shape: shape != want)
+            assert batch_shape(batch) == layout.shape
+            np.testing.assert_array_equal(
+                batch["tile_pairs"], attention_tile_pairs(batch["segment_ids"], batch["branch_ids"], 16))
+            if targets:
+                assert_round_trip(examples, batch)
 
 
 def test_pad_batch_to_an_agreed_shape():

@@ -17,39 +17,51 @@ from jaxalign.data.shapes import fit_ladder, fit_shape, largest_shape
 
 def test_ladder_is_bounded_holds_every_need_and_ends_at_the_largest_shape():
     needs = [(2, 1024, 448, 64), (2, 1024, 512, 80), (3, 1024, 640, 80), (1, 960, 320, 45)] * 5 + [(3, 1024, 832, 80)]
+    batches = [[need] for need in needs]  # each batch packed one way
     largest = largest_shape(slots=8, pack_length=1024, longest_example=1024, pad_to_multiple=64, attention_tile=64)
     # 8 rows of 1,024 tokens, all targets (one row group), 16 tiles: 136 causal pairs rounded up to a multiple of 16.
     assert largest == (8, 1024, 8192, 144)
     for max_shapes in (1, 2, 3, 8):
-        ladder = fit_ladder(needs, largest, max_shapes)
+        ladder = fit_ladder(batches, largest, max_shapes)
         assert len(ladder) <= max_shapes and ladder[-1] == largest
         for need in needs:
             assert all(w <= h for w, h in zip(need, fit_shape(ladder, need)))
     # Enough levels: every distinct need is its own level, so nothing is padded.
-    assert set(fit_ladder(needs, largest, 8)) == set(needs) | {largest}
+    assert set(fit_ladder(batches, largest, 8)) == set(needs) | {largest}
     with pytest.raises(ValueError, match="exceeds the largest shape"):
-        fit_shape(fit_ladder(needs, largest, 4), (9, 1024, 64, 16))
+        fit_shape(fit_ladder(batches, largest, 4), (9, 1024, 64, 16))
 
 
 def test_a_short_run_gets_fewer_shapes_and_a_long_run_the_full_ladder():
     """A level that adds a compiled shape must save more padding over the run than one
     batch's own cost; a level that takes over every batch of another adds no compile."""
     needs = [(2, 1024, 448, 64), (2, 1024, 512, 80), (3, 1024, 640, 80), (1, 960, 320, 45)] * 5 + [(3, 1024, 832, 80)]
+    batches = [[need] for need in needs]
     largest = largest_shape(slots=8, pack_length=1024, longest_example=1024, pad_to_multiple=64, attention_tile=64)
-    full = fit_ladder(needs, largest, 8)
-    assert fit_ladder(needs, largest, 8, run_scale=1e6) == full
-    short = fit_ladder(needs, largest, 8, run_scale=1 / len(needs))  # a run of one batch
+    full = fit_ladder(batches, largest, 8)
+    assert fit_ladder(batches, largest, 8, run_scale=1e6) == full
+    short = fit_ladder(batches, largest, 8, run_scale=1 / len(needs))  # a run of one batch
     assert len(short) < len(full) and short[-1] == largest
     used = {fit_shape(short, need) for need in needs}
     assert len(used) == 1 and largest not in used  # one compile, not at the largest shape
     # The longer the run, the more shapes it compiles, up to the full ladder's.
     compiled = []
     for scale in (1 / len(needs), 0.2, 1.0, 5.0, 1e6):
-        ladder = fit_ladder(needs, largest, 8, run_scale=scale)
+        ladder = fit_ladder(batches, largest, 8, run_scale=scale)
         assert ladder[-1] == largest
         compiled.append(len({fit_shape(ladder, need) for need in needs}))
     assert compiled == sorted(compiled) and compiled[0] == 1 and compiled[-1] == len(set(needs))
     assert len(set(compiled)) > 2
+
+
+def test_a_batch_that_packs_two_ways_pays_for_the_cheapest_level_holding_either():
+    largest = largest_shape(slots=8, pack_length=1024, longest_example=1024, pad_to_multiple=64, attention_tile=64)
+    usual = (3, 768, 512, 60)
+    long_rows, short_rows = (2, 1024, 640, 80), (3, 704, 512, 55)  # one batch, packed two ways
+    both = fit_ladder([[usual]] * 5 + [[long_rows, short_rows]] * 5, largest, 2)
+    assert both == (usual, largest) and fit_shape(both, short_rows) == usual  # the usual level holds it
+    only_long = fit_ladder([[usual]] * 5 + [[long_rows]] * 5, largest, 2)
+    assert only_long == ((3, 1024, 640, 80), largest)  # the one level must hold both
 
 
 @needs_shared_data

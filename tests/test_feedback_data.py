@@ -14,7 +14,6 @@ from jaxalign.batch import attention_mask
 from jaxalign.data import DataConfig, DataError, TokenizedExample, build_pipeline, pack_examples, unpack
 from jaxalign.data.annotators import agreement_table, apply_reliability, collect_votes
 from jaxalign.data.example import TextExample, one_piece
-from jaxalign.data.packing import attention_tile_pairs
 from test_tiled_attention import brute_force_visible_tiles
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from jaxalign.batch import ATTENTION_TILE
-from jaxalign.data.packing import attention_tile_pairs, batch_shape, pad_batch
+from jaxalign.data.packing import batch_shape, pad_batch
+from jaxalign.data.tile_pairs import attention_tile_pairs
 from jaxalign.models import load_pretrained
 from jaxalign.models.attention import dot_product_attention, packed_mask
 import jaxalign.models.tiled_attention as tiled_attention_module

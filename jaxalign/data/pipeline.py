@@ -33,9 +33,9 @@ import numpy as np
 from jaxalign.data.config import DataConfig
 from jaxalign.data.errors import Counter
 from jaxalign.data.formats import TextExample
-from jaxalign.data.packing import batch_shape, pack_examples, pack_prompts, pad_batch, round_up
+from jaxalign.data.packing import batch_shape, candidate_layouts, pack_examples, pack_prompts, pad_batch, round_up
 from jaxalign.data.rows import split_examples
-from jaxalign.data.shapes import Shape, fit_ladder, fit_shape, largest_shape, sample_needs
+from jaxalign.data.shapes import Shape, fit_ladder, fit_shape, largest_shape, sample_needs, shape_cost
 from jaxalign.data.tokenize import Dropped, ExampleTokenizer, TokenizedExample
 
 PAIRED_KINDS = ("preference", "reward", "listwise")  # examples with several replies sharing a prompt
@@ -159,10 +159,8 @@ def build_pipeline(
     )
     run_stats = Counter()
     attention_tile = cfg.attention_tile(paired=paired, replies=replies or 2)
-    pack = functools.partial(
-        _pack_batch, kind=kind, slots=local_batch, pack_length=pack_length,
-        pad_to_multiple=cfg.pad_to_multiple, row_multiple=row_multiple, attention_tile=attention_tile, replies=replies,
-    )
+    layout = dict(kind=kind, slots=local_batch, pack_length=pack_length, pad_to_multiple=cfg.pad_to_multiple,
+                  row_multiple=row_multiple, attention_tile=attention_tile, replies=replies)
 
     indexed = list(enumerate(examples))
     if shuffled:
@@ -184,14 +182,16 @@ def build_pipeline(
         largest = _largest_shape(cfg, kind, local_batch, pack_length, row_multiple, replies, attention_tile)
         streams = [tokenized(process) for process in range(process_count)]
         needs = sample_needs(
-            lambda step, process: pack([streams[process][step * local_batch + j] for j in range(local_batch)])[0],
-            batch_shape, steps=steps, process_count=process_count, examples_per_step=batch_size)
+            lambda step, process: _layout_shapes([streams[process][step * local_batch + j] for j in range(local_batch)],
+                                                 **layout),
+            steps=steps, process_count=process_count, examples_per_step=batch_size)
         run_scale = None
         if split == "train":
             run_batches = steps * epochs if max_batches is None else min(steps * epochs, max_batches)
             run_scale = run_batches / max(len(needs) // process_count, 1)
         shapes = fit_ladder(needs, largest, cfg.max_shapes, groups=row_multiple, run_scale=run_scale)
     consume = functools.partial(_consume, stats=run_stats, shapes=shapes, shape_agreement=shape_agreement)
+    pack = functools.partial(_pack_batch, **layout, cost=functools.partial(_level_cost, shapes=shapes, groups=row_multiple))
     dataset = tokenized(process_index).batch(local_batch, drop_remainder=True, batch_fn=pack)
     if epochs > 1:
         dataset = dataset.repeat(epochs)
@@ -252,14 +252,40 @@ def _with_mismatched_completions(examples: list[TokenizedExample]) -> list[Token
     ]
 
 
-def _pack_batch(
-    items: Sequence[TokenizedExample | Dropped | None], *, kind: str, slots: int, pack_length: int,
-    pad_to_multiple: int, row_multiple: int, attention_tile: int | None, replies: int | None = None,
-) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """Grain ``batch_fn``: P tokenized examples (None = eval padding) -> (arrays, counts)."""
+def _examples_to_pack(items: Sequence[TokenizedExample | Dropped | None], kind: str) -> list[TokenizedExample]:
     examples = [item for item in items if isinstance(item, TokenizedExample)]
     if kind == "unpaired" and examples:
         examples = _with_mismatched_completions(examples)
+    return examples
+
+
+def _layout_shapes(
+    items: Sequence[TokenizedExample | Dropped | None], *, kind: str, slots: int, pack_length: int,
+    pad_to_multiple: int, row_multiple: int, attention_tile: int | None, replies: int | None = None,
+) -> list[Shape]:
+    """The shapes ``_pack_batch`` may pack these items to (what the shape ladder is fitted to)."""
+    examples = _examples_to_pack(items, kind)
+    if kind == "prompt":
+        return [batch_shape(pack_prompts(examples, slots=slots, pad_to_multiple=pad_to_multiple,
+                                         row_multiple=row_multiple))]
+    return [layout.shape for layout in candidate_layouts(
+        examples, pack_length=pack_length, pad_to_multiple=pad_to_multiple, row_multiple=row_multiple,
+        attention_tile=attention_tile, targets=kind not in SCORE_ONLY_KINDS)]
+
+
+def _level_cost(shape: Shape, *, shapes: Sequence[Shape] | None, groups: int) -> int:
+    """What a batch of ``shape`` costs once padded to its level of the ladder (its own shape without one)."""
+    return shape_cost(shape if shapes is None else fit_shape(shapes, shape), groups)
+
+
+def _pack_batch(
+    items: Sequence[TokenizedExample | Dropped | None], *, kind: str, slots: int, pack_length: int,
+    pad_to_multiple: int, row_multiple: int, attention_tile: int | None, replies: int | None = None,
+    cost=None,
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Grain ``batch_fn``: P tokenized examples (None = eval padding) -> (arrays, counts), packed
+    the way ``cost`` prices cheapest (``packing.pack_examples``)."""
+    examples = _examples_to_pack(items, kind)
     counts = {"batches": 1, "examples_packed": len(examples)}
     for item in items:
         if isinstance(item, Dropped):
@@ -274,7 +300,7 @@ def _pack_batch(
     else:
         batch = pack_examples(examples, slots=slots, pack_length=pack_length, pad_to_multiple=pad_to_multiple,
                               row_multiple=row_multiple, attention_tile=attention_tile,
-                              targets=kind not in SCORE_ONLY_KINDS, replies=replies)
+                              targets=kind not in SCORE_ONLY_KINDS, replies=replies, cost=cost)
         counts["tokens"], counts["token_slots"] = int(np.count_nonzero(batch["segment_ids"])), batch["segment_ids"].size
     return batch, counts
 

@@ -5,7 +5,7 @@ chosen one, so most of a row's ``[L, L]`` score matrix is masked (about 90% on
 HH-RLHF rows of 1,024 tokens). Rows are cut into tiles of ``T`` tokens, and the
 batch lists, per row, the (query tile, key tile) pairs that hold any visible
 score: ``tile_pairs`` ``[R, P, 2]`` int32, -1 in unused slots (built on the
-host by ``jaxalign.data.packing.attention_tile_pairs``). Attention computes
+host by ``jaxalign.data.tile_pairs``). Attention computes
 the ``[T, T]`` scores of those pairs only, and takes one softmax over all the
 pairs of a query tile, so every real token gets exactly the output of dense
 masked attention. A query tile with no pair (row padding) outputs zeros.
