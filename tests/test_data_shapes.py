@@ -7,12 +7,13 @@ import sys
 import textwrap
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from data_fixtures import HH_PATH, gpt2_tokenizer, needs_shared_data
 from jaxalign.data import DataConfig, build_pipeline
 from jaxalign.data.packing import batch_shape
-from jaxalign.data.shapes import fit_ladder, fit_shape, largest_shape
+from jaxalign.data.shapes import fit_ladder, fit_shape, largest_shape, shape_cost
 
 
 def test_ladder_is_bounded_holds_every_need_and_ends_at_the_largest_shape():
@@ -62,6 +63,35 @@ def test_a_batch_that_packs_two_ways_pays_for_the_cheapest_level_holding_either(
     assert both == (usual, largest) and fit_shape(both, short_rows) == usual  # the usual level holds it
     only_long = fit_ladder([[usual]] * 5 + [[long_rows]] * 5, largest, 2)
     assert only_long == ((3, 1024, 640, 80), largest)  # the one level must hold both
+
+
+def sample_price(ladder, needs, run_scale):
+    """What fit_ladder minimises: each batch's cheapest level holding one of its shapes,
+    plus, per level some batch uses, one batch's own cost spread over the run."""
+    paid = [min(shape_cost(level) for level in ladder for shape in need if all(w <= h for w, h in zip(shape, level)))
+            for need in needs]
+    used = {min((level for level in ladder for shape in need if all(w <= h for w, h in zip(shape, level))),
+                key=shape_cost) for need in needs}
+    own = np.mean([min(shape_cost(shape) for shape in need) for need in needs])
+    return sum(paid) + (0 if run_scale is None else own / run_scale) * len(used)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_choosing_among_packings_never_pads_the_sample_more_than_rows_of_pack_length(seed):
+    rng = np.random.default_rng(seed)
+    largest = (8, 1024, 2048, 144)
+
+    def packed_shape():
+        return (int(rng.integers(1, 5)), int(rng.choice([576, 704, 768, 832, 960, 1024])),
+                int(rng.choice([256, 512, 768])), int(rng.integers(20, 100)))
+
+    needs = [[packed_shape() for _ in range(int(rng.integers(1, 4)))] for _ in range(40)]
+    for run_scale in (None, 0.05, 0.5, 5.0):
+        for max_shapes in (2, 4, 8):
+            ladder = fit_ladder(needs, largest, max_shapes, run_scale=run_scale)
+            assert len(ladder) <= max_shapes and ladder[-1] == largest
+            rows_of_pack_length = fit_ladder([need[:1] for need in needs], largest, max_shapes, run_scale=run_scale)
+            assert sample_price(ladder, needs, run_scale) <= sample_price(rows_of_pack_length, needs, run_scale)
 
 
 @needs_shared_data

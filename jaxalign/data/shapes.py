@@ -72,11 +72,13 @@ def fit_ladder(needs: Iterable[Sequence[Sequence[int]]], largest: Sequence[int],
     first run, which measured one to eleven steps' time (docs/data.md), so a
     short run gets fewer shapes and a long one the same as without.
 
-    The greedy runs twice, on the batches' first shapes alone and on all of them,
-    and the ladder whose padding plus compiles (each used shape one batch's cost,
-    as above) is less wins: picked on all shapes, a first level that holds every
-    batch in its second-best packing can shut out the two levels that hold each
-    batch in its best, which costs a short run more than it saves."""
+    The greedy runs twice: as if every batch were packed in rows of ``pack_length``
+    (its first shape: the ladder the packer had when it could not choose), and over
+    every packing. The ladder whose padding plus compiles (a used shape costs the
+    ``run_scale`` threshold above) is less wins, so the choice never costs the sample
+    more than rows of ``pack_length`` did. Neither greedy wins always: over every
+    packing, a first level that holds each batch in its second-best packing can
+    shut out the two levels that hold them in their best (a short run on HH-RLHF)."""
     top = tuple(int(v) for v in largest)
     # Batches with the same alternatives count once, weighted.
     weights: dict[tuple, int] = {}
@@ -93,54 +95,54 @@ def fit_ladder(needs: Iterable[Sequence[Sequence[int]]], largest: Sequence[int],
     own_costs = [np.array([shape_cost(shape, groups) for shape in b], dtype=np.float64) for b in batches]
     first = np.stack([b[0] for b in batches])
     cheapest = np.stack([b[int(np.argmin(c))] for b, c in zip(batches, own_costs)])
-    pairs = [np.maximum(x[:, None, :], x[None, :, :]).reshape(-1, len(top)) for x in map(_distinct, (first, cheapest))]
-    candidates = np.unique(np.concatenate([alternatives, *pairs]), axis=0)
-    candidate_cost = np.array([shape_cost(c, groups) for c in candidates], dtype=np.float64)
-    # holds[c, b]: candidate c holds batch b's first shape / one of its shapes.
-    holds_first = np.all(candidates[:, None, :] >= first[None, :, :], axis=2)
-    holds_any = np.logical_or.reduceat(np.all(candidates[:, None, :] >= alternatives[None, :, :], axis=2),
-                                       owner_starts, axis=1)
-    # What a level that adds a compiled shape must save over the sample: one
-    # batch's own cost, spread over the run (0 without a run length).
-    worth = 0.0
-    if run_scale is not None:
-        own_cost = np.array([c.min() for c in own_costs])
-        worth = float(own_cost @ counts / counts.sum()) / max(run_scale, 1e-9)
+    def worth(own_cost: np.ndarray) -> float:
+        """What a level that adds a compiled shape must save over the sample: one
+        batch's own cost, spread over the run (0 without a run length)."""
+        return 0.0 if run_scale is None else float(own_cost @ counts / counts.sum()) / max(run_scale, 1e-9)
+
+    worth_first, worth_any = worth(np.array([c[0] for c in own_costs])), worth(np.array([c.min() for c in own_costs]))
     top_cost = float(shape_cost(top, groups))
 
-    def levels_of(picked: list[int], holds: np.ndarray) -> np.ndarray:
-        """[levels, batches]: what each batch costs on each level (inf where it does not fit)."""
-        rows = [np.full(len(batches), top_cost)]
-        rows += [np.where(holds[c], candidate_cost[c], np.inf) for c in picked]
-        return np.stack(rows)
-
-    def greedy(holds: np.ndarray) -> list[int]:
+    def fit(candidates: np.ndarray, greedy_on: np.ndarray | None = None,
+            threshold: float = worth_any) -> tuple[float, list[Shape]]:
+        """Greedy levels among ``candidates`` (chosen as if candidate c held batch b where
+        ``greedy_on[c, b]``; default: where it holds any of b's shapes; a new compiled shape
+        must save ``threshold``), and what the sample then pays in padding and compiles, each
+        batch packed its cheapest way."""
+        cost = np.array([shape_cost(c, groups) for c in candidates], dtype=np.float64)
+        holds_any = np.logical_or.reduceat(np.all(candidates[:, None, :] >= alternatives[None, :, :], axis=2),
+                                           owner_starts, axis=1)
+        holds = holds_any if greedy_on is None else greedy_on
+        # levels[l, b]: what batch b costs on picked level l (inf where it does not fit);
+        # a batch is padded to its cheapest level.
+        levels = np.full((1, len(batches)), top_cost)
         picked: list[int] = []
-        levels = levels_of(picked, holds)
         for _ in range(max_shapes - 1):
             paid = levels.min(axis=0)
-            totals = np.minimum(paid[None, :], np.where(holds, candidate_cost[:, None], np.inf)) @ counts
+            totals = np.minimum(paid[None, :], np.where(holds, cost[:, None], np.inf)) @ counts
             best = int(np.argmin(totals))
-            grown = np.concatenate([levels, np.where(holds[best], candidate_cost[best], np.inf)[None, :]])
+            grown = np.concatenate([levels, np.where(holds[best], cost[best], np.inf)[None, :]])
             # A level that takes over all of another's batches adds no compile, so it need only save.
             adds_a_shape = _used(grown) > _used(levels)
-            if paid @ counts - totals[best] <= (worth if adds_a_shape else 0.0):
+            if paid @ counts - totals[best] <= (threshold if adds_a_shape else 0.0):
                 break
             levels = grown
             picked.append(best)
-        return picked
+        paid_levels = np.concatenate([np.full((1, len(batches)), top_cost)]
+                                     + [np.where(holds_any[c], cost[c], np.inf)[None, :] for c in picked])
+        price = float(paid_levels.min(axis=0) @ counts) + worth_any * _used(paid_levels)
+        return price, [tuple(int(v) for v in candidates[c]) for c in picked]
 
-    def padding_and_compiles(picked: list[int]) -> float:
-        levels = levels_of(picked, holds_any)
-        return float(levels.min(axis=0) @ counts) + worth * _used(levels)
-
-    picked = min((greedy(holds_first), greedy(holds_any)), key=padding_and_compiles)
-    ladder = {top, *(tuple(int(v) for v in candidates[c]) for c in picked)}
-    return tuple(sorted(ladder, key=lambda shape: (shape_cost(shape, groups), shape)))
+    first_candidates = np.unique(np.concatenate([first, _pairwise_maxima(first)]), axis=0)
+    by_first = fit(first_candidates, np.all(first_candidates[:, None, :] >= first[None, :, :], axis=2), worth_first)
+    by_every = fit(np.unique(np.concatenate([alternatives, _pairwise_maxima(first), _pairwise_maxima(cheapest)]), axis=0))
+    _, picked = min(by_first, by_every, key=lambda fitted: fitted[0])
+    return tuple(sorted({top, *picked}, key=lambda shape: (shape_cost(shape, groups), shape)))
 
 
-def _distinct(shapes: np.ndarray) -> np.ndarray:
-    return np.unique(shapes, axis=0)
+def _pairwise_maxima(shapes: np.ndarray) -> np.ndarray:
+    distinct = np.unique(shapes, axis=0)
+    return np.maximum(distinct[:, None, :], distinct[None, :, :]).reshape(-1, shapes.shape[1])
 
 
 def _used(levels: np.ndarray) -> int:
