@@ -2,9 +2,13 @@
 
 Runs ``STEPS`` optimizer steps through ``common.JaxalignStepper`` and prints each
 step's wall, compile and run seconds and its batch census, then one ``SUMMARY``
-line: the median run seconds of the steps that met no new shape, and the vocab
-projection's positions against the completion tokens. For A/B runs of two
-checkouts on a machine without TRL.
+line: the wall seconds of all steps (``total_s``, compiles included) and their
+compile seconds, the median run seconds of the steps that met no new shape, the
+mean over all steps, the decoder slots (``R * L`` summed), and the vocab
+projection's positions against the completion tokens. With ``STEPS`` past the
+benchmarks' 13, the shape ladder is fitted for a longer run and keeps more
+levels (``jaxalign/data/shapes.py``). For A/B runs of two checkouts on a machine
+without TRL.
 
 Usage::
 
@@ -14,6 +18,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,12 +50,16 @@ with tempfile.TemporaryDirectory() as tmp:
     tr = side_by_side.jaxalign_dpo_trainer(tmp / "run", tmp / "policy", tok_spec, data_spec, spec["pairs"],
                                      spec["max_length"], 1e-6, steps)
     st = common.JaxalignStepper(tr)
+    started = time.perf_counter()
     recs = [st.step() for _ in range(steps)]
+    total = time.perf_counter() - started
     for r in recs:
         print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k in ("seconds", "compile_seconds", "run_seconds", "compiled", "rows", "length", "target_slots", "lm_head_slots", "completion_tokens")})
     warm = [r["run_seconds"] for r in recs if not r["compiled"]]
     allrun = [r["run_seconds"] for r in recs]
     print("SUMMARY", wl, json.dumps({"steps": steps, "compiled_steps": sum(r["compiled"] for r in recs),
+          "total_s": total, "compile_s": sum(r["compile_seconds"] for r in recs),
+          "decoder_slots": sum(r["rows"] * r["length"] for r in recs),
           "median_run_s_uncompiled": sorted(warm)[len(warm)//2] if warm else None,
           "mean_run_s_all": sum(allrun)/len(allrun), "lm_head_slots": sum(r["lm_head_slots"] for r in recs),
           "completion_tokens": sum(r["completion_tokens"] for r in recs), "load": os.getloadavg()}))

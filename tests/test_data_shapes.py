@@ -113,7 +113,7 @@ def test_max_shapes_is_validated():
 
 @needs_shared_data
 def test_hh_rlhf_epoch_meets_at_most_max_shapes_and_keeps_most_of_the_fill(tmp_path):
-    # 600 HH-RLHF pairs, 8 a batch, shuffled; measured: 36 distinct shapes unbounded, 8 with the ladder.
+    # HH-RLHF pairs, 8 a batch, shuffled, 75 batches; measured: 62 distinct shapes unbounded, 7 with the ladder.
     base = dict(train=str(HH_PATH), batch_size=8, max_length=512, max_prompt_length=256, on_bad_row="skip")
     fills = {}
     for max_shapes in (0, 8):
@@ -129,7 +129,10 @@ def test_hh_rlhf_epoch_meets_at_most_max_shapes_and_keeps_most_of_the_fill(tmp_p
             assert len(shapes) <= max_shapes and set(shapes) <= set(pipeline.shapes)
         else:
             assert len(shapes) > 8 and pipeline.shapes is None
-    assert fills[8] > 0.95 * fills[0]  # measured 0.77 against 0.78 on the whole split
+    assert fills[8] > 0.95 * fills[0]  # measured 0.909 against 0.945
+    # Each batch laid out in rows of the length its level prices least; in rows of
+    # pack_length alone (before) these batches filled 0.773 (0.777 without the ladder).
+    assert fills[8] > 0.85
 
 
 def test_a_second_process_loads_compiled_executables_from_the_cache(tmp_path):

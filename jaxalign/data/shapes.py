@@ -27,6 +27,13 @@ import numpy as np
 from jaxalign.data.packing import bucket_rows, round_up
 
 Shape = tuple[int, int, int, int]
+# What one more compiled shape costs, in batches of the run (its compile plus its slower
+# first run). Measured on 2-core CPUs: 2-3 steps on HH-RLHF (a 10 s compile against a 4.4 s
+# DPO step, 5-8 s against a 2 s reward-model step), 11-12 on the built-in model (5 s against
+# 0.42 s), less with a warm persistent compilation cache. One batch is the optimistic end:
+# at 2 a 5-step reward-model run on HH-RLHF pads every batch to 3 rows (fill 0.77 -> 0.59),
+# which costs its steps more than the compile it saves (docs/data.md).
+COMPILE_COST_BATCHES = 1.0
 # Host-side packing at start-up: about 1 s per 1,000 HH-RLHF pairs on one core.
 SAMPLE_EXAMPLES = 1024
 
@@ -68,9 +75,9 @@ def fit_ladder(needs: Iterable[Sequence[Sequence[int]]], largest: Sequence[int],
 
     ``run_scale``: the batches the run will pack per sampled batch. With it, a
     level is added only when the padding it saves over the whole run is more
-    than one sampled batch's own cost: a new shape costs a compile and a slower
-    first run, which measured one to eleven steps' time (docs/data.md), so a
-    short run gets fewer shapes and a long one the same as without.
+    than ``COMPILE_COST_BATCHES`` sampled batches' own cost: a new shape costs a
+    compile and a slower first run (docs/data.md), so a short run gets fewer
+    shapes and a long one the same as without.
 
     The greedy runs twice: as if every batch were packed in rows of ``pack_length``
     (its first shape: the ladder the packer had when it could not choose), and over
@@ -96,9 +103,11 @@ def fit_ladder(needs: Iterable[Sequence[Sequence[int]]], largest: Sequence[int],
     first = np.stack([b[0] for b in batches])
     cheapest = np.stack([b[int(np.argmin(c))] for b, c in zip(batches, own_costs)])
     def worth(own_cost: np.ndarray) -> float:
-        """What a level that adds a compiled shape must save over the sample: one
-        batch's own cost, spread over the run (0 without a run length)."""
-        return 0.0 if run_scale is None else float(own_cost @ counts / counts.sum()) / max(run_scale, 1e-9)
+        """What a level that adds a compiled shape must save over the sample: a compile's
+        worth of batches' own cost, spread over the run (0 without a run length)."""
+        if run_scale is None:
+            return 0.0
+        return COMPILE_COST_BATCHES * float(own_cost @ counts / counts.sum()) / max(run_scale, 1e-9)
 
     worth_first, worth_any = worth(np.array([c[0] for c in own_costs])), worth(np.array([c.min() for c in own_costs]))
     top_cost = float(shape_cost(top, groups))
