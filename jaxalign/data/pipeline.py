@@ -281,7 +281,7 @@ def _level_cost(shape: Shape, *, shapes: Sequence[Shape] | None, groups: int) ->
 def _pack_batch(
     items: Sequence[TokenizedExample | Dropped | None], *, kind: str, slots: int, pack_length: int,
     pad_to_multiple: int, row_multiple: int, attention_tile: int | None, replies: int | None = None,
-    cost=None,
+    cost: Callable[[Shape], float] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Grain ``batch_fn``: P tokenized examples (None = eval padding) -> (arrays, counts), packed
     the way ``cost`` prices cheapest (``packing.pack_examples``)."""

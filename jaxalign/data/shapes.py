@@ -30,9 +30,9 @@ Shape = tuple[int, int, int, int]
 # What one more compiled shape costs, in batches of the run (its compile plus its slower
 # first run). Measured on 2-core CPUs: 2-3 steps on HH-RLHF (a 10 s compile against a 4.4 s
 # DPO step, 5-8 s against a 2 s reward-model step), 11-12 on the built-in model (5 s against
-# 0.42 s), less with a warm persistent compilation cache. One batch is the optimistic end:
-# at 2 a 5-step reward-model run on HH-RLHF pads every batch to 3 rows (fill 0.77 -> 0.59),
-# which costs its steps more than the compile it saves (docs/data.md).
+# 0.42 s), less with a warm persistent compilation cache. One batch is the optimistic end,
+# kept because at 2 a 5-step reward-model run on HH-RLHF pads every batch to 3 rows (fill
+# 0.77 -> 0.59): one compile saved for a third more work on most steps (docs/benchmarks.md).
 COMPILE_COST_BATCHES = 1.0
 # Host-side packing at start-up: about 1 s per 1,000 HH-RLHF pairs on one core.
 SAMPLE_EXAMPLES = 1024
