@@ -168,6 +168,20 @@ def test_a_cost_picks_the_cheapest_packing_and_a_tie_keeps_rows_of_pack_length()
             == [batch_shape(pack_examples(long, slots=2, pack_length=128, pad_to_multiple=16))[:2]])
 
 
+def test_candidate_row_lengths_are_bounded_whatever_the_multiple():
+    from jaxalign.data.packing import MAX_ROW_LENGTHS
+
+    rng = np.random.default_rng(3)
+    examples = [make_example(rng) for _ in range(6)]
+    every_64 = candidate_layouts(examples, pack_length=1024, pad_to_multiple=64)
+    assert {layout.shape[1] for layout in every_64} <= set(range(64, 1025, 64))
+    tokens = candidate_layouts(examples, pack_length=4096, pad_to_multiple=1)  # would be thousands of lengths
+    assert 1 < len(tokens) <= MAX_ROW_LENGTHS and tokens[0].bins == first_fit_decreasing(
+        [e.length for e in examples], 4096)
+    longest = max(e.length for e in examples)
+    assert all(longest <= layout.shape[1] <= 4096 for layout in tokens)
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_every_candidate_layout_is_the_shape_and_tile_pairs_its_arrays_have(seed):
     """pack_examples prices layouts before it writes any array: each layout's shape and tile

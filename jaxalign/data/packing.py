@@ -33,6 +33,9 @@ from jaxalign.data.tile_pairs import example_spans, tile_pairs_of_rows
 from jaxalign.data.tokenize import TokenizedExample
 
 LENGTH_KEYS = ("input_ids", "positions", "segment_ids", "branch_ids")
+# Row lengths ``candidate_layouts`` tries at most: every ``pad_to_multiple`` from ``pack_length``
+# down to the longest example, or every few, so a small multiple or long rows stay cheap.
+MAX_ROW_LENGTHS = 32
 TARGET_KEYS = ("target_index", "target_ids", "target_segment", "target_branch", "target_row")
 
 
@@ -139,7 +142,8 @@ def candidate_layouts(
 ) -> list[Layout]:
     """The packings ``pack_examples`` chooses among with a ``cost``: first-fit-decreasing into
     rows of ``pack_length`` tokens, then of every shorter multiple of ``pad_to_multiple`` that
-    still holds the longest example; distinct ones only, ``pack_length``'s first.
+    still holds the longest example (at most ``MAX_ROW_LENGTHS`` lengths in all, evenly spaced);
+    distinct ones only, ``pack_length``'s first.
 
     Fewer, fuller rows are not always cheaper than more, shorter ones: eight HH-RLHF pairs
     (about 2,000 tokens) fill two rows of 1,024 to 78% on average, and three of 704 or four of
@@ -148,8 +152,10 @@ def candidate_layouts(
     capacities = [pack_length]
     if lengths and max(lengths) <= pack_length:
         shortest = round_up(max(lengths), pad_to_multiple)
-        capacities += list(range(round_up(pack_length, pad_to_multiple) - pad_to_multiple, shortest - 1,
-                                 -pad_to_multiple))
+        longest = round_up(pack_length, pad_to_multiple) - pad_to_multiple
+        shorter = max(0, (longest - shortest) // pad_to_multiple + 1)
+        step = pad_to_multiple * -(-shorter // (MAX_ROW_LENGTHS - 1))
+        capacities += list(range(longest, shortest - 1, -step)) if shorter else []
     layouts, seen = [], set()
     for capacity in capacities:
         bins = first_fit_decreasing(lengths, capacity)
