@@ -26,3 +26,17 @@ if "JAXALIGN_CACHE_DIR" not in os.environ:
 
     os.environ["JAXALIGN_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxalign-test-cache-")
     atexit.register(shutil.rmtree, os.environ["JAXALIGN_CACHE_DIR"], ignore_errors=True)
+
+
+# Workers for pyproject's `-n auto` (pytest-xdist). Most of a test's time is tracing and
+# compiling, which run on one core, so one worker per core keeps a 2-core machine busy (the
+# quick subset 9 min 5 s -> 6 min 23 s, the full suite 23 -> 17 min; docs/dev-notes/suite.md).
+# Each worker holds jax, torch and its tests' compiled programs (5.3 GB at most in a full run),
+# and the multi-process tests start two more processes beside it, so memory caps the count too.
+WORKER_GIB = 6
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    cores = len(os.sched_getaffinity(0))
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return max(1, min(cores, int(memory_gib // WORKER_GIB)))
