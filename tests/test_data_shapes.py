@@ -106,9 +106,37 @@ def test_the_trainers_run_length_bounds_the_shapes_a_short_run_compiles():
     assert len(met[14]) < len(met[None])  # measured: 2 against 6 in the first 14 batches
 
 
+def test_compile_cost_trades_levels_for_compiles():
+    """data.compile_cost_batches: a dearer compile never buys more levels; at 0 a short run
+    gets the ladder fitted without a run length."""
+    needs = [(2, 1024, 448, 64), (2, 1024, 512, 80), (3, 1024, 640, 80), (1, 960, 320, 45)] * 5 + [(3, 1024, 832, 80)]
+    batches = [[need] for need in needs]
+    largest = largest_shape(slots=8, pack_length=1024, longest_example=1024, pad_to_multiple=64, attention_tile=64)
+    short = 1.0  # a run as long as the sample
+    ladders = [fit_ladder(batches, largest, 8, run_scale=short, compile_cost=cost) for cost in (0.0, 1.0, 4.0, 1e9)]
+    assert ladders[0] == fit_ladder(batches, largest, 8)
+    assert [len(ladder) for ladder in ladders] == sorted((len(ladder) for ladder in ladders), reverse=True)
+    assert len(ladders[0]) > len(ladders[-1])
+    assert fit_ladder(batches, largest, 8, run_scale=short) == ladders[1]  # the default is one batch
+
+
+@needs_shared_data
+def test_a_free_compile_gives_a_short_run_the_long_runs_ladder():
+    base = dict(train=str(HH_PATH), batch_size=8, max_length=512, max_prompt_length=256, on_bad_row="skip",
+                shuffle=False)
+    epoch = build_pipeline(DataConfig(**base), gpt2_tokenizer(), kind="preference").shapes  # a whole epoch
+    free = build_pipeline(DataConfig(**base, compile_cost_batches=0), gpt2_tokenizer(), kind="preference",
+                          max_batches=14).shapes
+    short = build_pipeline(DataConfig(**base), gpt2_tokenizer(), kind="preference", max_batches=14).shapes
+    assert free == epoch and len(short) < len(free)
+
+
 def test_max_shapes_is_validated():
     with pytest.raises(ValueError, match="data: max_shapes must be >= 0"):
         DataConfig(train="x.jsonl", max_shapes=-1)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="data: compile_cost_batches must be >= 0"):
+            DataConfig(train="x.jsonl", compile_cost_batches=bad)
 
 
 @needs_shared_data

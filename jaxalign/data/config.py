@@ -84,6 +84,10 @@ class DataConfig:
     # At most this many distinct batch shapes a split (each compiles the step once): batches
     # are padded up to a ladder fitted on the first batches (jaxalign.data.shapes); 0 = no bound.
     max_shapes: int = 8
+    # What one more compiled shape costs, in batches of the run (its compile plus its slower
+    # first run): the ladder adds a level only where it saves more than this over the run.
+    # 1.0 is the optimistic end on CPU (docs/data.md); a GPU or TPU step is far shorter than a compile.
+    compile_cost_batches: float = 1.0
     # Attention computes only the score tiles of a packed row that hold a visible
     # entry (jaxalign.models.tiled_attention); needs pad_to_multiple and
     # pack_length to be multiples of jaxalign.batch.ATTENTION_TILE, else dense.
@@ -139,6 +143,8 @@ class DataConfig:
                 fail(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_shapes < 0:
             fail(f"max_shapes must be >= 0 (0 = no bound), got {self.max_shapes}")
+        if not self.compile_cost_batches >= 0:  # also catches NaN
+            fail(f"compile_cost_batches must be >= 0 (batches a new compiled shape costs), got {self.compile_cost_batches}")
         if self.read_threads < 0:
             fail(f"read_threads must be >= 0, got {self.read_threads}")
         if self.eval_batch_size is not None and self.eval_batch_size < 1:

@@ -189,7 +189,8 @@ def build_pipeline(
         if split == "train":
             run_batches = steps * epochs if max_batches is None else min(steps * epochs, max_batches)
             run_scale = run_batches / max(len(needs) // process_count, 1)
-        shapes = fit_ladder(needs, largest, cfg.max_shapes, groups=row_multiple, run_scale=run_scale)
+        shapes = fit_ladder(needs, largest, cfg.max_shapes, groups=row_multiple, run_scale=run_scale,
+                            compile_cost=cfg.compile_cost_batches)
     consume = functools.partial(_consume, stats=run_stats, shapes=shapes, shape_agreement=shape_agreement)
     pack = functools.partial(_pack_batch, **layout, cost=functools.partial(_level_cost, shapes=shapes, groups=row_multiple))
     dataset = tokenized(process_index).batch(local_batch, drop_remainder=True, batch_fn=pack)

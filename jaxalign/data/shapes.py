@@ -28,11 +28,12 @@ from jaxalign.data.packing import bucket_rows, round_up
 
 Shape = tuple[int, int, int, int]
 # What one more compiled shape costs, in batches of the run (its compile plus its slower
-# first run). Measured on 2-core CPUs: 2-3 steps on HH-RLHF (a 10 s compile against a 4.4 s
-# DPO step, 5-8 s against a 2 s reward-model step), 11-12 on the built-in model (5 s against
-# 0.42 s), less with a warm persistent compilation cache. One batch is the optimistic end,
-# kept because at 2 a 5-step reward-model run on HH-RLHF pads every batch to 3 rows (fill
-# 0.77 -> 0.59): one compile saved for a third more work on most steps (docs/benchmarks.md).
+# first run): data.compile_cost_batches' default. Measured on 2-core CPUs: 2-3 steps on
+# HH-RLHF (a 10 s compile against a 4.4 s DPO step, 5-8 s against a 2 s reward-model step),
+# 11-12 on the built-in model (5 s against 0.42 s), less with a warm persistent compilation
+# cache. One batch is the optimistic end, kept because at 2 a 5-step reward-model run on
+# HH-RLHF pads every batch to 3 rows (fill 0.77 -> 0.59): one compile saved for a third more
+# work on most steps (docs/benchmarks.md).
 COMPILE_COST_BATCHES = 1.0
 # Host-side packing at start-up: about 1 s per 1,000 HH-RLHF pairs on one core.
 SAMPLE_EXAMPLES = 1024
@@ -64,7 +65,8 @@ def shape_cost(shape: Sequence[int], groups: int = 1) -> int:
 
 
 def fit_ladder(needs: Iterable[Sequence[Sequence[int]]], largest: Sequence[int], max_shapes: int,
-               groups: int = 1, run_scale: float | None = None) -> tuple[Shape, ...]:
+               groups: int = 1, run_scale: float | None = None,
+               compile_cost: float = COMPILE_COST_BATCHES) -> tuple[Shape, ...]:
     """Up to ``max_shapes`` shapes, cheapest first, the last ``largest``. The others
     are picked greedily to cut the summed ``shape_cost`` of the sample ``needs``,
     each sampled batch padded to the cheapest picked shape that holds it (``groups``
@@ -75,7 +77,7 @@ def fit_ladder(needs: Iterable[Sequence[Sequence[int]]], largest: Sequence[int],
 
     ``run_scale``: the batches the run will pack per sampled batch. With it, a
     level is added only when the padding it saves over the whole run is more
-    than ``COMPILE_COST_BATCHES`` sampled batches' own cost: a new shape costs a
+    than ``compile_cost`` sampled batches' own cost: a new shape costs a
     compile and a slower first run (docs/data.md), so a short run gets fewer
     shapes and a long one the same as without.
 
@@ -107,7 +109,7 @@ def fit_ladder(needs: Iterable[Sequence[Sequence[int]]], largest: Sequence[int],
         worth of batches' own cost, spread over the run (0 without a run length)."""
         if run_scale is None:
             return 0.0
-        return COMPILE_COST_BATCHES * float(own_cost @ counts / counts.sum()) / max(run_scale, 1e-9)
+        return compile_cost * float(own_cost @ counts / counts.sum()) / max(run_scale, 1e-9)
 
     worth_first, worth_any = worth(np.array([c[0] for c in own_costs])), worth(np.array([c.min() for c in own_costs]))
     top_cost = float(shape_cost(top, groups))
