@@ -37,6 +37,7 @@ WORKER_GIB = 6
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
-    cores = len(os.sched_getaffinity(0))
+    # The cores this process may run on (a container's CPU set); macOS has no affinity call.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return max(1, min(cores, int(memory_gib // WORKER_GIB)))
