@@ -31,7 +31,7 @@ part environment 60 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_ver
     $python -c 'import jax, jaxlib, flax, optax, orbax.checkpoint as ocp, grain, transformers;
 print(\"jax\", jax.__version__, \"jaxlib\", jaxlib.__version__, \"flax\", flax.__version__, \"optax\", optax.__version__,
       \"orbax\", ocp.__version__, \"transformers\", transformers.__version__); print(jax.devices())'"
-part kernel_tests 120 "$python" -m pytest tests/test_attention_gpu.py --noconftest -q -p no:cacheprovider
+part kernel_tests 120 "$python" -m pytest tests/test_attention_gpu.py --noconftest -n 0 -q -p no:cacheprovider
 part gpu_mfu 240 "$python" benchmarks/gpu_mfu.py ${GPU_MFU_ARGS:-}
 part attention_backends 150 "$python" benchmarks/attention_backends.py \
     ${ATTENTION_ARGS:---dtype bfloat16 --lengths 1024 2048 4096 --repeats 5}

@@ -4,9 +4,11 @@ CPU runs check the Pallas kernel in interpret mode (``test_attention_backends.py
 these tests check the code a GPU runs. Skipped where jax has no GPU (CI has none).
 On a GPU machine::
 
-    JAX_PLATFORMS=cuda python -m pytest tests/test_attention_gpu.py --noconftest -q
+    JAX_PLATFORMS=cuda python -m pytest tests/test_attention_gpu.py --noconftest -n 0 -q
 
-(``--noconftest``: the suite's conftest asks for 8 fake CPU devices.)
+(``--noconftest``: the suite's conftest asks for 8 fake CPU devices. ``-n 0``: one process;
+without the conftest's cap, pyproject's ``-n auto`` would start a worker per core, and each
+would claim most of the GPU's memory.)
 
 Each backend is measured against the float32 reference computed at the highest
 matmul precision, and must be no further from it than XLA's own attention in the

@@ -24,17 +24,10 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from jaxalign.data.config import DataConfig
 from jaxalign.data.packing import bucket_rows, round_up
 
 Shape = tuple[int, int, int, int]
-# What one more compiled shape costs, in batches of the run (its compile plus its slower
-# first run): data.compile_cost_batches' default. Measured on 2-core CPUs: 2-3 steps on
-# HH-RLHF (a 10 s compile against a 4.4 s DPO step, 5-8 s against a 2 s reward-model step),
-# 11-12 on the built-in model (5 s against 0.42 s), less with a warm persistent compilation
-# cache. One batch is the optimistic end, kept because at 2 a 5-step reward-model run on
-# HH-RLHF pads every batch to 3 rows (fill 0.77 -> 0.59): one compile saved for a third more
-# work on most steps (docs/benchmarks.md).
-COMPILE_COST_BATCHES = 1.0
 # Host-side packing at start-up: about 1 s per 1,000 HH-RLHF pairs on one core.
 SAMPLE_EXAMPLES = 1024
 
@@ -66,7 +59,7 @@ def shape_cost(shape: Sequence[int], groups: int = 1) -> int:
 
 def fit_ladder(needs: Iterable[Sequence[Sequence[int]]], largest: Sequence[int], max_shapes: int,
                groups: int = 1, run_scale: float | None = None,
-               compile_cost: float = COMPILE_COST_BATCHES) -> tuple[Shape, ...]:
+               compile_cost: float = DataConfig.compile_cost_batches) -> tuple[Shape, ...]:
     """Up to ``max_shapes`` shapes, cheapest first, the last ``largest``. The others
     are picked greedily to cut the summed ``shape_cost`` of the sample ``needs``,
     each sampled batch padded to the cheapest picked shape that holds it (``groups``
