@@ -2,12 +2,11 @@
 (``jaxalign constitutional``), and AI preference labels from a judge (``jaxalign label``).
 See docs/constitutional.md."""
 
-from jaxalign.constitutional.config import ConstitutionalConfig, load_constitutional_config
-from jaxalign.constitutional.constitution import (Constitution, ConstitutionError, Example, Principle,
-                                                  load_constitution)
-from jaxalign.constitutional.loop import ConstitutionalRun, pick_principle, read_prompt_rows, run_constitutional
-from jaxalign.constitutional.summary import Totals, format_summary
+from jaxalign.lazy_exports import lazy_exports
 
-__all__ = ["Constitution", "ConstitutionError", "ConstitutionalConfig", "ConstitutionalRun", "Example", "Principle",
-           "Totals", "format_summary", "load_constitution", "load_constitutional_config", "pick_principle",
-           "read_prompt_rows", "run_constitutional"]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "jaxalign.constitutional.config": ["ConstitutionalConfig", "load_constitutional_config"],
+    "jaxalign.constitutional.constitution": ["Constitution", "ConstitutionError", "Example", "Principle", "load_constitution"],
+    "jaxalign.constitutional.loop": ["ConstitutionalRun", "pick_principle", "read_prompt_rows", "run_constitutional"],
+    "jaxalign.constitutional.summary": ["Totals", "format_summary"],
+})

@@ -4,8 +4,10 @@ layer (reward, gold reward, win rate, KL, length, truncation, task checkers), an
 family's implicit reward. ``evaluate(target, spec) -> dict`` is the one entry point; see
 docs/evaluation.md."""
 
-from jaxalign.eval.api import evaluate
-from jaxalign.eval.checkers import checker_names, get_checker, register_checker
-from jaxalign.eval.spec import EvalError, EvalSpec
+from jaxalign.lazy_exports import lazy_exports
 
-__all__ = ["EvalError", "EvalSpec", "checker_names", "evaluate", "get_checker", "register_checker"]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "jaxalign.eval.api": ["evaluate"],
+    "jaxalign.eval.checkers": ["checker_names", "get_checker", "register_checker"],
+    "jaxalign.eval.spec": ["EvalError", "EvalSpec"],
+})

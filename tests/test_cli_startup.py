@@ -1,0 +1,53 @@
+"""The command line starts without jax where it needs none: ``jaxalign --help`` (every
+subcommand's parser) and the file-only commands (``report``) import no jax, transformers
+or Grain, so they answer at once (``jaxalign.lazy_exports``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dashboard_fixtures import write_run
+
+HEAVY = ("jax", "transformers", "grain", "orbax", "flax", "torch")
+
+PROBE = """
+import json, sys
+from jaxalign.cli import _parser, main
+_parser().parse_args(["train", "x.yaml"])
+code = main(sys.argv[1:]) if len(sys.argv) > 1 else 0
+print(json.dumps({"code": code, "heavy": sorted(m for m in %r if m in sys.modules)}))
+""" % (HEAVY,)
+
+
+def _probe(*argv: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_parser_imports_no_jax():
+    assert _probe() == {"code": 0, "heavy": []}
+
+
+def test_report_runs_without_jax(tmp_path):
+    pytest.importorskip("starlette", reason="the dashboard extra is not installed")
+    run_dir = write_run(tmp_path / "run", range(1, 6))
+    out = tmp_path / "report.html"
+    assert _probe("report", str(run_dir), "-o", str(out)) == {"code": 0, "heavy": []}
+    assert out.stat().st_size > 0
+
+
+def test_lazy_names_resolve_and_unknown_names_fail_clearly():
+    import jaxalign
+    import jaxalign.data as data
+
+    assert data.DataConfig is __import__("jaxalign.data.config", fromlist=["DataConfig"]).DataConfig
+    assert "load_tokenizer" in data.__all__ and "load_tokenizer" in dir(data) and "__version__" in dir(jaxalign)
+    with pytest.raises(AttributeError, match="'jaxalign.data' has no attribute 'nothing'"):
+        data.nothing  # noqa: B018
