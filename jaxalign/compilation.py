@@ -44,14 +44,24 @@ class CompilationConfig:
       compile are written (JAX's ``jax_persistent_cache_min_compile_time_secs``,
       whose own default is 1 s). 0 (default): all of them; a run has a few dozen,
       and on a busy machine even the small ones take seconds to compile.
+    max_size_gib: the cache's size bound; past it the least recently used entries
+      are removed (JAX's ``jax_compilation_cache_max_size``). With a bound JAX
+      also takes a file lock around each read and write, so processes sharing the
+      folder (two runs, the hosts of one run) never read an entry half written;
+      JAX's own default (no bound) takes no lock. ``null``: no bound and no lock.
     """
 
     cache_dir: str | None = AUTO
     min_compile_seconds: float = 0.0
+    # A CPU train step's entry is ~0.3 MB, a GPU one's a few MB: thousands of shapes.
+    max_size_gib: float | None = 4.0
 
     def __post_init__(self) -> None:
-        if self.min_compile_seconds < 0:
+        if not self.min_compile_seconds >= 0:  # also NaN
             raise ValueError(f"compilation.min_compile_seconds must be >= 0, got {self.min_compile_seconds}")
+        if self.max_size_gib is not None and not 0 < self.max_size_gib < float("inf"):
+            raise ValueError(f"compilation.max_size_gib must be a positive number of GiB or null (no bound), "
+                             f"got {self.max_size_gib}")
 
     def resolved_cache_dir(self) -> Path | None:
         if not self.cache_dir:
@@ -82,8 +92,10 @@ def enable_compilation_cache(cfg: CompilationConfig) -> Path | None:
         except OSError as error:
             log.warning("compilation cache off: cannot create %s (%s)", path, error)
             target = None
-    if jax.config.jax_compilation_cache_dir != target:
+    max_size = -1 if cfg.max_size_gib is None else max(1, int(cfg.max_size_gib * 2**30))  # JAX: -1 = no bound
+    if jax.config.jax_compilation_cache_dir != target or jax.config.jax_compilation_cache_max_size != max_size:
         jax.config.update("jax_compilation_cache_dir", target)
+        jax.config.update("jax_compilation_cache_max_size", max_size)
         compilation_cache.reset_cache()
     jax.config.update("jax_persistent_cache_min_compile_time_secs", cfg.min_compile_seconds)
     enable_compilation_cache.applied = target

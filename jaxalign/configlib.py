@@ -125,7 +125,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         except ValueError:
             pass
     scalar_kinds = [kind for kind in allowed if kind in (int, float, bool, str)]
-    if scalar_kinds and not isinstance(value, tuple(scalar_kinds)) and len(scalar_kinds) == len(allowed):
+    not_none = [kind for kind in allowed if kind is not type(None)]  # None itself returned above
+    if scalar_kinds and not isinstance(value, tuple(scalar_kinds)) and len(scalar_kinds) == len(not_none):
         names = " or ".join(kind.__name__ for kind in scalar_kinds)
         raise ConfigError(f"config key '{where}' expects {names}, got {value!r}")
     return value

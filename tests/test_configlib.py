@@ -17,6 +17,7 @@ class Outer:
     steps: int = 0
     optim: Inner = dataclasses.field(default_factory=Inner)
     maybe: Inner | None = None
+    bound: float | None = 4.0
 
 
 def test_nested_yaml_and_overrides(tmp_path):
@@ -57,3 +58,10 @@ def test_scalar_types_are_coerced_or_rejected():
     assert cfg.optim.lr == 5e-7 and isinstance(cfg.optim.lr, float)
     with pytest.raises(configlib.ConfigError, match="'steps' expects int, got 'many'"):
         configlib.load(Outer, None, ["steps=many"])
+
+
+def test_optional_scalars_take_null_or_their_type():
+    assert configlib.load(Outer, None, ["bound=null"]).bound is None
+    assert configlib.load(Outer, None, ["bound=2"]).bound == 2.0
+    with pytest.raises(configlib.ConfigError, match="'bound' expects float, got 'lots'"):
+        configlib.load(Outer, None, ["bound=lots"])
