@@ -181,14 +181,14 @@ def build_pipeline(
     if cfg.max_shapes:
         largest = _largest_shape(cfg, kind, local_batch, pack_length, row_multiple, replies, attention_tile)
         streams = [tokenized(process) for process in range(process_count)]
+        run_batches = None
+        if split == "train":
+            run_batches = steps * epochs if max_batches is None else min(steps * epochs, max_batches)
         needs = sample_needs(
             lambda step, process: _layout_shapes([streams[process][step * local_batch + j] for j in range(local_batch)],
                                                  **layout),
-            steps=steps, process_count=process_count, examples_per_step=batch_size)
-        run_scale = None
-        if split == "train":
-            run_batches = steps * epochs if max_batches is None else min(steps * epochs, max_batches)
-            run_scale = run_batches / max(len(needs) // process_count, 1)
+            steps=min(steps, run_batches or steps), process_count=process_count, examples_per_step=batch_size)
+        run_scale = None if run_batches is None else run_batches / max(len(needs) // process_count, 1)
         shapes = fit_ladder(needs, largest, cfg.max_shapes, groups=row_multiple, run_scale=run_scale,
                             compile_cost=cfg.compile_cost_batches)
     consume = functools.partial(_consume, stats=run_stats, shapes=shapes, shape_agreement=shape_agreement)
