@@ -51,3 +51,29 @@ def test_lazy_names_resolve_and_unknown_names_fail_clearly():
     assert "load_tokenizer" in data.__all__ and "load_tokenizer" in dir(data) and "__version__" in dir(jaxalign)
     with pytest.raises(AttributeError, match="'jaxalign.data' has no attribute 'nothing'"):
         data.nothing  # noqa: B018
+
+
+def test_only_from_imports_belong_under_type_checking():
+    from jaxalign.lazy_exports import _type_checking_imports
+
+    source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from a.b import c as d, e\n    import f\n"
+    with pytest.raises(ValueError, match=r"pkg/__init__.py:4: only 'from package.module import name'"):
+        _type_checking_imports(source, "pkg/__init__.py")
+    assert _type_checking_imports(source.rsplit("    import", 1)[0], "x") == {"d": ("a.b", "c"), "e": ("a.b", "e")}
+
+
+def test_all_must_match_the_type_checking_imports(tmp_path, monkeypatch):
+    import types
+
+    from jaxalign.lazy_exports import lazy_exports
+
+    init = tmp_path / "__init__.py"
+    init.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from json import dumps, loads\n")
+    package = types.ModuleType("lazy_probe")
+    package.__all__ = ["dumps"]
+    monkeypatch.setitem(sys.modules, "lazy_probe", package)
+    with pytest.raises(ImportError, match="__all__ must name exactly what is imported under TYPE_CHECKING"):
+        lazy_exports("lazy_probe", str(init))
+    package.__all__ = ["loads", "dumps"]
+    package.__getattr__, _ = lazy_exports("lazy_probe", str(init))
+    assert package.__getattr__("loads") is json.loads
