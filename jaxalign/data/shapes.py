@@ -6,8 +6,8 @@ shape that holds a batch, so a run meets dozens (54 in an epoch of HH-RLHF
 DPO). The ladder bounds them: when a pipeline is built, the first batches of
 the stream (up to ``SAMPLE_EXAMPLES`` examples, every process's share, so all
 processes fit the same ladder; no more batches than a train run reads) are laid
-out on the host, each in every way the
-packer may pack it (rows of ``pack_length`` or shorter: ``packing.candidate_layouts``);
+out on the host, each in every way the packer may pack it (rows of
+``pack_length`` or shorter: ``packing.candidate_layouts``);
 ``max_shapes - 1`` levels are fitted to those shapes (``fit_ladder``: least
 padding of the sample), and the last level is ``largest_shape``, which holds any
 batch the config allows, so nothing is ever cut. Each batch is then packed the
