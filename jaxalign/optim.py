@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import jax
 import optax
@@ -47,6 +48,27 @@ def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule
     if warmup == 0:
         return decay
     return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), decay], [warmup])
+
+
+def on_host(schedule: optax.Schedule) -> Callable[[int], float]:
+    """``schedule`` as a Python function of the step, evaluated on the host's CPU device.
+
+    Called eagerly, an optax schedule runs each of its operations as its own program on
+    the default device (an accelerator in a real run): half a dozen compiles at the first
+    log line and as many launches at every one after. Jitted once on the CPU it is one
+    small compile. Without a CPU backend (``JAX_PLATFORMS`` naming only an accelerator)
+    it runs on the default device."""
+    jitted = jax.jit(schedule)
+    try:
+        device = jax.local_devices(backend="cpu")[0]
+    except RuntimeError:
+        return lambda step: float(jitted(step))
+
+    def at(step: int) -> float:
+        with jax.default_device(device):
+            return float(jitted(step))
+
+    return at
 
 
 def decay_mask(params):

@@ -24,7 +24,7 @@ from jaxalign.config import TrainConfig, config_to_dict
 from jaxalign.data import build_pipeline, load_tokenizer
 from jaxalign.data.report import DataReport
 from jaxalign.metrics_log import get_logger
-from jaxalign.optim import learning_rate_schedule
+from jaxalign.optim import learning_rate_schedule, on_host
 from jaxalign.export_run import finish_folders
 from jaxalign.resume import resume_latest
 from jaxalign.run_dir import RunDirLock
@@ -109,7 +109,7 @@ class Trainer:
         # Opened by run(); the algorithm gets it now so that its rollout hook can publish tables.
         self.sinks = Sinks()
         self.algo: AlgoRun = algorithm.setup(cfg, self.mesh, self.tokenizer, self.total_steps, sink=self.sinks)
-        self.learning_rate = learning_rate_schedule(cfg.optim, self.total_steps * self.algo.updates_per_step)
+        self.learning_rate = on_host(learning_rate_schedule(cfg.optim, self.total_steps * self.algo.updates_per_step))
         self.state = self.algo.state
         state_shardings = _shardings(self.state)
         frozen_shardings = _shardings(self.algo.frozen)
@@ -231,7 +231,7 @@ class Trainer:
                 last_train.update(divergence.observe(step, last_train["loss"]))
                 last_train.update(self.data_report.metrics(self.train_data))
                 last_train.update(self.compiles.metrics())
-                last_train["learning_rate"] = float(self.learning_rate(step * self.algo.updates_per_step - 1))
+                last_train["learning_rate"] = self.learning_rate(step * self.algo.updates_per_step - 1)
                 self.sinks.write_scalars(step, last_train, "train")
             if cfg.eval_every and step % cfg.eval_every == 0 and step < self.total_steps:
                 last_eval = self._evaluate_and_publish(step)

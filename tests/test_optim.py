@@ -4,7 +4,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxalign.optim import OptimConfig, build_optimizer, learning_rate_schedule
+from jaxalign.compilation import CompileCounter
+from jaxalign.optim import OptimConfig, build_optimizer, learning_rate_schedule, on_host
 
 
 def test_warmup_then_cosine_to_floor():
@@ -14,6 +15,17 @@ def test_warmup_then_cosine_to_floor():
     assert float(schedule(5)) == pytest.approx(5e-4)
     assert float(schedule(10)) == pytest.approx(1e-3)
     assert float(schedule(110)) == pytest.approx(1e-4, rel=1e-4)
+
+
+def test_the_logged_learning_rate_is_the_schedule_compiled_once():
+    cfg = OptimConfig(lr=1e-3, warmup_steps=7, schedule="cosine", min_lr_ratio=0.1)
+    schedule = learning_rate_schedule(cfg, total_steps=53)
+    counter = CompileCounter()
+    logged = on_host(schedule)
+    values = [logged(step) for step in range(0, 60, 3)]
+    assert counter.metrics()["perf/compiles"] <= 1  # called eagerly, each of its ops compiles
+    assert all(type(value) is float for value in values)
+    assert values == pytest.approx([float(schedule(step)) for step in range(0, 60, 3)], rel=1e-6)  # fused: ulps
 
 
 def test_weight_decay_skips_vectors():
