@@ -1,5 +1,5 @@
-"""The persistent compilation cache's settings (``compilation:``): the size bound, the file lock
-that comes with it, and their validation."""
+"""The persistent compilation cache's settings (``compilation:``): the optional size bound, the file
+lock that comes with it, and their validation."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ def _entries(folder):
     return [path for path in folder.iterdir() if path.name.endswith("-cache")]
 
 
-def test_the_default_bound_brings_jaxs_file_lock(tmp_path, cache_settings):
-    folder = enable_compilation_cache(CompilationConfig(cache_dir=str(tmp_path / "xla")))
+def test_a_bound_brings_jaxs_file_lock(tmp_path, cache_settings):
+    folder = enable_compilation_cache(CompilationConfig(cache_dir=str(tmp_path / "xla"), max_size_gib=4))
     assert jax.config.jax_compilation_cache_max_size == 4 * 2**30
     _compile_distinct_programs(2)
     assert len(_entries(folder)) >= 2
@@ -43,8 +43,8 @@ def test_the_cache_stays_under_its_bound(tmp_path, cache_settings):
     assert 1 < len(sizes) < 30 and sum(sizes) <= 40_000
 
 
-def test_no_bound_is_null(tmp_path, cache_settings):
-    folder = enable_compilation_cache(CompilationConfig(cache_dir=str(tmp_path / "xla"), max_size_gib=None))
+def test_by_default_no_bound_and_no_lock(tmp_path, cache_settings):
+    folder = enable_compilation_cache(CompilationConfig(cache_dir=str(tmp_path / "xla")))
     assert jax.config.jax_compilation_cache_max_size == -1
     _compile_distinct_programs(2)
     assert len(_entries(folder)) >= 2 and not (folder / ".lockfile").exists()
