@@ -54,10 +54,10 @@ def on_host(schedule: optax.Schedule) -> Callable[[int], float]:
     """``schedule`` as a Python function of the step, evaluated on the host's CPU device.
 
     Called eagerly, an optax schedule runs each of its operations as its own program on
-    the default device (an accelerator in a real run): half a dozen compiles at the first
-    log line and as many launches at every one after. Jitted once on the CPU it is one
-    small compile. Without a CPU backend (``JAX_PLATFORMS`` naming only an accelerator)
-    it runs on the default device."""
+    the default device (an accelerator in a real run): 12 compiles at the first log line
+    for a cosine schedule with warmup, and as many launches at every one after. Jitted
+    once on the CPU it is one small compile. Without a CPU backend (``JAX_PLATFORMS``
+    naming only an accelerator) it runs on the default device."""
     jitted = jax.jit(schedule)
     try:
         device = jax.local_devices(backend="cpu")[0]
