@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -47,10 +48,13 @@ def lazy_exports(package: str, init_file: str) -> tuple[Callable[[str], Any], Ca
                           f"({sorted(home)})")
 
     def __getattr__(name: str) -> Any:
-        if name not in home:
-            raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        module, attribute = home[name]
-        return getattr(importlib.import_module(module), attribute)
+        if name in home:
+            module, attribute = home[name]
+            return getattr(importlib.import_module(module), attribute)
+        # A submodule, as the eager __init__ made every one it imported an attribute.
+        if importlib.util.find_spec(f"{package}.{name}") is not None:
+            return importlib.import_module(f"{package}.{name}")
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     def __dir__() -> list[str]:
         return sorted({*vars(sys.modules[package]), *home})

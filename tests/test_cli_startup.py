@@ -53,6 +53,13 @@ def test_lazy_names_resolve_and_unknown_names_fail_clearly():
         data.nothing  # noqa: B018
 
 
+def test_submodules_stay_attributes_of_their_package():
+    # `import jaxalign.data` used to import its submodules, so `jaxalign.data.packing` worked.
+    done = subprocess.run([sys.executable, "-c", "import jaxalign.data as d; print(d.packing.pad_batch.__name__)"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "pad_batch", done.stderr[-2000:]
+
+
 def test_only_from_imports_belong_under_type_checking():
     from jaxalign.lazy_exports import _type_checking_imports
 
