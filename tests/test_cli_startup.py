@@ -84,3 +84,15 @@ def test_all_must_match_the_type_checking_imports(tmp_path, monkeypatch):
     package.__all__ = ["loads", "dumps"]
     package.__getattr__, _ = lazy_exports("lazy_probe", str(init))
     assert package.__getattr__("loads") is json.loads
+
+
+def test_a_cpu_trainer_does_not_import_the_pallas_kernel():
+    # Pallas and its Triton lowering took ~90 ms of every process's start; only model.attention: pallas needs them.
+    probe = ("import sys, jaxalign.trainer, jaxalign.models.attention_backends as b; "
+             "b.attention_layout('tiled', *[__import__('jax').numpy.zeros((1, 64), 'int32')] * 3, "
+             "tile_pairs=__import__('jax').numpy.zeros((1, 1, 2), 'int32')); "
+             "print(sorted(m for m in sys.modules if m.startswith('jax.experimental.pallas') "
+             "or m == 'jaxalign.models.flash_attention'))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

@@ -40,7 +40,6 @@ import jax.numpy as jnp
 from jaxalign.batch import ATTENTION_TILE
 from jaxalign.models import attention
 from jaxalign.models.config import ATTENTION_BACKENDS
-from jaxalign.models.flash_attention import FlashOptions, flash_attention, segment_bounds
 from jaxalign.models.tiled_attention import tile_layout
 
 HALF_DTYPES = ("bfloat16", "float16")
@@ -107,6 +106,8 @@ class FlashLayout:
     block_k: int = dataclasses.field(default=64, metadata=dict(static=True))
 
     def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> jax.Array:
+        from jaxalign.models.flash_attention import FlashOptions, flash_attention
+
         options = FlashOptions(scale=scale, block_q=self.block_q, block_k=self.block_k,
                                window=self.window, interpret=self.interpret)
         return flash_attention(q, k, v, self.segment_ids, self.branch_ids, self.positions,
@@ -128,6 +129,9 @@ def attention_layout(
     if backend == "tiled":
         return tile_layout(tile_pairs, ATTENTION_TILE, segment_ids, branch_ids, positions, window)
     if backend == "pallas":
+        # Imported here: Pallas and its Triton lowering cost every process ~90 ms to import.
+        from jaxalign.models.flash_attention import segment_bounds
+
         starts, ends = segment_bounds(segment_ids)
         interpret = (platform or jax.default_backend()) == "cpu"
         return FlashLayout(segment_ids, branch_ids, positions, starts, ends, window=window, interpret=interpret)
