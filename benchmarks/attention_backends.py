@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 
 from jaxalign.batch import ATTENTION_TILE  # noqa: E402
-from jaxalign.data.packing import attention_tile_pairs  # noqa: E402
+from jaxalign.data.tile_pairs import attention_tile_pairs  # noqa: E402
 from jaxalign.models.attention import attend  # noqa: E402
 from jaxalign.models.attention_backends import HALF_DTYPES, attention_layout  # noqa: E402
 
