@@ -368,6 +368,7 @@ class JaxalignStepper:
         import jax
 
         compile_before = compile_clock()
+        faults_before = minor_faults()
         start = time.perf_counter()
         if not self.trainer._optimizer_step(self._iterator, self._window):
             raise RuntimeError("jaxalign: training data ran out")
@@ -377,10 +378,20 @@ class JaxalignStepper:
         census = self._census[-1]
         shape = (census["rows"], census["length"], census["target_slots"], census["tile_pairs"])
         record = {"seconds": seconds, "compile_seconds": compile_s, "run_seconds": seconds - compile_s,
+                  "minor_faults": minor_faults() - faults_before,
                   "compiled": shape not in self._shapes, **census}
         self._shapes.add(shape)
         self.records.append(record)
         return record
+
+
+def minor_faults() -> int:
+    """This process's minor page faults so far. A step that faults its temp buffers in
+    afresh (the heap growing, not reused) costs ~14 us a fault on the Intel VM of
+    docs/benchmarks.md: 228k faults, +0.3-3 s."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def make_interleaved_timer(jaxalign_step: Callable[[], Any] | None):
@@ -392,16 +403,18 @@ def make_interleaved_timer(jaxalign_step: Callable[[], Any] | None):
     class InterleavedTRLTimer(TrainerCallback):
         def __init__(self):
             self.step_seconds: list[float] = []
-            self._mark = None
+            self.step_faults: list[int] = []
+            self._mark = self._faults = None
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self._mark = time.perf_counter()
+            self._mark, self._faults = time.perf_counter(), minor_faults()
 
         def on_step_end(self, args, state, control, **kwargs):
             self.step_seconds.append(time.perf_counter() - self._mark)
+            self.step_faults.append(minor_faults() - self._faults)
             if jaxalign_step is not None:
                 jaxalign_step()
-            self._mark = time.perf_counter()
+            self._mark, self._faults = time.perf_counter(), minor_faults()
 
     return InterleavedTRLTimer()
 

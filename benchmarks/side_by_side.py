@@ -96,7 +96,8 @@ def trl_dpo_trainer(output_dir: Path, ckpt: Path, rows: list[dict], tokenizer, p
 def run_trl_interleaved(trl_trainer, between_steps: Callable[[], Any], total: int) -> dict:
     """Runs TRL's own ``train()`` for ``total`` steps, timing each, with
     ``between_steps()`` run after each TRL step outside its timing (the other
-    side's step). Returns ``trl_seconds`` and ``trl_census`` (``RecordingCollator``)."""
+    side's step). Returns ``trl_seconds``, ``trl_faults`` (minor page faults per step) and
+    ``trl_census`` (``RecordingCollator``)."""
     trl_census: list[dict] = []
     trl_trainer.data_collator = RecordingCollator(trl_trainer.data_collator, trl_census)
     timer = make_interleaved_timer(between_steps)
@@ -104,7 +105,7 @@ def run_trl_interleaved(trl_trainer, between_steps: Callable[[], Any], total: in
     trl_trainer.train()
     if len(timer.step_seconds) != total:
         raise RuntimeError(f"expected {total} TRL steps, got {len(timer.step_seconds)}")
-    return {"trl_seconds": timer.step_seconds, "trl_census": trl_census[:total]}
+    return {"trl_seconds": timer.step_seconds, "trl_faults": timer.step_faults, "trl_census": trl_census[:total]}
 
 
 def epoch_shapes(pipeline) -> dict:
@@ -139,8 +140,9 @@ def report_side_by_side(name: str, headline: Sequence[str], result: dict, warmup
     jax_rate, torch_rate = rates["jax"], rates["torch"]
     setup, epoch = result["setup_seconds"], result["epoch"]
     jax_records, trl_seconds, trl_census = result["jaxalign"], result["trl_seconds"], result["trl_census"]
+    trl_faults = result["trl_faults"]
     rows = []
-    for i, (j, t, c) in enumerate(zip(jax_records, trl_seconds, trl_census)):
+    for i, (j, t, c, f) in enumerate(zip(jax_records, trl_seconds, trl_census, trl_faults)):
         row = [f"{i}{' warm-up' if i < warmup else ''}", j["pairs"], c["slots"], c["tokens"]]
         if completions:
             row += [c.get("completion_tokens", "-")]
@@ -149,12 +151,14 @@ def report_side_by_side(name: str, headline: Sequence[str], result: dict, warmup
             row += [j["completion_tokens"], j["lm_head_slots"]]
         shape = f"{j['rows']}x{j['length']}" + (f"/{j['target_slots']}" if completions else "")
         row += [shape, t, j["run_seconds"], f"{j['compile_seconds']:.1f}" if j["compiled"] else "-",
-                t / j["run_seconds"]]
+                f"{f / 1e3:.0f}k", f"{j['minor_faults'] / 1e3:.0f}k", t / j["run_seconds"]]
         rows.append(row)
     header = ["step", "pairs", "TRL slots", "TRL tokens"] + (["TRL compl"] if completions else []) + \
              ["jxa slots", "jxa tokens"] + (["jxa compl", "jxa lm-head slots"] if completions else []) + \
-             ["jxa RxL" + ("/C" if completions else ""), "TRL s", "jxa s", "jxa compile s", "TRL/jxa"]
-    print_table("per step (slots: token positions pushed through the decoder; tokens: non-padding ones"
+             ["jxa RxL" + ("/C" if completions else ""), "TRL s", "jxa s", "jxa compile s", "TRL faults",
+              "jxa faults", "TRL/jxa"]
+    print_table("per step (slots: token positions pushed through the decoder; tokens: non-padding ones; "
+                "faults: minor page faults, memory touched for the first time"
                 + ("; compl: completion tokens; lm-head slots: positions the vocab projection runs on" if completions
                    else "") + ")", header, rows)
 
@@ -183,6 +187,7 @@ def report_side_by_side(name: str, headline: Sequence[str], result: dict, warmup
         "compiles": len(compile_s), "compile_seconds": compile_s,
         "fetch_seconds_max": max(r["fetch_seconds"] for r in jax_records),
         "timed_steps": n, "warmup_steps": warmup,
+        "jaxalign_minor_faults": [r["minor_faults"] for r in jax_records], "trl_minor_faults": list(trl_faults),
     }
     # A step that met a new shape also pays first-run costs beyond the compile
     # seconds jax reports; the same step indices on both sides, without them.
@@ -219,6 +224,8 @@ def report_side_by_side(name: str, headline: Sequence[str], result: dict, warmup
          result["peak_rss_mb"]["trl"] / 1024],
         ["train-step compiles / mean s each", f"{len(compile_s)} / {stats(compile_s)['mean']:.1f}", "-"],
         ["longest wait for a host batch (s)", summary["fetch_seconds_max"], "-"],
+        ["minor page faults / step, thousands", sum(r["minor_faults"] for r in timed_jax) / n / 1e3,
+         sum(trl_faults[warmup:]) / n / 1e3],
     ]
     print_table(f"summary over {n} timed steps per side (after {warmup} warm-up)", ["", "jaxalign", "TRL"],
                 summary_rows)

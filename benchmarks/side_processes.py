@@ -176,7 +176,7 @@ def run_in_side_processes(spec: dict, trl_malloc: str = "same") -> dict:
     step that meets a new batch shape compiles inside it; its ``run_seconds`` are its
     wall time minus the seconds jax reports for tracing, lowering and compiling.
 
-    Returns ``jaxalign`` (``JaxalignStepper`` records), ``trl_seconds``, ``trl_census``,
+    Returns ``jaxalign`` (``JaxalignStepper`` records), ``trl_seconds``, ``trl_faults``, ``trl_census``,
     ``compiles``, ``trl_train_rows`` (rows TRL kept after its own filtering), and per
     side (``{"jaxalign": ..., "trl": ...}``): ``setup_seconds``, ``ready_rss_mb``,
     ``peak_rss_mb``, ``host_malloc``; ``epoch`` (jaxalign's epoch shape census,
@@ -207,7 +207,8 @@ def run_in_side_processes(spec: dict, trl_malloc: str = "same") -> dict:
         worker.close()
     done = {"jaxalign": jax_done, "trl": trl_done}
     return {
-        "jaxalign": records, "trl_seconds": trl_done["trl_seconds"], "trl_census": trl_done["trl_census"],
+        "jaxalign": records, "trl_seconds": trl_done["trl_seconds"], "trl_faults": trl_done["trl_faults"],
+        "trl_census": trl_done["trl_census"],
         "compiles": jax_done["compiles"], "epoch": jax_done.get("epoch"), "trl_train_rows": ready["trl"]["train_rows"],
         **{key: {side: ready[side][key] for side in ready} for key in ("setup_seconds", "host_malloc")},
         "ready_rss_mb": {side: ready[side]["rss_mb"] for side in ready},

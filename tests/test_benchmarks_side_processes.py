@@ -56,6 +56,9 @@ def test_builtin_dpo_runs_in_two_processes_with_each_sides_malloc(tmp_path):
     assert [r["pairs"] for r in result["jaxalign"]] == [4, 4, 4]
     assert [c["sequences"] for c in result["trl_census"]] == [8, 8, 8]
     assert result["trl_train_rows"] == len(rows)
+    # Minor page faults per step on both sides; the first jaxalign step (compile, first run) touches new memory.
+    assert len(result["trl_faults"]) == 3 and min(result["trl_faults"]) >= 0
+    assert result["jaxalign"][0]["minor_faults"] > 0 and min(r["minor_faults"] for r in result["jaxalign"]) >= 0
     assert result["epoch"]["batches"] >= len(rows) // 4 and result["compiles"] >= 1
     # Each side started as asked: TRL with glibc's defaults; jaxalign like the jaxalign command.
     assert result["host_malloc"]["trl"].startswith("glibc's defaults (JAXALIGN_HOST_MALLOC=off)")
