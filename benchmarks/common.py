@@ -473,6 +473,10 @@ def start_like_the_jaxalign_command() -> None:
     reexec_with_tuned_malloc()
 
 
+# The 1-minute load average when the benchmark started, before its own work: how busy the machine was.
+LOAD_AT_START = os.getloadavg()[0]
+
+
 def machine() -> dict[str, Any]:
     import jax
     import torch
@@ -481,7 +485,8 @@ def machine() -> dict[str, Any]:
 
     return {"cpu": cpu_model(), "xla_flags": os.environ.get("XLA_FLAGS", ""), "jax_dot_library": dot_library(),
             "host_malloc": describe().removeprefix("host malloc: "),
-            "cores": os.cpu_count(), "jax": jax.__version__, "torch": torch.__version__,
+            "cores": os.cpu_count(), "load_average_at_start": round(LOAD_AT_START, 2),
+            "jax": jax.__version__, "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
 
 

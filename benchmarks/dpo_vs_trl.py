@@ -121,7 +121,8 @@ def main() -> None:
     machine = common.machine()
     headline = [
         f"DPO step ({args.workload}), jaxalign vs TRL {trl.__version__} DPOTrainer, reference computed in the step "
-        f"on both sides; {machine['cpu']}, {machine['cores']} cores (shared, noisy); {machine['date']}",
+        f"on both sides; {machine['cpu']}, {machine['cores']} cores, load average "
+        f"{machine['load_average_at_start']:.1f} at the start; {machine['date']}",
         f"model: random-init LlamaForCausalLM, vocab {len(tokenizer)}, hidden {spec['hidden']}, {spec['layers']} "
         f"layers, {spec['heads']} heads, MLP {spec['intermediate']}, untied head: "
         f"{params['non_embedding'] / 1e6:.2f}M non-embedding + 2 x {params['embedding'] / 1e6:.2f}M "

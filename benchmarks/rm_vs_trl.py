@@ -97,7 +97,8 @@ def main() -> None:
     machine = common.machine()
     headline = [
         f"reward-model step, jaxalign vs TRL {trl.__version__} RewardTrainer; {machine['cpu']}, "
-        f"{machine['cores']} cores (shared, noisy); {machine['date']}",
+        f"{machine['cores']} cores, load average {machine['load_average_at_start']:.1f} at the start; "
+        f"{machine['date']}",
         f"model: random-init LlamaForSequenceClassification (1 label), hidden {args.hidden}, {args.layers} layers, "
         f"{args.heads} heads, MLP {args.intermediate}, vocab {len(tokenizer)}: {params['non_embedding'] / 1e6:.2f}M "
         f"non-embedding + {params['embedding'] / 1e6:.2f}M embedding params, float32, no remat / no grad checkpointing",
