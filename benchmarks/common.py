@@ -340,6 +340,15 @@ def compile_clock() -> float:
     return _compile_seconds[0]
 
 
+def minor_faults() -> int:
+    """This process's minor page faults so far: memory touched for the first time. A
+    reward-model step that makes its temp buffer afresh instead of reusing one faults
+    ~230k pages, 1.6 s more than the same step without (docs/benchmarks.md, session 21)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 class JaxalignStepper:
     """Drives a ``jaxalign.trainer.Trainer`` one optimizer step at a time through
     its own loop body (``Trainer._optimizer_step``: next Grain batch ->
@@ -383,15 +392,6 @@ class JaxalignStepper:
         self._shapes.add(shape)
         self.records.append(record)
         return record
-
-
-def minor_faults() -> int:
-    """This process's minor page faults so far. A step that faults its temp buffers in
-    afresh (the heap growing, not reused) costs ~14 us a fault on the Intel VM of
-    docs/benchmarks.md: 228k faults, +0.3-3 s."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def make_interleaved_timer(jaxalign_step: Callable[[], Any] | None):

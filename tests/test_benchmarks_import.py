@@ -18,7 +18,7 @@ import importlib, json, sys
 sys.path.insert(0, sys.argv[1])
 sys.argv = ["probe"]  # a script that parsed arguments at import would fail here
 failed = {}
-for name in sys.argv[2:] or json.loads(input()):
+for name in json.loads(input()):
     try:
         importlib.import_module(name)
     except BaseException as error:  # SystemExit too: a script that ran at import

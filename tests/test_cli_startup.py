@@ -86,13 +86,19 @@ def test_all_must_match_the_type_checking_imports(tmp_path, monkeypatch):
     assert package.__getattr__("loads") is json.loads
 
 
+PALLAS_PROBE = """
+import sys
+import jax.numpy as jnp
+from jaxalign.models.attention_backends import attention_layout
+import jaxalign.trainer
+ids = jnp.zeros((1, 64), "int32")
+attention_layout("tiled", ids, ids, ids, tile_pairs=jnp.zeros((1, 1, 2), "int32"))
+print(sorted(m for m in sys.modules if m.startswith("jax.experimental.pallas") or m == "jaxalign.models.flash_attention"))
+"""
+
+
 def test_a_cpu_trainer_does_not_import_the_pallas_kernel():
     # Pallas and its Triton lowering took ~90 ms of every process's start; only model.attention: pallas needs them.
-    probe = ("import sys, jaxalign.trainer, jaxalign.models.attention_backends as b; "
-             "b.attention_layout('tiled', *[__import__('jax').numpy.zeros((1, 64), 'int32')] * 3, "
-             "tile_pairs=__import__('jax').numpy.zeros((1, 1, 2), 'int32')); "
-             "print(sorted(m for m in sys.modules if m.startswith('jax.experimental.pallas') "
-             "or m == 'jaxalign.models.flash_attention'))")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", PALLAS_PROBE], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
