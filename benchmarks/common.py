@@ -21,6 +21,7 @@ import gzip
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -344,8 +345,6 @@ def minor_faults() -> int:
     """This process's minor page faults so far: memory touched for the first time. A
     reward-model step that makes its temp buffer afresh instead of reusing one faults
     ~230k pages, 1.6 s more than the same step without (docs/benchmarks.md, session 21)."""
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
